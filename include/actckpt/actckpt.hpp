@@ -1,0 +1,20 @@
+#pragma once
+/// \file actckpt.hpp
+/// Umbrella header of actckpt: activation checkpointing with CPU offload for LibTorch.
+/// \code
+///   #include <actckpt/actckpt.hpp>
+///   actckpt::Checkpointed<Block, actckpt::AsyncOffload> layer(block);
+/// \endcode
+
+#include "actckpt/config.hpp"
+#include "actckpt/stash_options.hpp"
+#include "actckpt/policy.hpp"
+#include "actckpt/no_offload.hpp"
+#include "actckpt/sync_offload.hpp"
+#include "actckpt/async_offload.hpp"
+#include "actckpt/observer.hpp"
+#include "actckpt/host_buffer_pool.hpp"
+#include "actckpt/copy_engine.hpp"
+#include "actckpt/offload_context.hpp"
+#include "actckpt/layer_traits.hpp"
+#include "actckpt/checkpointed.hpp"

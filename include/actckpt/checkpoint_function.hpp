@@ -1,0 +1,102 @@
+#pragma once
+/// \file checkpoint_function.hpp
+/// The custom autograd function behind every checkpointed call.
+///
+/// forward (run by autograd with grad mode off): captures RNG and autocast state, runs the
+/// layer, stashes its inputs. backward: restores the inputs, replays RNG, autocast and buffers,
+/// recomputes the layer with grad mode on and differentiates it with `torch::autograd::grad`
+/// with respect to the inputs and the parameters, which were passed to `apply` as explicit
+/// inputs. Because of that:
+///  - parameters get gradients even when no input requires grad (PITFALLS #3);
+///  - an outer `torch::autograd::grad(loss, params)` or `backward(inputs=...)` works, since the
+///    parameter gradients leave this node along ordinary graph edges (PITFALLS #8).
+
+#include <ATen/core/ivalue.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <c10/core/GradMode.h>
+
+#include <vector>
+
+#include "actckpt/checkpoint_record.hpp"
+#include "actckpt/observer.hpp"
+
+namespace actckpt {
+
+struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
+  static constexpr const char* record_key = "actckpt_record";
+
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                c10::intrusive_ptr<CheckpointRecord> record,
+                                                at::TensorList inputs, at::TensorList params) {
+    record->capture_forward_state(inputs, params);
+    std::vector<at::Tensor> outputs = record->run_layer(inputs.vec());
+    record->stash_inputs(inputs);
+    record->record_outputs(outputs);
+    std::vector<at::Tensor> non_differentiable;
+    for (const auto& t : outputs)
+      if (!c10::isFloatingType(t.scalar_type()) && !c10::isComplexType(t.scalar_type())) non_differentiable.push_back(t);
+    if (!non_differentiable.empty()) ctx->mark_non_differentiable(non_differentiable);
+    ctx->set_materialize_grads(false);  // unused outputs cost nothing in backward
+    ctx->saved_data[record_key] = c10::IValue::make_capsule(std::move(record));
+    return outputs;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    auto record = c10::static_intrusive_pointer_cast<CheckpointRecord>(ctx->saved_data.at(record_key).toCapsule());
+    emit(EventKind::backward_begin, record->label());
+    const bool create_graph = c10::GradMode::is_enabled();  // true under backward(create_graph=true)
+
+    std::vector<at::Tensor> inputs = record->restore_inputs();
+    std::vector<at::Tensor> targets;  // what gradients are taken with respect to
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      inputs[i] = inputs[i].detach();
+      if (record->input_requires_grad()[i]) {
+        inputs[i].requires_grad_(true);
+        targets.push_back(inputs[i]);
+      }
+    }
+    for (const auto& p : record->params()) targets.push_back(p);
+
+    std::vector<at::Tensor> outputs;
+    {
+      RngReplayGuard rng(record->rng(), record->devices());
+      AutocastReplayGuard autocast(record->autocast());
+      detail::BufferRestoreGuard buffers(record->layer_buffers());
+      c10::AutoGradMode grad_on(true);
+      outputs = record->run_layer(inputs);
+    }
+    emit(EventKind::recompute_end, record->label());
+    record->check_recompute(outputs);
+
+    std::vector<at::Tensor> roots, root_grads;
+    for (std::size_t i = 0; i < outputs.size(); ++i) {
+      if (i < grad_outputs.size() && grad_outputs[i].defined() && outputs[i].requires_grad()) {
+        roots.push_back(outputs[i]);
+        root_grads.push_back(grad_outputs[i]);
+      }
+    }
+    std::vector<at::Tensor> grads;
+    if (!roots.empty() && !targets.empty()) {
+      grads = torch::autograd::grad(roots, targets, root_grads, /*retain_graph=*/create_graph, create_graph,
+                                    /*allow_unused=*/true);
+    }
+
+    // One entry per flattened argument of apply: the record (none), the inputs, the params.
+    torch::autograd::variable_list result;
+    result.reserve(1 + inputs.size() + record->params().size());
+    result.emplace_back();
+    std::size_t next = 0;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      const bool wanted = record->input_requires_grad()[i];
+      result.push_back(wanted && !grads.empty() ? grads[next] : at::Tensor());
+      if (wanted) ++next;
+    }
+    for (std::size_t i = 0; i < record->params().size(); ++i) result.push_back(grads.empty() ? at::Tensor() : grads[next++]);
+    emit(EventKind::backward_end, record->label());
+    return result;
+  }
+};
+
+}  // namespace actckpt

@@ -1,0 +1,173 @@
+#pragma once
+/// \file checkpointed.hpp
+/// `actckpt::Checkpointed<Layer, Policy>`: a LibTorch module that wraps a layer so that its
+/// activations are recomputed in backward instead of kept, and its inputs are kept per Policy.
+/// \code
+///   Block block(1024, 64, 4096);
+///   actckpt::Checkpointed<Block, actckpt::AsyncOffload> layer(block);  // shares block's parameters
+///   torch::Tensor y = layer(x);                                        // Block::forward's signature
+/// \endcode
+/// The wrapper registers the layer's children, parameters and buffers as its own, under the
+/// same names, so state dicts (`torch::save`/`torch::load`) move freely between wrapped and
+/// unwrapped models (PITFALLS #14). In eval mode or with grad mode off it calls the layer
+/// directly and stashes nothing (PITFALLS #15).
+
+#include <c10/util/Optional.h>
+#include <c10/core/GradMode.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <ostream>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "actckpt/checkpoint_function.hpp"
+#include "actckpt/layer_traits.hpp"
+#include "actckpt/no_offload.hpp"
+#include "actckpt/observer.hpp"
+#include "actckpt/offload_context.hpp"
+#include "actckpt/policy.hpp"
+
+namespace actckpt {
+
+namespace detail {
+template <class Layer, class = void>
+struct signature_of {
+  using type = void;
+};
+template <class Layer>
+struct signature_of<Layer, std::void_t<forward_signature_t<typename Layer::ContainedType>>> {
+  using type = forward_signature_t<typename Layer::ContainedType>;
+};
+}  // namespace detail
+
+/// The module implementation; use it through the `Checkpointed` holder. The third parameter
+/// is the layer's forward signature, deduced.
+template <CheckpointableLayer Layer, OffloadPolicy Policy = NoOffload,
+          class Signature = typename detail::signature_of<Layer>::type>
+class CheckpointedImpl;
+
+template <CheckpointableLayer Layer, OffloadPolicy Policy, class R, class... Args>
+class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
+ public:
+  using LayerImpl = typename Layer::ContainedType;
+  using PolicyType = Policy;
+
+  /// Wraps `layer`; the wrapper and `layer` share parameters and buffers.
+  explicit CheckpointedImpl(Layer layer) : layer_(std::move(layer)), options_(Policy::options()) {
+    TORCH_CHECK(!layer_.is_empty(), "actckpt: Checkpointed was given an empty layer holder (nullptr)");
+    label_ = layer_->name();
+    adopt_layer_members();
+  }
+
+  /// Builds the layer in place from its constructor arguments.
+  template <class... A>
+    requires(std::constructible_from<Layer, A...> &&
+             !(sizeof...(A) == 1 && (std::is_same_v<std::remove_cvref_t<A>, Layer> && ...)))
+  explicit CheckpointedImpl(A&&... args) : CheckpointedImpl(Layer(std::forward<A>(args)...)) {}
+
+  /// Runs the layer, checkpointed when training with grad mode on.
+  R forward(Args... args) {
+    if (!is_training() || !c10::GradMode::is_enabled()) return layer_->forward(std::forward<Args>(args)...);
+
+    using Record = TypedCheckpointRecord<LayerImpl, R, Args...>;
+    auto context = context_ ? context_ : OffloadContext::current();
+    auto record = c10::make_intrusive<Record>(layer_.ptr(), label_, options_, std::move(context),
+                                              typename Record::Stored(std::forward<Args>(args)...));
+    // The inputs travel through autograd and the stash only: the record must not keep them.
+    std::vector<at::Tensor> inputs = std::move(record->tensor_inputs());
+    record->tensor_inputs().clear();
+    std::vector<at::Tensor> params;
+    bool any_requires_grad = false;
+    for (const auto& t : inputs) any_requires_grad = any_requires_grad || t.requires_grad();
+    for (auto& p : layer_->parameters()) {
+      if (!p.requires_grad()) continue;
+      params.push_back(p);
+      any_requires_grad = true;
+    }
+    if (!any_requires_grad) {  // nothing to differentiate: nothing to stash
+      return record->assemble(record->run_layer(inputs));
+    }
+
+    emit(EventKind::forward_begin, label_);
+    auto outputs = CheckpointFunction::apply(c10::intrusive_ptr<CheckpointRecord>(record), at::TensorList(inputs),
+                                             at::TensorList(params));
+    inputs.clear();
+    R result = record->assemble(outputs);
+    emit(EventKind::forward_end, label_);
+    return result;
+  }
+
+  /// The wrapped layer.
+  Layer& layer() { return layer_; }
+  const Layer& layer() const { return layer_; }
+
+  /// How this layer's inputs are kept until backward; starts as `Policy::options()` and may be
+  /// changed at run time (a memory planner choosing per layer, say).
+  const StashOptions& stash_options() const { return options_; }
+  void set_stash_options(const StashOptions& options) { options_ = options; }
+
+  /// The offload context (pool, copy engine, stash stack); null means the calling thread's
+  /// current one (`OffloadContext::current()`).
+  const std::shared_ptr<OffloadContext>& offload_context() const { return context_; }
+  void set_offload_context(std::shared_ptr<OffloadContext> context) { context_ = std::move(context); }
+
+  /// The name used in error messages and observer events; defaults to the layer's type name.
+  const std::string& label() const { return label_; }
+  void set_label(std::string label) { label_ = std::move(label); }
+
+  /// Passes the mode on to the layer, which is not a registered child (see adopt_layer_members).
+  void train(bool on = true) override {
+    torch::nn::Module::train(on);
+    layer_->train(on);
+  }
+
+  /// A deep copy: the layer is cloned; the options, label and context are kept.
+  std::shared_ptr<torch::nn::Module> clone(const c10::optional<c10::Device>& device = c10::nullopt) const override {
+    auto layer_copy = std::dynamic_pointer_cast<LayerImpl>(layer_->clone(device));
+    TORCH_CHECK(layer_copy != nullptr, "actckpt: cloning the layer of '", label_, "' did not give a ", layer_->name());
+    auto copy = std::make_shared<CheckpointedImpl>(Layer(std::move(layer_copy)));
+    copy->options_ = options_;
+    copy->label_ = label_;
+    copy->context_ = context_;
+    copy->train(is_training());
+    return copy;
+  }
+
+  void pretty_print(std::ostream& stream) const override {
+    stream << "actckpt::Checkpointed<" << Policy::name << ">(";
+    layer_->pretty_print(stream);
+    stream << ")";
+  }
+
+ private:
+  /// Registers the layer's children, own parameters and own buffers on the wrapper under their
+  /// own names: `named_parameters()` of wrapper and layer are then identical.
+  void adopt_layer_members() {
+    for (const auto& child : layer_->named_children()) register_module(child.key(), child.value());
+    for (const auto& p : layer_->named_parameters(/*recurse=*/false))
+      register_parameter(p.key(), p.value(), p.value().requires_grad());
+    for (const auto& b : layer_->named_buffers(/*recurse=*/false)) register_buffer(b.key(), b.value());
+    torch::nn::Module::train(layer_->is_training());
+  }
+
+  Layer layer_;
+  StashOptions options_;
+  std::shared_ptr<OffloadContext> context_;
+  std::string label_;
+};
+
+/// The holder users write: `Checkpointed<Block, AsyncOffload> layer(block);`, `layer(x)`,
+/// `layer->layer()`. Written by hand because TORCH_MODULE cannot make a class template.
+template <CheckpointableLayer Layer, OffloadPolicy Policy = NoOffload>
+class Checkpointed : public torch::nn::ModuleHolder<CheckpointedImpl<Layer, Policy>> {
+ public:
+  using Impl = CheckpointedImpl<Layer, Policy>;
+  using torch::nn::ModuleHolder<Impl>::ModuleHolder;
+  Checkpointed(std::shared_ptr<Impl> impl) : torch::nn::ModuleHolder<Impl>(std::move(impl)) {}  // NOLINT
+};
+
+}  // namespace actckpt

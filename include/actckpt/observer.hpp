@@ -1,0 +1,118 @@
+#pragma once
+/// \file observer.hpp
+/// A process-wide, thread-safe stream of what checkpointed layers and stashes do: phase
+/// boundaries (`fwd 3`, `bwd 3`), offloads, prefetches and restores. Memory timelines, tests of
+/// the prefetch order and future planners listen to it.
+///
+/// With no observer installed, emitting an event is one relaxed atomic load, so recording off
+/// costs nothing measurable.
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace actckpt {
+
+/// What happened.
+enum class EventKind {
+  forward_begin,    ///< a checkpointed layer starts its forward (phase "fwd <label>")
+  forward_end,      ///< ... and finished it
+  backward_begin,   ///< its backward starts: inputs are restored, then recomputed
+  recompute_end,    ///< the recompute finished; gradients are computed next
+  backward_end,     ///< its backward finished
+  offload_begin,    ///< a stash starts moving to host memory
+  offload_end,      ///< ... and arrived there (the device copy is released)
+  prefetch_begin,   ///< a stash starts moving back to the device ahead of need
+  restore_end,      ///< a stash is usable on the device again (the compute side waited for it)
+  stash_released,   ///< a stash's memory was returned (consumed, error or graph dropped)
+};
+
+/// Short stable name of an event kind, for logs and traces.
+constexpr std::string_view to_string(EventKind k) noexcept {
+  switch (k) {
+    case EventKind::forward_begin: return "forward_begin";
+    case EventKind::forward_end: return "forward_end";
+    case EventKind::backward_begin: return "backward_begin";
+    case EventKind::recompute_end: return "recompute_end";
+    case EventKind::backward_end: return "backward_end";
+    case EventKind::offload_begin: return "offload_begin";
+    case EventKind::offload_end: return "offload_end";
+    case EventKind::prefetch_begin: return "prefetch_begin";
+    case EventKind::restore_end: return "restore_end";
+    case EventKind::stash_released: return "stash_released";
+  }
+  return "unknown";
+}
+
+/// One event. `label` names the layer (its `CheckpointedImpl::label()`), `bytes` the stash size.
+struct Event {
+  EventKind kind;
+  std::string_view label;
+  std::int64_t bytes = 0;
+  std::chrono::steady_clock::time_point time = std::chrono::steady_clock::now();
+};
+
+/// Receives events; `on_event` may be called from any thread (forward, autograd, copy worker).
+class Observer {
+ public:
+  virtual ~Observer() = default;
+  virtual void on_event(const Event& event) = 0;
+};
+
+namespace detail {
+struct ObserverRegistry {
+  std::mutex mutex;
+  std::vector<std::shared_ptr<Observer>> observers;
+  std::atomic<int> count{0};
+  static ObserverRegistry& instance() {
+    static ObserverRegistry registry;
+    return registry;
+  }
+};
+}  // namespace detail
+
+/// Installs an observer for as long as the returned guard lives.
+class ObserverScope {
+ public:
+  explicit ObserverScope(std::shared_ptr<Observer> observer) : observer_(std::move(observer)) {
+    auto& r = detail::ObserverRegistry::instance();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    r.observers.push_back(observer_);
+    r.count.fetch_add(1, std::memory_order_release);
+  }
+  ~ObserverScope() {
+    auto& r = detail::ObserverRegistry::instance();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    auto it = std::find(r.observers.begin(), r.observers.end(), observer_);
+    if (it != r.observers.end()) {
+      r.observers.erase(it);
+      r.count.fetch_sub(1, std::memory_order_release);
+    }
+  }
+  ObserverScope(const ObserverScope&) = delete;
+  ObserverScope& operator=(const ObserverScope&) = delete;
+
+ private:
+  std::shared_ptr<Observer> observer_;
+};
+
+/// Sends an event to every installed observer (cheap no-op when none is installed).
+inline void emit(EventKind kind, std::string_view label, std::int64_t bytes = 0) {
+  auto& r = detail::ObserverRegistry::instance();
+  if (r.count.load(std::memory_order_relaxed) == 0) return;
+  std::vector<std::shared_ptr<Observer>> snapshot;
+  {
+    std::lock_guard<std::mutex> lock(r.mutex);
+    snapshot = r.observers;
+  }
+  const Event event{kind, label, bytes};
+  for (const auto& o : snapshot) o->on_event(event);
+}
+
+}  // namespace actckpt

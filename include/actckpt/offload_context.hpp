@@ -1,0 +1,67 @@
+#pragma once
+/// \file offload_context.hpp
+/// Everything stashes of one training loop share: the host buffer pool, the copy engine (side
+/// streams, or the CPU worker) and the stash stack that drives keep-N and prefetch.
+///
+/// Each thread has a default context, so two models trained in two threads never see each
+/// other's stashes; pass a context explicitly (`CheckpointedImpl::set_offload_context`) or make
+/// one current for a region (`OffloadContextScope`) to share or separate them deliberately.
+/// Contexts share `HostBufferPool::shared()` unless given their own pool.
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "actckpt/copy_engine.hpp"
+#include "actckpt/host_buffer_pool.hpp"
+#include "actckpt/stash_stack.hpp"
+
+namespace actckpt {
+
+class OffloadContext {
+ public:
+  static std::shared_ptr<OffloadContext> create(std::shared_ptr<HostBufferPool> pool = HostBufferPool::shared()) {
+    TORCH_CHECK(pool != nullptr, "actckpt: OffloadContext::create needs a host buffer pool, got null");
+    return std::shared_ptr<OffloadContext>(new OffloadContext(std::move(pool)));
+  }
+
+  /// The context in effect on this thread: the innermost `OffloadContextScope`, else the
+  /// thread's own default context.
+  static std::shared_ptr<OffloadContext> current() {
+    auto& scoped = scoped_stack();
+    if (!scoped.empty()) return scoped.back();
+    thread_local std::shared_ptr<OffloadContext> thread_default = create();
+    return thread_default;
+  }
+
+  HostBufferPool& pool() const { return *pool_; }
+  const std::shared_ptr<HostBufferPool>& pool_ptr() const { return pool_; }
+  CopyEngine& engine() { return engine_; }
+  StashStack& stack() { return stack_; }
+
+ private:
+  friend class OffloadContextScope;
+  explicit OffloadContext(std::shared_ptr<HostBufferPool> pool) : pool_(std::move(pool)) {}
+  static std::vector<std::shared_ptr<OffloadContext>>& scoped_stack() {
+    thread_local std::vector<std::shared_ptr<OffloadContext>> stack;
+    return stack;
+  }
+
+  std::shared_ptr<HostBufferPool> pool_;
+  CopyEngine engine_;
+  StashStack stack_;
+};
+
+/// Makes `context` current on this thread for the guard's lifetime.
+class OffloadContextScope {
+ public:
+  explicit OffloadContextScope(std::shared_ptr<OffloadContext> context) {
+    TORCH_CHECK(context != nullptr, "actckpt: OffloadContextScope needs a context, got null");
+    OffloadContext::scoped_stack().push_back(std::move(context));
+  }
+  ~OffloadContextScope() { OffloadContext::scoped_stack().pop_back(); }
+  OffloadContextScope(const OffloadContextScope&) = delete;
+  OffloadContextScope& operator=(const OffloadContextScope&) = delete;
+};
+
+}  // namespace actckpt

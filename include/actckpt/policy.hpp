@@ -1,0 +1,27 @@
+#pragma once
+/// \file policy.hpp
+/// The `OffloadPolicy` concept. A policy is a small stateless type, chosen at compile time as
+/// `Checkpointed<Layer, Policy>`'s second argument, whose static members say how that layer's
+/// stash is kept:
+/// \code
+///   struct MyPolicy {
+///     static constexpr std::string_view name = "MyPolicy";
+///     static actckpt::StashOptions options() { return {actckpt::StashMode::async_host, 2, 1 << 20}; }
+///   };
+///   static_assert(actckpt::OffloadPolicy<MyPolicy>);
+/// \endcode
+
+#include <concepts>
+#include <string_view>
+
+#include "actckpt/stash_options.hpp"
+
+namespace actckpt {
+
+template <class P>
+concept OffloadPolicy = requires {
+  { P::name } -> std::convertible_to<std::string_view>;
+  { P::options() } -> std::same_as<StashOptions>;
+};
+
+}  // namespace actckpt

@@ -1,0 +1,227 @@
+#pragma once
+/// \file tensor_stash.hpp
+/// One stashed tensor: a checkpointed layer's input kept until its backward, on the device or
+/// in a host buffer, according to `StashOptions`.
+///
+/// Lifetime rules (PITFALLS #6, #9, #12):
+///  - a device tensor being copied out stays referenced by the copy until the copy is done;
+///  - a host buffer being read or written stays referenced by its copy (CPU) or fenced by the
+///    copy's event (CUDA) before the pool hands it out again;
+///  - destroying a stash at any point (consumed, an exception, a dropped graph) returns its
+///    memory; nothing waits for a backward that will never come.
+/// A stash holds its tensor detached: it never extends the autograd graph.
+
+#include <ATen/Functions.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/core/GradMode.h>
+
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "actckpt/observer.hpp"
+#include "actckpt/offload_context.hpp"
+#include "actckpt/stash_options.hpp"
+
+namespace actckpt {
+
+class TensorStash final : public StackEntry {
+ public:
+  /// Where the stash's data is now.
+  enum class Location { device, host };
+
+  /// Stashes `tensor` for layer `label`. Sync stashes are on the host when this returns (or on
+  /// the device after the documented pool fallback); async stashes start on the device and
+  /// join the context's stack, which moves them out once N newer stashes exist.
+  TensorStash(const at::Tensor& tensor, const StashOptions& options, std::shared_ptr<OffloadContext> context,
+              std::string label)
+      : options_(options),
+        context_(std::move(context)),
+        label_(std::move(label)),
+        sizes_(tensor.sizes().vec()),
+        strides_(tensor.strides().vec()),
+        tensor_options_(tensor.options()),
+        dense_(tensor.is_non_overlapping_and_dense()),
+        bytes_(static_cast<std::size_t>(tensor.numel()) * tensor.element_size()),
+        device_(tensor.detach()) {
+    switch (options_.mode) {
+      case StashMode::device:
+        break;
+      case StashMode::sync_host: {
+        std::lock_guard<std::mutex> lock(mutex_);
+        move_to_host_locked(/*async=*/false);
+        break;
+      }
+      case StashMode::async_host:
+        // Only stashes worth moving join the stack, so the newest N counts tensors that move.
+        offloadable_ = bytes_ >= options_.min_offload_bytes && bytes_ > 0;
+        if (offloadable_) {
+          context_->stack().push(this, options_.keep_on_device);
+          on_stack_ = true;
+        }
+        break;
+    }
+  }
+
+  ~TensorStash() override {
+    if (on_stack_) context_->stack().remove(this);
+    std::lock_guard<std::mutex> lock(mutex_);
+    const bool had_memory = device_.defined() || host_ != nullptr || incoming_.defined();
+    release_host_locked();
+    device_.reset();
+    incoming_.reset();
+    if (had_memory) emit(EventKind::stash_released, label_, static_cast<std::int64_t>(bytes_));
+  }
+
+  TensorStash(const TensorStash&) = delete;
+  TensorStash& operator=(const TensorStash&) = delete;
+
+  /// The stashed tensor, usable on its device by the compute stream (values, sizes, dtype,
+  /// device equal to the original; strides too when the original was dense). Consumes the
+  /// stash. Starts the prefetch of the stash below this one on the stack.
+  at::Tensor restore() {
+    if (on_stack_) {
+      context_->stack().take(this);  // prefetches the next one; must precede our own lock
+      on_stack_ = false;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    TORCH_CHECK(!consumed_, "actckpt: the stash of layer '", label_, "' was already restored once");
+    consumed_ = true;
+    at::Tensor result;
+    if (location_ == Location::device) {
+      result = std::move(device_);
+    } else if (options_.mode == StashMode::sync_host) {
+      c10::NoGradGuard no_grad;
+      result = empty_like_original();
+      result.copy_(host_view_);
+      emit(EventKind::restore_end, label_, static_cast<std::int64_t>(bytes_));
+    } else {
+      begin_prefetch_locked();
+      prefetch_ticket_->make_compute_wait();
+      if (offload_ticket_) offload_ticket_->synchronize();  // done by now (FIFO); rethrows a failed copy out
+      result = std::move(incoming_);
+      emit(EventKind::restore_end, label_, static_cast<std::int64_t>(bytes_));
+    }
+    release_host_locked();
+    return result;
+  }
+
+  void begin_offload() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (location_ != Location::device || !offloadable_ || consumed_) return;
+    move_to_host_locked(/*async=*/true);
+  }
+
+  void begin_prefetch() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (location_ == Location::host && !consumed_) begin_prefetch_locked();
+  }
+
+  Location location() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return location_;
+  }
+  /// True while a prefetch has been started and the stash not yet restored.
+  bool prefetching() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return prefetch_ticket_ != nullptr;
+  }
+  /// Bytes of the stashed tensor's elements (what travels; a view moves only its own bytes).
+  std::size_t bytes() const { return bytes_; }
+  const std::string& label() const { return label_; }
+
+ private:
+  at::Tensor empty_like_original() const {
+    return dense_ ? at::empty_strided(sizes_, strides_, tensor_options_) : at::empty(sizes_, tensor_options_);
+  }
+
+  /// Copies the device tensor into a pool buffer (asynchronously through the engine, or
+  /// blocking) and drops the device reference. On pool exhaustion applies the fallback.
+  void move_to_host_locked(bool async) {
+    const bool pinned = device_.is_cuda();
+    host_ = context_->pool().try_acquire(bytes_, pinned);
+    if (!host_) {
+      TORCH_CHECK(options_.on_exhausted != PoolExhaustion::throw_error,
+                  "actckpt: host buffer pool exhausted: the ", bytes_, "-byte input of layer '", label_,
+                  "' does not fit under the pool limit of ", context_->pool().limit(), " bytes (",
+                  context_->pool().stats().live_bytes,
+                  " bytes in use). Raise it with HostBufferPool::set_limit, or choose "
+                  "PoolExhaustion::keep_on_device to keep such stashes on the device.");
+      offloadable_ = false;  // documented fallback: stays on the device
+      return;
+    }
+    // The host tensor co-owns the buffer, so a queued copy keeps it alive even if the stash dies.
+    std::shared_ptr<HostBuffer> owner = host_;
+    host_view_ = at::from_blob(
+        host_->data(), sizes_, [owner](void*) mutable { owner.reset(); },
+        at::TensorOptions().dtype(tensor_options_.dtype()).device(c10::kCPU));
+    at::Tensor source = device_.is_contiguous() ? device_ : device_.contiguous();
+    emit(EventKind::offload_begin, label_, static_cast<std::int64_t>(bytes_));
+    if (async) {
+      std::string label = label_;
+      const auto bytes = static_cast<std::int64_t>(bytes_);
+      offload_ticket_ = context_->engine().copy(host_view_, std::move(source),
+                                                [label, bytes] { emit(EventKind::offload_end, label, bytes); });
+      fence_host_buffer(offload_ticket_);
+    } else {
+      c10::NoGradGuard no_grad;
+      host_view_.copy_(source);
+      source.reset();
+      emit(EventKind::offload_end, label_, static_cast<std::int64_t>(bytes_));
+    }
+    device_.reset();
+    location_ = Location::host;
+  }
+
+  void begin_prefetch_locked() {
+    if (prefetch_ticket_) return;
+    incoming_ = empty_like_original();
+    emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_));
+    prefetch_ticket_ = context_->engine().copy(incoming_, host_view_);
+    fence_host_buffer(prefetch_ticket_);
+  }
+
+  /// CUDA: the pool may hand the buffer out again only after this copy's event completed.
+  void fence_host_buffer([[maybe_unused]] const std::shared_ptr<CopyTicket>& ticket) {
+#if ACTCKPT_WITH_CUDA
+    if (ticket->cuda_event()) {
+      auto event = ticket->cuda_event();
+      host_->set_reuse_fence([event] { event->synchronize(); });
+    }
+#endif
+  }
+
+  void release_host_locked() {
+    host_view_.reset();
+    host_.reset();
+    offload_ticket_.reset();
+    prefetch_ticket_.reset();
+  }
+
+  const StashOptions options_;
+  const std::shared_ptr<OffloadContext> context_;
+  const std::string label_;
+  const std::vector<int64_t> sizes_;
+  const std::vector<int64_t> strides_;
+  const at::TensorOptions tensor_options_;
+  const bool dense_;
+  const std::size_t bytes_;
+
+  mutable std::mutex mutex_;
+  Location location_ = Location::device;
+  bool offloadable_ = false;
+  bool on_stack_ = false;
+  bool consumed_ = false;
+  at::Tensor device_;                    // the data while on the device
+  std::shared_ptr<HostBuffer> host_;     // the data while on the host
+  at::Tensor host_view_;                 // a CPU tensor over host_
+  at::Tensor incoming_;                  // prefetch destination on the device
+  std::shared_ptr<CopyTicket> offload_ticket_;
+  std::shared_ptr<CopyTicket> prefetch_ticket_;
+};
+
+}  // namespace actckpt
