@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The project's test command: dependencies, then configure + build + every ctest test (the `ci`
+# workflow preset in CMakePresets.json; build tree build/ci).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/install-deps.sh
+cmake --workflow --preset ci
+
+# Sanitizer run: to be appended here (the `asan` workflow preset, build tree build/asan):
+#   cmake --workflow --preset asan
