@@ -41,3 +41,8 @@ torch::Tensor actckpt_cuda_path_check(Block& block, const torch::Tensor& x) {
   return train_step<actckpt::NoOffload>(block, x) + train_step<actckpt::SyncOffload>(block, x) +
          train_step<actckpt::AsyncOffload>(block, x);
 }
+
+// Every non-template member of the wrapper, for each policy (clone, pretty_print, train, ...).
+template class actckpt::CheckpointedImpl<Block, actckpt::NoOffload>;
+template class actckpt::CheckpointedImpl<Block, actckpt::SyncOffload>;
+template class actckpt::CheckpointedImpl<Block, actckpt::AsyncOffload>;
