@@ -16,6 +16,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -127,6 +128,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
         stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);
       }
       stats_.live_bytes += buffer->capacity_;
+      live_bytes_.store(stats_.live_bytes, std::memory_order_relaxed);
       stats_.live_buffers += 1;
       stats_.peak_live_bytes = std::max(stats_.peak_live_bytes, stats_.live_bytes);
     }
@@ -149,6 +151,10 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     std::lock_guard<std::mutex> lock(mutex_);
     return stats_;
   }
+
+  /// `stats().live_bytes` without taking the pool's lock: callable from anywhere, including
+  /// allocator hooks that may run while this thread holds the lock (a memory timeline).
+  std::size_t live_bytes() const noexcept { return live_bytes_.load(std::memory_order_relaxed); }
 
   /// Resets the peaks to the current values (start of a measured region).
   void reset_peaks() {
@@ -202,6 +208,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
   void give_back(HostBuffer* b) {
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.live_bytes -= b->capacity_;
+    live_bytes_.store(stats_.live_bytes, std::memory_order_relaxed);
     stats_.live_buffers -= 1;
     if (stats_.reserved_bytes > limit_) {  // the limit was lowered meanwhile
       release_locked(b);
@@ -226,6 +233,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
   mutable std::mutex mutex_;
   std::size_t limit_;
   HostPoolStats stats_;
+  std::atomic<std::size_t> live_bytes_{0};  // mirror of stats_.live_bytes, readable without the lock
   std::multimap<std::size_t, HostBuffer*> free_plain_;
   std::multimap<std::size_t, HostBuffer*> free_pinned_;
 };
