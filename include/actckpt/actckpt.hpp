@@ -18,3 +18,4 @@
 #include "actckpt/offload_context.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/checkpointed.hpp"
+#include "actckpt/wrap_every.hpp"
