@@ -59,11 +59,13 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     }
     for (const auto& p : record->params()) targets.push_back(p);
 
+    // Buffers (BatchNorm statistics) are put back only after the gradients are taken: the
+    // recompute's graph may have saved them, and restoring bumps their version.
+    detail::BufferRestoreGuard buffers(record->layer_buffers());
     std::vector<at::Tensor> outputs;
     {
       RngReplayGuard rng(record->rng(), record->devices());
       AutocastReplayGuard autocast(record->autocast());
-      detail::BufferRestoreGuard buffers(record->layer_buffers());
       c10::AutoGradMode grad_on(true);
       outputs = record->run_layer(inputs);
     }
@@ -82,6 +84,8 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       grads = torch::autograd::grad(roots, targets, root_grads, /*retain_graph=*/create_graph, create_graph,
                                     /*allow_unused=*/true);
     }
+    outputs.clear();
+    roots.clear();
 
     // One entry per flattened argument of apply: the record (none), the inputs, the params.
     torch::autograd::variable_list result;

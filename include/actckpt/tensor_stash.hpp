@@ -70,6 +70,16 @@ class TensorStash final : public StackEntry {
   ~TensorStash() override {
     if (on_stack_) context_->stack().remove(this);
     std::lock_guard<std::mutex> lock(mutex_);
+    // A CPU copy still queued would hold the buffer and the source a little longer: wait for it,
+    // so that when a step is abandoned (exception, dropped graph) its memory is back at once.
+    // (CUDA copies need no wait: record_stream and the buffer's fence protect their memory.)
+    for (const auto* ticket : {&offload_ticket_, &prefetch_ticket_}) {
+      if (!*ticket || is_cuda_ticket(**ticket)) continue;
+      try {
+        (*ticket)->synchronize();
+      } catch (...) {  // a failed copy: nothing to wait for, nothing to report from a destructor
+      }
+    }
     const bool had_memory = device_.defined() || host_ != nullptr || incoming_.defined();
     release_host_locked();
     device_.reset();
@@ -101,8 +111,15 @@ class TensorStash final : public StackEntry {
       emit(EventKind::restore_end, label_, static_cast<std::int64_t>(bytes_));
     } else {
       begin_prefetch_locked();
-      prefetch_ticket_->make_compute_wait();
-      if (offload_ticket_) offload_ticket_->synchronize();  // done by now (FIFO); rethrows a failed copy out
+      try {
+        prefetch_ticket_->make_compute_wait();
+        if (offload_ticket_) offload_ticket_->synchronize();  // done by now (FIFO); rethrows its failure
+      } catch (const std::exception& e) {
+        release_host_locked();
+        incoming_.reset();
+        TORCH_CHECK(false, "actckpt: moving the stashed input of layer '", label_,
+                    "' between device and host memory failed: ", e.what());
+      }
       result = std::move(incoming_);
       emit(EventKind::restore_end, label_, static_cast<std::int64_t>(bytes_));
     }
@@ -183,6 +200,14 @@ class TensorStash final : public StackEntry {
     emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_));
     prefetch_ticket_ = context_->engine().copy(incoming_, host_view_);
     fence_host_buffer(prefetch_ticket_);
+  }
+
+  static bool is_cuda_ticket([[maybe_unused]] const CopyTicket& ticket) {
+#if ACTCKPT_WITH_CUDA
+    return ticket.cuda_event() != nullptr;
+#else
+    return false;
+#endif
   }
 
   /// CUDA: the pool may hand the buffer out again only after this copy's event completed.

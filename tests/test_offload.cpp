@@ -1,0 +1,472 @@
+// Offload policies: where stashes live and when they move (release before the next layer, keep-N,
+// size threshold, prefetch order), the host buffer pool (reuse, bound, exhaustion), lifetime of
+// copy sources, and that no stash memory survives an exception or a dropped graph.
+// Cases needing CUDA carry [cuda] in their name and skip with a message where CUDA is absent.
+
+#include "test_models.hpp"
+
+#include <chrono>
+#include <condition_variable>
+#include <thread>
+
+using namespace test_models;
+using actckpt::AsyncOffload;
+using actckpt::Checkpointed;
+using actckpt::EventKind;
+using actckpt::NoOffload;
+using actckpt::SyncOffload;
+
+namespace {
+
+template <class Policy, class Layer>
+std::vector<Checkpointed<Layer, Policy>> wrap_stack(std::vector<Layer>& layers, const IsolatedOffload& iso) {
+  std::vector<Checkpointed<Layer, Policy>> wrapped;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    wrapped.emplace_back(layers[i]);
+    wrapped.back()->set_offload_context(iso.context);
+    wrapped.back()->set_label(std::to_string(i));
+  }
+  return wrapped;
+}
+
+std::vector<MlpBlock> mlp_stack(int depth, int64_t dim = 32, int64_t hidden = 64) {
+  std::vector<MlpBlock> layers;
+  for (int i = 0; i < depth; ++i) layers.emplace_back(dim, hidden);
+  return layers;
+}
+
+template <class L>
+torch::Tensor chain(std::vector<L>& layers, torch::Tensor x) {
+  for (auto& l : layers) x = l(x);
+  return x;
+}
+
+c10::weak_intrusive_ptr<c10::StorageImpl> weak_storage(const torch::Tensor& t) {
+  return c10::weak_intrusive_ptr<c10::StorageImpl>(t.storage().getWeakStorageImpl());
+}
+
+bool cuda_or_skip() {
+  if (torch::cuda::is_available()) return true;
+  MESSAGE("skipped: needs a CUDA device (none available on this machine)");
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("offloading policies release the device copy of an input before the next layer runs", Policy,
+                   SyncOffload, AsyncOffload) {
+  auto layers = mlp_stack(4);
+  IsolatedOffload iso;
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  // Inputs of layers 1..3 are produced inside the chain; watch whether their memory survives.
+  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> inputs;
+  auto h = torch::randn({16, 32}, torch::requires_grad());
+  for (auto& l : wrapped) {
+    auto next = l(h);
+    h = next;
+    inputs.push_back(weak_storage(h));
+  }
+  // Async copies finish on the worker, and only then release their source.
+  for (int i = 0; i < 400 && iso.context->engine().pending() != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // Input of layer 1 and 2 (outputs of layers 0 and 1) are gone from the device: only the host
+  // copies remain. (Async keeps the newest stash, layer 3's input, on the device.)
+  CHECK(inputs[0].expired());
+  CHECK(inputs[1].expired());
+  CHECK(iso.pool->stats().live_bytes >= 2 * 16 * 32 * sizeof(float));
+  h.sum().backward();
+  CHECK(iso.pool->stats().live_bytes == 0);
+}
+
+TEST_CASE("classic checkpointing keeps inputs on the device and uses no host memory") {
+  auto layers = mlp_stack(3);
+  IsolatedOffload iso;
+  auto wrapped = wrap_stack<NoOffload>(layers, iso);
+  auto h = torch::randn({16, 32}, torch::requires_grad());
+  h = wrapped[0](h);
+  auto first_output = weak_storage(h);
+  h = wrapped[1](h);
+  h = wrapped[2](h);
+  CHECK_FALSE(first_output.expired());  // layer 1's stash holds it
+  CHECK(iso.pool->stats().peak_live_bytes == 0);
+  h.sum().backward();
+}
+
+TEST_CASE("sync offload: each stash is on the host before the next layer starts") {
+  auto layers = mlp_stack(3);
+  IsolatedOffload iso;
+  auto wrapped = wrap_stack<SyncOffload>(layers, iso);
+  auto log = std::make_shared<EventLog>();
+  actckpt::ObserverScope scope(log);
+  chain(wrapped, torch::randn({16, 32})).sum().backward();
+  for (int i = 0; i + 1 < 3; ++i) {
+    CAPTURE(i);
+    auto done = log->index_of(EventKind::offload_end, std::to_string(i));
+    auto next = log->index_of(EventKind::forward_begin, std::to_string(i + 1));
+    REQUIRE(done >= 0);
+    CHECK(done < next);
+  }
+}
+
+TEST_CASE("async offload keeps the newest N stashes on the device") {
+  IsolatedOffload iso;
+  auto log = std::make_shared<EventLog>();
+  actckpt::ObserverScope scope(log);
+  SUBCASE("N = 1 (default)") {
+    auto layers = mlp_stack(4);
+    auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
+    auto y = chain(wrapped, torch::randn({16, 32}));
+    for (int i = 0; i < 3; ++i) CHECK(log->index_of(EventKind::offload_begin, std::to_string(i)) >= 0);
+    CHECK(log->index_of(EventKind::offload_begin, "3") == -1);
+    CHECK(iso.context->stack().size() == 4);
+    y.sum().backward();
+    CHECK(iso.context->stack().size() == 0);
+  }
+  SUBCASE("N = 2") {
+    auto layers = mlp_stack(4);
+    auto wrapped = wrap_stack<actckpt::BasicAsyncOffload<2>>(layers, iso);
+    auto y = chain(wrapped, torch::randn({16, 32}));
+    CHECK(log->index_of(EventKind::offload_begin, "1") >= 0);
+    CHECK(log->index_of(EventKind::offload_begin, "2") == -1);
+    CHECK(log->index_of(EventKind::offload_begin, "3") == -1);
+    y.sum().backward();
+  }
+}
+
+TEST_CASE("async offload leaves stashes under the size threshold on the device") {
+  IsolatedOffload iso;
+  auto log = std::make_shared<EventLog>();
+  actckpt::ObserverScope scope(log);
+  auto layers = mlp_stack(4, 8, 16);  // 4x8 floats = 128 bytes per input, under 1 KiB
+  auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
+  auto y = chain(wrapped, torch::randn({4, 8}));
+  CHECK(iso.context->stack().size() == 0);
+  CHECK(log->index_of(EventKind::offload_begin, "0") == -1);
+  CHECK(iso.pool->stats().peak_live_bytes == 0);
+  y.sum().backward();
+
+  auto big = mlp_stack(3, 64, 64);
+  auto wrapped_big = wrap_stack<actckpt::BasicAsyncOffload<1, (1 << 20)>>(big, iso);
+  chain(wrapped_big, torch::randn({16, 64})).sum().backward();  // 4 KiB < 1 MiB threshold
+  CHECK(iso.pool->stats().peak_live_bytes == 0);
+}
+
+TEST_CASE("async offload: while layer i recomputes, the input of layer i-1 is already being prefetched") {
+  IsolatedOffload iso;
+  auto layers = mlp_stack(5);
+  auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
+  auto y = chain(wrapped, torch::randn({16, 32}, torch::requires_grad()));
+  auto log = std::make_shared<EventLog>();
+  actckpt::ObserverScope scope(log);
+  y.sum().backward();
+  // Backward visits layers 4, 3, 2, 1, 0. Layer 4's input never left the device; the input of
+  // each layer i-1 (i = 4..1) starts coming back when layer i's backward begins, before its
+  // recompute ends, and before layer i-1 asks for it.
+  for (int i = 4; i >= 1; --i) {
+    CAPTURE(i);
+    const auto begin_i = log->index_of(EventKind::backward_begin, std::to_string(i));
+    const auto recomputed_i = log->index_of(EventKind::recompute_end, std::to_string(i));
+    const auto prefetch_prev = log->index_of(EventKind::prefetch_begin, std::to_string(i - 1));
+    const auto begin_prev = log->index_of(EventKind::backward_begin, std::to_string(i - 1));
+    REQUIRE(prefetch_prev >= 0);
+    CHECK(begin_i < prefetch_prev);
+    CHECK(prefetch_prev < recomputed_i);
+    CHECK(prefetch_prev < begin_prev);
+  }
+  CHECK(log->index_of(EventKind::prefetch_begin, "4") == -1);
+}
+
+TEST_CASE_TEMPLATE("the host pool is reused across steps: no growth over 50 steps", Policy, SyncOffload, AsyncOffload) {
+  IsolatedOffload iso;
+  auto layers = mlp_stack(4);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto step = [&] {
+    chain(wrapped, torch::randn({16, 32})).pow(2).mean().backward();
+    for (auto& l : layers) l->zero_grad();
+  };
+  step();
+  const auto after_first = iso.pool->stats();
+  CHECK(after_first.system_allocations > 0);
+  CHECK(after_first.live_bytes == 0);
+  for (int i = 0; i < 49; ++i) step();
+  const auto after_50 = iso.pool->stats();
+  CHECK(after_50.system_allocations == after_first.system_allocations);
+  CHECK(after_50.reserved_bytes == after_first.reserved_bytes);
+  CHECK(after_50.peak_reserved_bytes == after_first.peak_reserved_bytes);
+  CHECK(after_50.reuses >= 49 * after_first.system_allocations);
+  CHECK(after_50.live_bytes == 0);
+}
+
+TEST_CASE("host buffer pool: bounded, reusable, statistics readable, trimmed on demand") {
+  auto pool = actckpt::HostBufferPool::create(64 * 1024);
+  auto a = pool->try_acquire(10000, false);
+  REQUIRE(a != nullptr);
+  CHECK(a->capacity() >= 10000);
+  CHECK(a->capacity() % actckpt::HostBufferPool::granularity == 0);
+  CHECK(pool->stats().live_bytes == a->capacity());
+  auto b = pool->try_acquire(40000, false);
+  REQUIRE(b != nullptr);
+  CHECK(pool->try_acquire(40000, false) == nullptr);  // over the 64 KiB bound: refused, never waits
+  CHECK(pool->stats().exhaustions == 1);
+  const void* a_memory = a->data();
+  a.reset();
+  CHECK(pool->stats().live_bytes == b->capacity());
+  auto c = pool->try_acquire(9000, false);  // fits the cached 12 KiB buffer
+  REQUIRE(c != nullptr);
+  CHECK(c->data() == a_memory);
+  CHECK(pool->stats().reuses == 1);
+  CHECK(pool->stats().system_allocations == 2);
+  c.reset();
+  b.reset();
+  CHECK(pool->stats().live_bytes == 0);
+  CHECK(pool->stats().peak_live_bytes >= 40000);
+  pool->trim();
+  CHECK(pool->stats().reserved_bytes == 0);
+  pool->set_limit(1 << 20);
+  CHECK(pool->try_acquire(500000, false) != nullptr);
+}
+
+TEST_CASE_TEMPLATE("pool exhaustion: documented fallback keeps stashes on the device", Policy, SyncOffload, AsyncOffload) {
+  IsolatedOffload iso;
+  iso.pool->set_limit(4096);  // smaller than one 16x32 float stash (8 KiB)
+  auto layers = mlp_stack(4);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto x = torch::randn({16, 32}, torch::requires_grad());
+  chain(layers, x).pow(2).sum().backward();
+  auto g_ref = take_grads(*layers[0]);
+  x.mutable_grad().reset();
+  for (auto& l : layers) l->zero_grad();
+  chain(wrapped, x).pow(2).sum().backward();
+  check_bitwise_equal(take_grads(*layers[0]), g_ref);
+  CHECK(iso.pool->stats().exhaustions > 0);
+  CHECK(iso.pool->stats().live_bytes == 0);
+}
+
+using StrictSync = actckpt::BasicSyncOffload<actckpt::PoolExhaustion::throw_error>;
+using StrictAsync = actckpt::BasicAsyncOffload<1, 1024, actckpt::PoolExhaustion::throw_error>;
+
+TEST_CASE_TEMPLATE("pool exhaustion with throw_error: a clear error, nothing leaked, next step trains", Policy,
+                   StrictSync, StrictAsync) {
+  IsolatedOffload iso;
+  iso.pool->set_limit(4096);
+  auto layers = mlp_stack(4);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto x = torch::randn({16, 32});
+  CHECK_THROWS_WITH_AS(chain(wrapped, x), doctest::Contains("host buffer pool exhausted"), c10::Error);
+  CHECK(iso.pool->stats().live_bytes == 0);
+  CHECK(iso.context->stack().size() == 0);
+  iso.pool->set_limit(std::size_t{1} << 26);
+  chain(wrapped, x).sum().backward();
+  CHECK(layers[0]->fc1->weight.grad().defined());
+}
+
+TEST_CASE_TEMPLATE("an exception inside a layer in forward or in backward leaves no stash memory", Policy,
+                   NoOffload, SyncOffload, AsyncOffload) {
+  IsolatedOffload iso;
+  std::vector<FaultyBlock> layers;
+  for (int i = 0; i < 4; ++i) layers.emplace_back(32);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto x = torch::randn({16, 32});
+  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> outputs;
+
+  SUBCASE("in forward") {
+    layers[2]->throw_in_forward = true;
+    auto run = [&] {
+      auto h = x;
+      for (auto& l : wrapped) {
+        h = l(h);
+        outputs.push_back(weak_storage(h));
+      }
+    };
+    CHECK_THROWS_WITH(run(), doctest::Contains("injected forward failure"));
+    layers[2]->throw_in_forward = false;
+  }
+  SUBCASE("in the recompute during backward") {
+    layers[1]->throw_in_recompute = true;
+    auto h = x;
+    for (auto& l : wrapped) {
+      h = l(h);
+      outputs.push_back(weak_storage(h));
+    }
+    auto loss = h.sum();
+    h = torch::Tensor();
+    CHECK_THROWS_WITH(loss.backward(), doctest::Contains("injected recompute failure"));
+    loss = torch::Tensor();  // the graph goes with the loss
+    layers[1]->throw_in_recompute = false;
+  }
+  for (auto& o : outputs) CHECK(o.expired());  // no stash keeps a device tensor alive
+  CHECK(iso.pool->stats().live_bytes == 0);
+  CHECK(iso.context->stack().size() == 0);
+  CHECK(iso.context->engine().pending() == 0);
+  // The next step trains, and correctly.
+  for (auto& l : layers) l->zero_grad();
+  chain(layers, x).sum().backward();
+  auto g_ref = take_grads(*layers[0]);
+  chain(wrapped, x).sum().backward();
+  check_bitwise_equal(take_grads(*layers[0]), g_ref);
+}
+
+TEST_CASE_TEMPLATE("a graph dropped without backward returns every stash", Policy, SyncOffload, AsyncOffload) {
+  IsolatedOffload iso;
+  auto layers = mlp_stack(5);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  {
+    auto y = chain(wrapped, torch::randn({16, 32}));
+    CHECK(iso.pool->stats().live_bytes > 0);
+  }
+  CHECK(iso.context->stack().size() == 0);
+  // CPU copies may still be finishing on the worker: they hold the buffers until done.
+  for (int i = 0; i < 200 && iso.pool->stats().live_bytes != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(iso.pool->stats().live_bytes == 0);
+}
+
+TEST_CASE("async copy: the device source stays alive until its copy is done") {
+  IsolatedOffload iso;
+  std::mutex m;
+  std::condition_variable cv;
+  bool release = false;
+  iso.context->engine().set_fault_injector([&] {  // holds the worker before each copy
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return release; });
+  });
+  auto layers = mlp_stack(3);
+  auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
+  auto h = wrapped[0](torch::randn({16, 32}));
+  auto first_output = weak_storage(h);
+  h = wrapped[1](h);  // pushes layer 1's stash: layer 0's... (layer 0's input is the data)
+  h = wrapped[2](h);  // layer 1's input (= first_output) starts its offload, held by the worker
+  CHECK(iso.context->engine().pending() > 0);
+  CHECK_FALSE(first_output.expired());  // the queued copy still reads it
+  {
+    std::lock_guard<std::mutex> lock(m);
+    release = true;
+  }
+  cv.notify_all();
+  for (int i = 0; i < 400 && iso.context->engine().pending() != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(iso.context->engine().pending() == 0);
+  CHECK(first_output.expired());  // copied: the device copy was released
+  iso.context->engine().set_fault_injector(nullptr);
+  h.sum().backward();
+  CHECK(iso.pool->stats().live_bytes == 0);
+}
+
+TEST_CASE("async copy failure: backward reports it clearly, memory is returned, the next step trains") {
+  IsolatedOffload iso;
+  iso.context->engine().set_fault_injector([] { throw std::runtime_error("injected copy failure"); });
+  auto layers = mlp_stack(3);
+  auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
+  auto x = torch::randn({16, 32});
+  {
+    auto loss = chain(wrapped, x).sum();
+    CHECK_THROWS_WITH(loss.backward(), doctest::Contains("injected copy failure"));
+  }
+  CHECK(iso.pool->stats().live_bytes == 0);
+  CHECK(iso.context->stack().size() == 0);
+  iso.context->engine().set_fault_injector(nullptr);
+  chain(layers, x).sum().backward();
+  auto g_ref = take_grads(*layers[0]);
+  chain(wrapped, x).sum().backward();
+  check_bitwise_equal(take_grads(*layers[0]), g_ref);
+}
+
+TEST_CASE("stashes of two contexts never mix: each thread has its own default context") {
+  auto main_context = actckpt::OffloadContext::current();
+  std::shared_ptr<actckpt::OffloadContext> other;
+  std::thread([&] { other = actckpt::OffloadContext::current(); }).join();
+  CHECK(main_context != other);
+  CHECK(main_context == actckpt::OffloadContext::current());
+  IsolatedOffload iso;
+  {
+    actckpt::OffloadContextScope scope(iso.context);
+    CHECK(actckpt::OffloadContext::current() == iso.context);
+    auto layers = mlp_stack(3);
+    std::vector<Checkpointed<MlpBlock, AsyncOffload>> wrapped;
+    for (auto& l : layers) wrapped.emplace_back(l);  // no explicit context: the scope's is used
+    auto y = chain(wrapped, torch::randn({16, 32}));
+    CHECK(iso.context->stack().size() == 3);
+    CHECK(main_context->stack().size() == 0);
+    y.sum().backward();
+  }
+  CHECK(actckpt::OffloadContext::current() == main_context);
+}
+
+TEST_CASE("CPU stashes live in the host pool, outside LibTorch's CPU allocator") {
+  IsolatedOffload iso;
+  auto layers = mlp_stack(3);
+  auto wrapped = wrap_stack<SyncOffload>(layers, iso);
+  auto log = std::make_shared<EventLog>();
+  actckpt::ObserverScope scope(log);
+  auto x = torch::randn({16, 32});
+  auto y = chain(wrapped, x);
+  // Three stashes of 16x32 floats, each rounded up to the pool's granularity.
+  CHECK(iso.pool->stats().live_bytes == 3 * 4096 * ((16 * 32 * 4 + 4095) / 4096));
+  for (const auto& e : log->snapshot())
+    if (e.kind == EventKind::offload_begin) CHECK(e.bytes == 16 * 32 * 4);
+  y.sum().backward();
+}
+
+TEST_CASE_TEMPLATE("[cuda] gradients on CUDA are equal to the unwrapped model's, with offload over side streams",
+                   Policy, NoOffload, SyncOffload, AsyncOffload) {
+  if (!cuda_or_skip()) return;
+  torch::manual_seed(0);
+  std::vector<actckpt::models::TransformerBlock> layers;
+  for (int i = 0; i < 4; ++i) {
+    layers.emplace_back(actckpt::models::TransformerBlockOptions(64, 16, 128).dropout(0.1));
+    layers.back()->to(torch::kCUDA);
+  }
+  IsolatedOffload iso;
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto x = torch::randn({2, 32, 64}, torch::kCUDA);
+  torch::manual_seed(3);
+  chain(layers, x).pow(2).mean().backward();
+  std::vector<torch::Tensor> g_ref;
+  for (auto& l : layers)
+    for (auto& g : take_grads(*l)) g_ref.push_back(g);
+  torch::manual_seed(3);
+  chain(wrapped, x).pow(2).mean().backward();
+  std::vector<torch::Tensor> g;
+  for (auto& l : layers)
+    for (auto& t : take_grads(*l)) g.push_back(t);
+  REQUIRE(g.size() == g_ref.size());
+  for (std::size_t i = 0; i < g.size(); ++i) CHECK(torch::allclose(g[i], g_ref[i], 1e-5, 1e-6));
+  CHECK(iso.pool->stats().live_bytes == 0);
+}
+
+TEST_CASE("[cuda] async offload under fp16 autocast matches the unwrapped model and frees device memory") {
+  if (!cuda_or_skip()) return;
+  torch::manual_seed(1);
+  std::vector<MlpBlock> layers;
+  for (int i = 0; i < 6; ++i) {
+    layers.emplace_back(256, 1024);
+    layers.back()->to(torch::kCUDA);
+  }
+  IsolatedOffload iso;
+  auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
+  actckpt::AutocastState fp16;
+  fp16.cuda_enabled = true;
+  fp16.cuda_dtype = torch::kHalf;
+  auto x = torch::randn({512, 256}, torch::kCUDA);
+  torch::Tensor ref_loss, loss;
+  {
+    actckpt::AutocastReplayGuard on(fp16);
+    ref_loss = chain(layers, x).to(torch::kFloat).pow(2).mean();
+  }
+  ref_loss.backward();
+  std::vector<torch::Tensor> g_ref;
+  for (auto& l : layers)
+    for (auto& g : take_grads(*l)) g_ref.push_back(g);
+  {
+    actckpt::AutocastReplayGuard on(fp16);
+    loss = chain(wrapped, x).to(torch::kFloat).pow(2).mean();
+  }
+  CHECK(iso.pool->stats().live_bytes > 0);  // stashes went to pinned host memory
+  loss.backward();
+  torch::cuda::synchronize();
+  std::vector<torch::Tensor> g;
+  for (auto& l : layers)
+    for (auto& t : take_grads(*l)) g.push_back(t);
+  for (std::size_t i = 0; i < g.size(); ++i) CHECK(torch::allclose(g[i], g_ref[i], 1e-3, 1e-4));
+  CHECK(iso.pool->stats().live_bytes == 0);
+}
