@@ -124,7 +124,9 @@ class CopyEngine {
   /// done, then are dropped (so a device source is released only after its copy finished);
   /// `on_done` runs after that, on the worker (CPU) or right after submission (CUDA, where
   /// completion is observed through the ticket's event).
-  std::shared_ptr<CopyTicket> copy(at::Tensor dst, at::Tensor src, std::function<void()> on_done = {}) {
+  /// `keep_alive` (the host buffer, say) is held as long as the tensors.
+  std::shared_ptr<CopyTicket> copy(at::Tensor dst, at::Tensor src, std::shared_ptr<void> keep_alive = {},
+                                   std::function<void()> on_done = {}) {
     auto ticket = std::make_shared<CopyTicket>();
 #if ACTCKPT_WITH_CUDA
     if (src.is_cuda() || dst.is_cuda()) {
@@ -139,7 +141,8 @@ class CopyEngine {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       TORCH_CHECK(!stopping_, "actckpt: copy submitted to a copy engine that is shutting down");
-      queue_.push_back(Job{std::move(dst), std::move(src), ticket, std::move(on_done), at::ThreadLocalState()});
+      queue_.push_back(Job{std::move(dst), std::move(src), std::move(keep_alive), ticket, std::move(on_done),
+                           at::ThreadLocalState()});
       if (!worker_.joinable()) worker_ = std::thread([this] { run_worker(); });
     }
     cv_.notify_all();
@@ -163,6 +166,7 @@ class CopyEngine {
   struct Job {
     at::Tensor dst;
     at::Tensor src;
+    std::shared_ptr<void> keep_alive;
     std::shared_ptr<CopyTicket> ticket;
     std::function<void()> on_done;
     at::ThreadLocalState state;
@@ -195,6 +199,7 @@ class CopyEngine {
         // that thread sees the source leave.
         job->src.reset();
         job->dst.reset();
+        job->keep_alive.reset();
       }
       job->ticket->finish(error);
       if (job->on_done) job->on_done();

@@ -12,7 +12,8 @@
 /// null and the caller applies its documented fallback (keep the stash on the device, or throw).
 /// Thread-safe.
 
-#include <c10/core/Allocator.h>
+#include <ATen/Functions.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -52,9 +53,16 @@ class HostBufferPool;
 /// `std::shared_ptr<HostBuffer>` to it is dropped.
 class HostBuffer {
  public:
-  void* data() const { return memory_.get(); }
+  void* data() const { return bytes_.data_ptr(); }
   std::size_t capacity() const { return capacity_; }
   bool pinned() const { return pinned_; }
+
+  /// A CPU tensor of `sizes` and `dtype` over the first `nbytes` of this buffer. For pinned
+  /// buffers it shares the storage LibTorch's pinned allocator made, so asynchronous copies
+  /// from and into it are recognised as pinned by LibTorch.
+  at::Tensor view_as(c10::IntArrayRef sizes, c10::ScalarType dtype, std::size_t nbytes) const {
+    return bytes_.narrow(0, 0, static_cast<int64_t>(nbytes)).view(dtype).view(sizes);
+  }
 
   /// Sets a function that blocks until pending asynchronous device work on this buffer is
   /// done (a CUDA event wait). The pool runs it before handing the buffer out again.
@@ -62,9 +70,9 @@ class HostBuffer {
 
  private:
   friend class HostBufferPool;
-  HostBuffer(c10::DataPtr memory, std::size_t capacity, bool pinned)
-      : memory_(std::move(memory)), capacity_(capacity), pinned_(pinned) {}
-  c10::DataPtr memory_;
+  HostBuffer(at::Tensor bytes, std::size_t capacity, bool pinned)
+      : bytes_(std::move(bytes)), capacity_(capacity), pinned_(pinned) {}
+  at::Tensor bytes_;  // a 1-d uint8 tensor over the whole buffer
   std::size_t capacity_;
   bool pinned_;
   std::function<void()> fence_;
@@ -117,8 +125,8 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
           ++stats_.exhaustions;
           return nullptr;
         }
-        c10::DataPtr memory = allocate(want, pinned);
-        if (!memory) {
+        at::Tensor memory = allocate(want, pinned);
+        if (!memory.defined()) {
           ++stats_.exhaustions;
           return nullptr;
         }
@@ -185,13 +193,14 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
 
   static std::size_t round_up(std::size_t n) { return (n + granularity - 1) / granularity * granularity; }
 
-  static void free_plain(void* p) { std::free(p); }
-
-  static c10::DataPtr allocate(std::size_t bytes, bool pinned) {
+  /// A byte tensor over new memory, or undefined when the system refuses. Plain buffers come
+  /// from the C heap (not LibTorch's CPU allocator); pinned ones from LibTorch's pinned allocator.
+  static at::Tensor allocate(std::size_t bytes, bool pinned) {
+    const auto options = at::TensorOptions().dtype(at::kByte).device(c10::kCPU);
     if (pinned) {
 #if ACTCKPT_WITH_CUDA
       try {
-        return at::cuda::getCachingHostAllocator()->allocate(bytes);
+        return at::empty({static_cast<int64_t>(bytes)}, options.pinned_memory(true));
       } catch (const c10::Error&) {
         return {};
       }
@@ -202,7 +211,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     }
     void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (p == nullptr) return {};
-    return c10::DataPtr(p, p, &HostBufferPool::free_plain, c10::Device(c10::kCPU));
+    return at::from_blob(p, {static_cast<int64_t>(bytes)}, [](void* q) { std::free(q); }, options);
   }
 
   void give_back(HostBuffer* b) {

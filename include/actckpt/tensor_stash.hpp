@@ -171,17 +171,13 @@ class TensorStash final : public StackEntry {
       offloadable_ = false;  // documented fallback: stays on the device
       return;
     }
-    // The host tensor co-owns the buffer, so a queued copy keeps it alive even if the stash dies.
-    std::shared_ptr<HostBuffer> owner = host_;
-    host_view_ = at::from_blob(
-        host_->data(), sizes_, [owner](void*) mutable { owner.reset(); },
-        at::TensorOptions().dtype(tensor_options_.dtype()).device(c10::kCPU));
+    host_view_ = host_->view_as(sizes_, c10::typeMetaToScalarType(tensor_options_.dtype()), bytes_);
     at::Tensor source = device_.is_contiguous() ? device_ : device_.contiguous();
     emit(EventKind::offload_begin, label_, static_cast<std::int64_t>(bytes_));
     if (async) {
       std::string label = label_;
       const auto bytes = static_cast<std::int64_t>(bytes_);
-      offload_ticket_ = context_->engine().copy(host_view_, std::move(source),
+      offload_ticket_ = context_->engine().copy(host_view_, std::move(source), host_,
                                                 [label, bytes] { emit(EventKind::offload_end, label, bytes); });
       fence_host_buffer(offload_ticket_);
     } else {
@@ -198,7 +194,7 @@ class TensorStash final : public StackEntry {
     if (prefetch_ticket_) return;
     incoming_ = empty_like_original();
     emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_));
-    prefetch_ticket_ = context_->engine().copy(incoming_, host_view_);
+    prefetch_ticket_ = context_->engine().copy(incoming_, host_view_, host_);
     fence_host_buffer(prefetch_ticket_);
   }
 
