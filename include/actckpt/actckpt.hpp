@@ -19,3 +19,5 @@
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/checkpointed.hpp"
 #include "actckpt/wrap_every.hpp"
+#include "actckpt/memory_meter.hpp"
+#include "actckpt/memory_timeline.hpp"

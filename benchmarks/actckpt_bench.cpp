@@ -1,0 +1,258 @@
+// actckpt_bench: Google Benchmark fixtures, one per mode (baseline, ckpt_classic,
+// ckpt_sync_offload, ckpt_async_offload), templated on the checkpoint policy. One iteration is
+// one full training step (forward, backward, SGD step), timed manually after a device sync.
+// Counters: ms_per_iter (median step), peak_MB, host_stash_MB, floor_MB, over_floor_pct and
+// the deltas against baseline. After the runs it prints the seed's table and writes results and
+// memory timelines to --out.
+//
+//   actckpt_bench --help
+//   OMP_NUM_THREADS=2 actckpt_bench --out=out --benchmark_out=out/benchmark.json
+//   actckpt_bench --device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024
+//       --head_dim 64 --ff_dim 4096 --batch_size 48 --dtype fp16 --steps 3
+
+#include <actckpt/actckpt.hpp>
+#include <benchmark/benchmark.h>
+#include <torch/version.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include "bench_options.hpp"
+#include "bench_report.hpp"
+#include "train_session.hpp"
+
+namespace bench {
+
+using actckpt::models::NoCheckpoint;
+using actckpt::models::stack_mode_of;
+
+/// What the fixtures share: the options, the per-block probes (measured once) and the results.
+struct Run {
+  BenchOptions options;
+  RunInfo info;
+  Report report;
+  std::optional<BlockProbe> unwrapped_probe, checkpointed_probe;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+
+  static Run& get() {
+    static Run run;
+    return run;
+  }
+  double elapsed_s() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  void progress(StackMode mode, const std::string& what) const {
+    if (options.quiet) return;
+    std::fprintf(stderr, "[%-18s] %-28s elapsed %6.1f s\n", std::string(actckpt::models::to_string(mode)).c_str(),
+                 what.c_str(), elapsed_s());
+  }
+  const BlockProbe& probe(StackMode mode) {
+    auto& slot = mode == StackMode::baseline ? unwrapped_probe : checkpointed_probe;
+    if (!slot) {
+      progress(mode, mode == StackMode::baseline ? "probing one unwrapped block" : "probing one checkpointed block");
+      slot = probe_block(options.model, mode == StackMode::baseline ? StackMode::baseline : StackMode::ckpt_classic,
+                         options.seed);
+    }
+    return *slot;
+  }
+};
+
+template <class Policy>
+class TrainStep : public benchmark::Fixture {
+ public:
+  static constexpr StackMode mode = stack_mode_of<Policy>();
+
+  void SetUp(benchmark::State&) override {
+    auto& run = Run::get();
+    try {
+      run.probe(StackMode::baseline == mode ? StackMode::baseline : StackMode::ckpt_classic);
+      run.progress(mode, "building the model");
+      session_.emplace(run.options.model, mode, run.options.model.num_layers, /*input_requires_grad=*/false,
+                       run.options.seed);
+      for (int64_t i = 0; i < run.options.warmup; ++i) {
+        run.progress(mode, "warmup " + std::to_string(i + 1) + "/" + std::to_string(run.options.warmup));
+        session_->timed_step();
+      }
+      session_->meter().reset_peak();
+    } catch (const std::exception& e) {
+      error_ = e.what();
+    }
+  }
+
+  void TearDown(benchmark::State&) override {
+    auto& run = Run::get();
+    if (session_ && error_.empty()) {
+      try {
+        auto& result = run.report.at(mode);
+        if (run.options.timeline && !result.timeline) {
+          run.progress(mode, "recording a memory timeline");
+          auto timeline = std::make_unique<actckpt::MemoryTimeline>(
+              session_->meter(), std::string(actckpt::models::to_string(mode)), "zero_grad");
+          session_->step(timeline.get());
+          synchronize(session_->device());
+          timeline->stop();
+          result.timeline = std::move(timeline);
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "[%s] timeline failed: %s\n", std::string(actckpt::models::to_string(mode)).c_str(), e.what());
+      }
+    }
+    session_.reset();
+  }
+
+  void run(benchmark::State& state) {
+    auto& run = Run::get();
+    if (!error_.empty()) {
+      state.SkipWithError(error_.c_str());
+      for (auto _ : state) {
+      }
+      return;
+    }
+    auto& result = run.report.at(mode);
+    const auto total = state.max_iterations;
+    int64_t i = 0;
+    for (auto _ : state) {
+      const double ms = session_->timed_step();
+      state.SetIterationTime(ms / 1e3);
+      result.step_ms.push_back(ms);
+      ++i;
+      char what[64];
+      std::snprintf(what, sizeof what, "step %lld/%lld: %.1f ms", static_cast<long long>(i),
+                    static_cast<long long>(total), ms);
+      run.progress(mode, what);
+    }
+    synchronize(session_->device());
+    auto& meter = session_->meter();
+    result.peak_bytes = std::max(result.peak_bytes, meter.device_peak_bytes());
+    result.host_stash_peak_bytes = std::max(result.host_stash_peak_bytes, meter.host_stash_peak_bytes());
+    result.resident_bytes = meter.device_bytes();
+    result.floor = analytic_floor(*session_, run.options.model, result.resident_bytes, run.probe(StackMode::baseline == mode ? StackMode::baseline : StackMode::ckpt_classic),
+                                  run.probe(StackMode::ckpt_classic));
+
+    state.counters["ms_per_iter"] = result.median_ms();
+    state.counters["peak_MB"] = mib(result.peak_bytes);
+    state.counters["host_stash_MB"] = mib(result.host_stash_peak_bytes);
+    state.counters["floor_MB"] = mib(result.floor.total());
+    state.counters["over_floor_pct"] = result.over_floor_pct();
+    if (auto d = run.report.time_vs(mode, StackMode::baseline)) state.counters["time_vs_baseline_pct"] = *d;
+    if (auto d = run.report.peak_vs(mode, StackMode::baseline)) state.counters["peak_vs_baseline_pct"] = *d;
+  }
+
+ private:
+  std::optional<TrainSession> session_;
+  std::string error_;
+};
+
+}  // namespace bench
+
+namespace bench {
+
+// One fixture per mode; registered in main once the flags (steps) are known.
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, baseline, NoCheckpoint)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_classic, actckpt::NoOffload)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_sync_offload, actckpt::SyncOffload)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_async_offload, actckpt::AsyncOffload)(benchmark::State& state) { run(state); }
+
+/// --steps measured iterations each (0: Google Benchmark decides), timed manually.
+void configure(benchmark::internal::Benchmark* b) {
+  if (const auto steps = Run::get().options.model.steps; steps > 0) b->Iterations(steps);
+  b->UseManualTime()->Unit(benchmark::kMillisecond);
+}
+
+/// Called once the flags are parsed (the iteration count is a flag); baseline first, so the
+/// others can report their deltas against it.
+void register_fixtures() {
+  BENCHMARK_REGISTER_F(TrainStep, baseline)->Apply(configure);
+  BENCHMARK_REGISTER_F(TrainStep, ckpt_classic)->Apply(configure);
+  BENCHMARK_REGISTER_F(TrainStep, ckpt_sync_offload)->Apply(configure);
+  BENCHMARK_REGISTER_F(TrainStep, ckpt_async_offload)->Apply(configure);
+}
+
+}  // namespace bench
+
+namespace {
+
+void print_help() {
+  bench::print_usage(std::cout);
+  benchmark::PrintDefaultHelp();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv, print_help);  // takes out --benchmark_* flags (and --help)
+  auto& run = bench::Run::get();
+  try {
+    run.options = bench::parse_options(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "actckpt_bench: " << e.what() << "\n";
+    return 2;
+  }
+  const auto& cfg = run.options.model;
+  if (run.options.threads > 0) torch::set_num_threads(static_cast<int>(run.options.threads));
+  if (cfg.torch_device().is_cuda() && !torch::cuda::is_available()) {
+    std::cerr << "actckpt_bench: --device " << cfg.device << " but no CUDA device is available\n";
+    return 2;
+  }
+
+  auto& info = run.info;
+  info.options = run.options;
+  info.intra_op_threads = torch::get_num_threads();
+  info.inter_op_threads = torch::get_num_interop_threads();
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  info.omp_num_threads = omp ? omp : "(unset)";
+  info.torch_version = TORCH_VERSION;
+  {
+    actckpt::models::TransformerStack probe(cfg.block_options(), cfg.num_layers, actckpt::models::StackMode::baseline);
+    for (const auto& p : probe->parameters()) info.parameters += p.numel();
+  }
+  std::printf("actckpt_bench: LibTorch %s, device %s, dtype %s; threads: intra-op %d (OMP_NUM_THREADS=%s), inter-op %d\n",
+              TORCH_VERSION, cfg.device.c_str(), cfg.dtype.c_str(), info.intra_op_threads, info.omp_num_threads.c_str(),
+              info.inter_op_threads);
+  std::printf("model: %lld layers, hidden %lld, %lld heads of %lld, ff %lld, batch %lld x seq %lld = %lld tokens, "
+              "%.2f M parameters; %lld warmup + %lld measured steps per mode\n",
+              static_cast<long long>(cfg.num_layers), static_cast<long long>(cfg.hidden_dim),
+              static_cast<long long>(cfg.num_heads()), static_cast<long long>(cfg.head_dim),
+              static_cast<long long>(cfg.ff_dim), static_cast<long long>(cfg.batch_size),
+              static_cast<long long>(cfg.seq_len()), static_cast<long long>(cfg.batch_size * cfg.seq_len()),
+              static_cast<double>(info.parameters) / 1e6, static_cast<long long>(run.options.warmup),
+              static_cast<long long>(cfg.steps));
+  std::fflush(stdout);
+  benchmark::AddCustomContext("actckpt_device", cfg.device);
+  benchmark::AddCustomContext("actckpt_dtype", cfg.dtype);
+  benchmark::AddCustomContext("actckpt_model",
+                              std::to_string(cfg.num_layers) + " layers, hidden " + std::to_string(cfg.hidden_dim) +
+                                  ", head " + std::to_string(cfg.head_dim) + ", ff " + std::to_string(cfg.ff_dim) +
+                                  ", batch " + std::to_string(cfg.batch_size) + ", tokens " +
+                                  std::to_string(cfg.total_tokens));
+  benchmark::AddCustomContext("intra_op_threads", std::to_string(info.intra_op_threads));
+  benchmark::AddCustomContext("OMP_NUM_THREADS", info.omp_num_threads);
+  benchmark::AddCustomContext("torch_version", TORCH_VERSION);
+
+  // Registered here, not at static-initialization time, because the iteration count is a flag.
+  bench::register_fixtures();
+
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+
+  if (run.report.empty()) {
+    std::cerr << "actckpt_bench: no mode ran (check --benchmark_filter)\n";
+    return 1;
+  }
+  std::cout << "\n";
+  run.report.write_table(std::cout, info);
+  try {
+    run.report.write_files(run.options.out, info);
+    std::cout << "\nwrote results.{json,csv,md}" << (run.options.timeline ? ", timeline_<mode>.csv, memory_timeline.json" : "")
+              << " to " << run.options.out << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "actckpt_bench: writing results to " << run.options.out << " failed: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

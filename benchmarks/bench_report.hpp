@@ -1,0 +1,235 @@
+#pragma once
+// The results of every mode: the seed's table (plus the analytic floor), and the files the
+// plots are drawn from (results.json, results.csv, results.md, timeline_<mode>.csv,
+// memory_timeline.json). MB = 2^20 bytes throughout, as LibTorch reports memory.
+
+#include <actckpt/memory_timeline.hpp>
+#include <actckpt/models/transformer_stack.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench_options.hpp"
+#include "train_session.hpp"
+
+namespace bench {
+
+inline double mib(int64_t bytes) { return static_cast<double>(bytes) / 1048576.0; }
+
+struct ModeResult {
+  StackMode mode = StackMode::baseline;
+  std::vector<double> step_ms;   // every measured step, in order
+  int64_t peak_bytes = 0;        // device peak over the measured steps
+  int64_t host_stash_peak_bytes = 0;
+  int64_t resident_bytes = 0;    // device bytes between steps
+  Floor floor;
+  std::unique_ptr<actckpt::MemoryTimeline> timeline;
+
+  double median_ms() const {
+    if (step_ms.empty()) return 0;
+    auto v = step_ms;
+    std::sort(v.begin(), v.end());
+    const auto n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+  }
+  double min_ms() const { return step_ms.empty() ? 0 : *std::min_element(step_ms.begin(), step_ms.end()); }
+  double mean_ms() const {
+    return step_ms.empty() ? 0 : std::accumulate(step_ms.begin(), step_ms.end(), 0.0) / static_cast<double>(step_ms.size());
+  }
+  /// Measured peak over the floor, in percent (0 when the floor is unknown).
+  double over_floor_pct() const {
+    const auto f = floor.total();
+    return f > 0 ? 100.0 * static_cast<double>(peak_bytes - f) / static_cast<double>(f) : 0.0;
+  }
+};
+
+/// Percent change of `value` against `reference`.
+inline std::optional<double> delta_pct(double value, double reference) {
+  if (reference <= 0) return std::nullopt;
+  return 100.0 * (value - reference) / reference;
+}
+
+inline std::string fmt(const char* format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+inline std::string fmt_delta(std::optional<double> d) { return d ? fmt("%+.2f%%", *d) : std::string("—"); }
+
+/// `s` padded to `width` columns (UTF-8 aware: "—" is one column), right-aligned by default.
+inline std::string pad(const std::string& s, std::size_t width, bool right = true) {
+  std::size_t columns = 0;
+  for (unsigned char c : s) columns += (c & 0xC0) != 0x80;
+  const std::string fill(columns < width ? width - columns : 0, ' ');
+  return right ? fill + s : s + fill;
+}
+
+struct RunInfo {
+  BenchOptions options;
+  int intra_op_threads = 0;
+  int inter_op_threads = 0;
+  std::string omp_num_threads;  // as set in the environment, or "(unset)"
+  std::string torch_version;
+  int64_t parameters = 0;
+};
+
+class Report {
+ public:
+  ModeResult& at(StackMode mode) {
+    auto& r = results_[mode];
+    r.mode = mode;
+    return r;
+  }
+  const ModeResult* find(StackMode mode) const {
+    auto it = results_.find(mode);
+    return it == results_.end() || it->second.step_ms.empty() ? nullptr : &it->second;
+  }
+  bool empty() const {
+    for (const auto& [m, r] : results_)
+      if (!r.step_ms.empty()) return false;
+    return true;
+  }
+
+  std::optional<double> time_vs(StackMode mode, StackMode reference) const {
+    auto* r = find(mode);
+    auto* ref = find(reference);
+    if (!r || !ref || r == ref) return std::nullopt;
+    return delta_pct(r->median_ms(), ref->median_ms());
+  }
+  std::optional<double> peak_vs(StackMode mode, StackMode reference) const {
+    auto* r = find(mode);
+    auto* ref = find(reference);
+    if (!r || !ref || r == ref) return std::nullopt;
+    return delta_pct(static_cast<double>(r->peak_bytes), static_cast<double>(ref->peak_bytes));
+  }
+
+  /// The seed's table plus host stash and the analytic floor, as a Markdown table.
+  void write_table(std::ostream& out, const RunInfo& info) const {
+    const auto& m = info.options.model;
+    out << "Benchmark (" << m.device << ", " << m.dtype << ", " << m.total_tokens << " tokens, " << m.num_layers
+        << " layers, hidden=" << m.hidden_dim << ", heads=" << m.num_heads() << ", ff=" << m.ff_dim
+        << ", batch=" << m.batch_size << ", seq=" << m.seq_len() << "; " << info.intra_op_threads
+        << " intra-op threads; median of " << steps_measured() << " steps per mode)\n\n";
+    out << "| Mode               | Time (ms/iter) | Δ vs Baseline | Peak (MB) | Δ vs Baseline | Δ vs Ckpt Classic "
+           "| Host stash (MB) | Floor (MB) | Peak over floor |\n";
+    out << "|--------------------|---------------:|--------------:|----------:|--------------:|------------------:"
+           "|----------------:|-----------:|----------------:|\n";
+    for (auto mode : actckpt::models::all_stack_modes) {
+      const auto* r = find(mode);
+      if (!r) continue;
+      const bool offload = mode == StackMode::ckpt_sync_offload || mode == StackMode::ckpt_async_offload;
+      out << "| " << pad(std::string(actckpt::models::to_string(mode)), 18, false) << " | "
+          << pad(fmt("%.2f", r->median_ms()), 14) << " | " << pad(fmt_delta(time_vs(mode, StackMode::baseline)), 13)
+          << " | " << pad(fmt("%.2f", mib(r->peak_bytes)), 9) << " | "
+          << pad(fmt_delta(peak_vs(mode, StackMode::baseline)), 13) << " | "
+          << pad(offload ? fmt_delta(peak_vs(mode, StackMode::ckpt_classic)) : "—", 17) << " | "
+          << pad(fmt("%.2f", mib(r->host_stash_peak_bytes)), 15) << " | " << pad(fmt("%.2f", mib(r->floor.total())), 10)
+          << " | " << pad(fmt("%+.2f%%", r->over_floor_pct()), 15) << " |\n";
+    }
+    out << "\nMB = 2^20 bytes. Peak: " << (m.torch_device().is_cuda() ? "CUDA caching allocator's allocated bytes"
+                                                                       : "bytes LibTorch's CPU allocator handed out")
+        << " during the measured steps. Host stash: peak bytes of offloaded stashes in the host buffer pool"
+        << (m.torch_device().is_cpu() ? " (on CPU these are also RAM: offload saves no memory there)" : "")
+        << ". Floor: weights + grads + optimizer state + data + what the mode must keep + one block's measured"
+           " working set (see results.json).\n";
+  }
+
+  void write_files(const std::string& dir, const RunInfo& info) const {
+    std::filesystem::create_directories(dir);
+    {
+      std::ofstream md(dir + "/results.md");
+      write_table(md, info);
+    }
+    write_csv(dir + "/results.csv");
+    write_json(dir + "/results.json", info);
+    std::vector<const actckpt::MemoryTimeline*> timelines;
+    for (auto mode : actckpt::models::all_stack_modes) {
+      auto it = results_.find(mode);
+      if (it == results_.end() || !it->second.timeline) continue;
+      it->second.timeline->write_csv(dir + "/timeline_" + std::string(actckpt::models::to_string(mode)) + ".csv");
+      timelines.push_back(it->second.timeline.get());
+    }
+    if (!timelines.empty()) actckpt::MemoryTimeline::write_trace(dir + "/memory_timeline.json", timelines);
+  }
+
+ private:
+  std::size_t steps_measured() const {
+    std::size_t n = 0;
+    for (const auto& [m, r] : results_) n = std::max(n, r.step_ms.size());
+    return n;
+  }
+
+  void write_csv(const std::string& path) const {
+    std::ofstream out(path);
+    out << "mode,ms_per_iter,ms_min,ms_mean,steps,peak_MB,host_stash_MB,floor_MB,over_floor_pct,"
+           "time_vs_baseline_pct,peak_vs_baseline_pct,peak_vs_classic_pct\n";
+    auto opt = [](std::optional<double> d) { return d ? fmt("%.4f", *d) : std::string(); };
+    for (auto mode : actckpt::models::all_stack_modes) {
+      const auto* r = find(mode);
+      if (!r) continue;
+      out << actckpt::models::to_string(mode) << ',' << fmt("%.4f", r->median_ms()) << ',' << fmt("%.4f", r->min_ms())
+          << ',' << fmt("%.4f", r->mean_ms()) << ',' << r->step_ms.size() << ',' << fmt("%.4f", mib(r->peak_bytes))
+          << ',' << fmt("%.4f", mib(r->host_stash_peak_bytes)) << ',' << fmt("%.4f", mib(r->floor.total())) << ','
+          << fmt("%.4f", r->over_floor_pct()) << ',' << opt(time_vs(mode, StackMode::baseline)) << ','
+          << opt(peak_vs(mode, StackMode::baseline)) << ',' << opt(peak_vs(mode, StackMode::ckpt_classic)) << '\n';
+    }
+  }
+
+  void write_json(const std::string& path, const RunInfo& info) const {
+    std::ofstream out(path);
+    const auto& m = info.options.model;
+    auto num = [](std::optional<double> d) { return d ? fmt("%.4f", *d) : std::string("null"); };
+    out << "{\n  \"config\": {\"device\": \"" << m.device << "\", \"dtype\": \"" << m.dtype
+        << "\", \"total_tokens\": " << m.total_tokens << ", \"num_layers\": " << m.num_layers
+        << ", \"hidden_dim\": " << m.hidden_dim << ", \"head_dim\": " << m.head_dim << ", \"ff_dim\": " << m.ff_dim
+        << ", \"batch_size\": " << m.batch_size << ", \"seq_len\": " << m.seq_len() << ", \"steps\": " << m.steps
+        << ", \"warmup\": " << info.options.warmup << ", \"dropout\": " << m.dropout
+        << ", \"parameters\": " << info.parameters << "},\n";
+    out << "  \"environment\": {\"intra_op_threads\": " << info.intra_op_threads
+        << ", \"inter_op_threads\": " << info.inter_op_threads << ", \"OMP_NUM_THREADS\": \"" << info.omp_num_threads
+        << "\", \"torch_version\": \"" << info.torch_version << "\"},\n";
+    out << "  \"units\": {\"time\": \"ms per training step (median)\", \"memory\": \"MB = 2^20 bytes\"},\n";
+    out << "  \"modes\": [";
+    bool first = true;
+    for (auto mode : actckpt::models::all_stack_modes) {
+      const auto* r = find(mode);
+      if (!r) continue;
+      out << (first ? "\n" : ",\n");
+      first = false;
+      const auto& f = r->floor;
+      out << "    {\"mode\": \"" << actckpt::models::to_string(mode) << "\", \"ms_per_iter\": " << fmt("%.4f", r->median_ms())
+          << ", \"ms_min\": " << fmt("%.4f", r->min_ms()) << ", \"ms_mean\": " << fmt("%.4f", r->mean_ms())
+          << ", \"step_ms\": [";
+      for (std::size_t i = 0; i < r->step_ms.size(); ++i) out << (i ? ", " : "") << fmt("%.4f", r->step_ms[i]);
+      out << "],\n     \"peak_MB\": " << fmt("%.4f", mib(r->peak_bytes)) << ", \"peak_bytes\": " << r->peak_bytes
+          << ", \"host_stash_MB\": " << fmt("%.4f", mib(r->host_stash_peak_bytes))
+          << ", \"resident_MB\": " << fmt("%.4f", mib(r->resident_bytes)) << ",\n     \"time_vs_baseline_pct\": "
+          << num(time_vs(mode, StackMode::baseline)) << ", \"peak_vs_baseline_pct\": "
+          << num(peak_vs(mode, StackMode::baseline)) << ", \"time_vs_classic_pct\": "
+          << num(time_vs(mode, StackMode::ckpt_classic)) << ", \"peak_vs_classic_pct\": "
+          << num(peak_vs(mode, StackMode::ckpt_classic)) << ",\n     \"floor\": {\"total_MB\": "
+          << fmt("%.4f", mib(f.total())) << ", \"weights_MB\": " << fmt("%.4f", mib(f.weights))
+          << ", \"grads_MB\": " << fmt("%.4f", mib(f.grads)) << ", \"optimizer_state_MB\": "
+          << fmt("%.4f", mib(f.optimizer_state)) << ", \"data_and_other_MB\": " << fmt("%.4f", mib(f.other_resident))
+          << ", \"keep_MB\": " << fmt("%.4f", mib(f.keep)) << ", \"keep\": \"" << f.keep_formula
+          << "\", \"block_working_set_MB\": " << fmt("%.4f", mib(f.working_set)) << "}, \"peak_over_floor_pct\": "
+          << fmt("%.4f", r->over_floor_pct()) << "}";
+    }
+    out << "\n  ]\n}\n";
+  }
+
+  std::map<StackMode, ModeResult> results_;
+};
+
+}  // namespace bench

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Draws the main job's pictures from the files actckpt_bench wrote (nothing is computed here
+that the C++ side did not measure):
+
+  activation_ckpt_benchmark.png  bars: time per training step and peak memory per mode
+                                 (results.json)
+  memory_timeline.png            one memory timeline per mode: device MB and host stash MB over
+                                 one training step, forward / backward phases shaded
+                                 (timeline_<mode>.csv)
+
+    /usr/bin/python3 scripts/plot_results.py OUT_DIR
+
+Needs matplotlib (Debian: python3-matplotlib). MB = 2^20 bytes, as in the table.
+"""
+
+import csv
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+MODES = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload"]
+COLORS = {
+    "baseline": "#7f7f7f",
+    "ckpt_classic": "#1f77b4",
+    "ckpt_sync_offload": "#ff7f0e",
+    "ckpt_async_offload": "#2ca02c",
+}
+MB = 1048576.0
+FWD_COLOR = "#dbe9f6"
+BWD_COLOR = "#fde3cc"
+OTHER_COLOR = "#eeeeee"
+
+
+def describe(cfg, env):
+    return (
+        f"{cfg['device']}, {cfg['dtype']}, {cfg['total_tokens']} tokens "
+        f"(batch {cfg['batch_size']} x seq {cfg['seq_len']}), {cfg['num_layers']} layers, "
+        f"hidden {cfg['hidden_dim']}, ff {cfg['ff_dim']}; {env['intra_op_threads']} threads"
+    )
+
+
+def fmt_delta(value):
+    return "" if value is None else f"{value:+.1f}%"
+
+
+def plot_benchmark(results, path):
+    modes = [m for m in results["modes"] if m["mode"] in MODES]
+    names = [m["mode"] for m in modes]
+    x = range(len(modes))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5.2))
+
+    times = [m["ms_per_iter"] for m in modes]
+    bars = ax_t.bar(x, times, color=[COLORS[n] for n in names], width=0.6)
+    for bar, m in zip(bars, modes):
+        label = f"{m['ms_per_iter']:.0f} ms"
+        if m["time_vs_baseline_pct"] is not None:
+            label += f"\n{fmt_delta(m['time_vs_baseline_pct'])} vs baseline"
+        ax_t.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                      fontsize=9, xytext=(0, 3), textcoords="offset points")
+    ax_t.set_ylabel("time per training step (ms, median)")
+    ax_t.set_title("Time per training step (lower is better)")
+    ax_t.set_ylim(0, max(times) * 1.25)
+
+    width = 0.38
+    peaks = [m["peak_MB"] for m in modes]
+    hosts = [m["host_stash_MB"] for m in modes]
+    floors = [m["floor"]["total_MB"] for m in modes]
+    dev = ax_m.bar([i - width / 2 for i in x], peaks, width=width, color=[COLORS[n] for n in names],
+                   label="compute-device peak")
+    ax_m.bar([i + width / 2 for i in x], hosts, width=width, color=[COLORS[n] for n in names], alpha=0.35,
+             hatch="//", edgecolor="black", linewidth=0.5, label="host stash peak (pinned pool)")
+    for i, f in zip(x, floors):
+        ax_m.hlines(f, i - width, i, colors="black", linestyles="--", linewidth=1.5)
+    for bar, m in zip(dev, modes):
+        label = f"{m['peak_MB']:.1f} MB"
+        if m["peak_vs_baseline_pct"] is not None:
+            label += f"\n{fmt_delta(m['peak_vs_baseline_pct'])}"
+        ax_m.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                      fontsize=9, xytext=(0, 3), textcoords="offset points")
+    ax_m.set_ylabel("memory (MB = 2^20 bytes)")
+    ax_m.set_title("Peak memory per training step (lower is better)")
+    ax_m.set_ylim(0, max(peaks + hosts) * 1.25)
+    handles, labels = ax_m.get_legend_handles_labels()
+    handles.append(Line2D([0], [0], color="black", linestyle="--"))
+    labels.append("analytic floor of the mode")
+    ax_m.legend(handles, labels, loc="upper right", fontsize=9)
+
+    for ax in (ax_t, ax_m):
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names, rotation=12)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("actckpt: activation checkpointing with CPU offload\n" + describe(results["config"], results["environment"]),
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def read_timeline(path):
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append((float(r["time_ms"]), int(r["device_bytes"]) / MB, int(r["host_stash_bytes"]) / MB, r["phase"]))
+    return rows
+
+
+def phase_spans(rows):
+    spans = []
+    for t, _, _, phase in rows:
+        if spans and spans[-1][0] == phase:
+            spans[-1][2] = t
+        else:
+            if spans:
+                spans[-1][2] = t
+            spans.append([phase, t, t])
+    return spans
+
+
+def plot_timelines(results, out_dir, path):
+    by_mode = {m["mode"]: m for m in results["modes"]}
+    modes = [m for m in MODES if os.path.exists(os.path.join(out_dir, f"timeline_{m}.csv"))]
+    if not modes:
+        return False
+    timelines = {m: read_timeline(os.path.join(out_dir, f"timeline_{m}.csv")) for m in modes}
+    top = max(max(max(r[1], r[2]) for r in rows) for rows in timelines.values()) * 1.12
+    fig, axes = plt.subplots(len(modes), 1, figsize=(13, 3.0 * len(modes) + 0.8), squeeze=False)
+    for ax, mode in zip(axes[:, 0], modes):
+        rows = timelines[mode]
+        t = [r[0] for r in rows]
+        for phase, begin, end in phase_spans(rows):
+            if phase.startswith("fwd"):
+                color = FWD_COLOR
+            elif phase.startswith("bwd"):
+                color = BWD_COLOR
+            else:
+                color = OTHER_COLOR
+            ax.axvspan(begin, end, color=color, linewidth=0)
+            parts = phase.split()
+            if len(parts) == 2 and end - begin > 0.012 * (t[-1] - t[0]):
+                ax.text((begin + end) / 2, top * 0.97, parts[1], ha="center", va="top", fontsize=7, color="#555555")
+        ax.step(t, [r[1] for r in rows], where="post", color=COLORS[mode], linewidth=1.4)
+        ax.step(t, [r[2] for r in rows], where="post", color="black", linewidth=1.0, linestyle="--")
+        m = by_mode.get(mode)
+        title = mode
+        if m:
+            title += f"   (peak {m['peak_MB']:.1f} MB, floor {m['floor']['total_MB']:.1f} MB, host stash {m['host_stash_MB']:.1f} MB)"
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.set_ylim(0, top)
+        ax.set_xlim(t[0], t[-1])
+        ax.set_ylabel("MB")
+        ax.grid(alpha=0.25)
+    axes[-1, 0].set_xlabel("time within one training step (ms)")
+    legend = [
+        Line2D([0], [0], color="#444444", linewidth=1.4, label="compute-device memory (MB)"),
+        Line2D([0], [0], color="black", linestyle="--", label="host stash in the offload pool (MB)"),
+        Patch(color=FWD_COLOR, label="forward of layer i (number on top)"),
+        Patch(color=BWD_COLOR, label="backward of layer i (recompute + gradients)"),
+        Patch(color=OTHER_COLOR, label="zero_grad / loss / optimizer"),
+    ]
+    fig.legend(handles=legend, loc="upper center", ncol=3, fontsize=9, bbox_to_anchor=(0.5, 0.985))
+    fig.suptitle("Memory over one training step: " + describe(results["config"], results["environment"]),
+                 fontsize=11, y=0.995, va="bottom")
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    out_dir = sys.argv[1]
+    with open(os.path.join(out_dir, "results.json")) as f:
+        results = json.load(f)
+    bench_png = os.path.join(out_dir, "activation_ckpt_benchmark.png")
+    plot_benchmark(results, bench_png)
+    print(f"wrote {bench_png}")
+    timeline_png = os.path.join(out_dir, "memory_timeline.png")
+    if plot_timelines(results, out_dir, timeline_png):
+        print(f"wrote {timeline_png}")
+    else:
+        print("no timeline_<mode>.csv files (run with --timeline=true): memory_timeline.png not drawn")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
