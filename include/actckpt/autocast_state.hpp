@@ -79,4 +79,23 @@ class AutocastReplayGuard {
   bool nested_ = false;
 };
 
+/// For its lifetime autocast neither reads nor fills its cast cache. A checkpointed layer runs
+/// its forward with grad mode off, so a cached cast of a parameter made there has no autograd
+/// history; any later use of that parameter in the same autocast region (a tied weight used
+/// again outside the checkpoint, or the recompute itself when backward runs inside the region)
+/// would take the cached cast and the parameter would silently lose that gradient. Casting
+/// afresh gives bitwise the same values.
+class AutocastCacheOff {
+ public:
+  AutocastCacheOff() : before_(at::autocast::is_autocast_cache_enabled()) {
+    at::autocast::set_autocast_cache_enabled(false);
+  }
+  ~AutocastCacheOff() { at::autocast::set_autocast_cache_enabled(before_); }
+  AutocastCacheOff(const AutocastCacheOff&) = delete;
+  AutocastCacheOff& operator=(const AutocastCacheOff&) = delete;
+
+ private:
+  bool before_;
+};
+
 }  // namespace actckpt

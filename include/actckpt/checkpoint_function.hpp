@@ -18,6 +18,7 @@
 
 #include <vector>
 
+#include "actckpt/autocast_state.hpp"
 #include "actckpt/checkpoint_record.hpp"
 #include "actckpt/observer.hpp"
 
@@ -30,7 +31,11 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
                                                 c10::intrusive_ptr<CheckpointRecord> record,
                                                 at::TensorList inputs, at::TensorList params) {
     record->capture_forward_state(inputs, params);
-    std::vector<at::Tensor> outputs = record->run_layer(inputs.vec());
+    std::vector<at::Tensor> outputs;
+    {
+      AutocastCacheOff no_cast_cache;  // grad mode is off: casts cached now would carry no history
+      outputs = record->run_layer(inputs.vec());
+    }
     record->stash_inputs(inputs);
     record->record_outputs(outputs);
     std::vector<at::Tensor> non_differentiable;
@@ -66,6 +71,7 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     {
       RngReplayGuard rng(record->rng(), record->devices());
       AutocastReplayGuard autocast(record->autocast());
+      AutocastCacheOff no_cast_cache;  // as in forward: the recompute's casts are its own
       c10::AutoGradMode grad_on(true);
       outputs = record->run_layer(inputs);
     }
