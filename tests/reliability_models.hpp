@@ -1,0 +1,343 @@
+#pragma once
+// Shared by tests/test_reliability.cpp and tests/test_randomized_parity.cpp (issue 5): layers a
+// stack is built from, a stack whose layers are each wrapped (with a policy of their own) or not,
+// a CPU allocator meter, the process RSS, and gradient comparison by parameter name.
+
+#include <actckpt/actckpt.hpp>
+#include <c10/core/Allocator.h>
+#include <c10/util/ThreadLocalDebugInfo.h>
+#include <doctest/doctest.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace reliability {
+
+// ---------------------------------------------------------------------------------------------
+// Measuring
+
+namespace detail {
+// reportMemoryUsage's totals are int64_t in LibTorch 1.13 and size_t in 2.x: take them from the
+// base class's own signature.
+template <class F>
+struct report_signature;
+template <class C, class A, class B>
+struct report_signature<void (C::*)(void*, int64_t, A, B, c10::Device)> {
+  using total_allocated = A;
+  using total_reserved = B;
+};
+using report_types = report_signature<decltype(&c10::MemoryReportingInfoBase::reportMemoryUsage)>;
+}  // namespace detail
+
+/// Bytes of LibTorch's CPU allocator ("the device" on a CPU-only run) allocated and not freed
+/// since the meter was installed, through the allocator's memory-reporting hook. LibTorch keeps
+/// the hook thread-local and passes it on to autograd threads and (through
+/// at::ThreadLocalState) to actckpt's copy worker, so everything a training step does on the
+/// installing thread is counted. Blocks allocated before installation are not counted when freed.
+class AllocatorMeter : public c10::MemoryReportingInfoBase {
+ public:
+  void reportMemoryUsage(void* /*ptr*/, int64_t alloc_size, detail::report_types::total_allocated /*total*/,
+                         detail::report_types::total_reserved /*reserved*/, c10::Device device) override {
+    if (!device.is_cpu()) return;
+    const int64_t now = current_.fetch_add(alloc_size) + alloc_size;
+    int64_t peak = peak_.load();
+    while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
+    }
+  }
+  bool memoryProfilingEnabled() const override { return true; }
+
+  int64_t current() const { return current_.load(); }
+  int64_t peak() const { return peak_.load(); }
+  void reset_peak() { peak_.store(current_.load()); }
+
+ private:
+  std::atomic<int64_t> current_{0};
+  std::atomic<int64_t> peak_{0};
+};
+
+/// Installs a meter on the calling thread for the guard's lifetime.
+struct MeterScope {
+  std::shared_ptr<AllocatorMeter> meter = std::make_shared<AllocatorMeter>();
+  c10::DebugInfoGuard guard{c10::DebugInfoKind::PROFILER_STATE, meter};
+};
+
+/// Resident set size of this process (/proc/self/statm), in bytes.
+inline std::int64_t rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::int64_t size_pages = 0, resident_pages = 0;
+  statm >> size_pages >> resident_pages;
+  return resident_pages * static_cast<std::int64_t>(sysconf(_SC_PAGESIZE));
+}
+
+/// Waits (bounded) until the context's copy worker has finished every queued copy: a stash
+/// destroyed while its copy was queued returns its host buffer only when that copy is done.
+inline bool wait_until_idle(actckpt::OffloadContext& context, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (context.engine().pending() != 0) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return true;
+}
+
+/// LibTorch on one intra-op thread for the guard's lifetime. The tensors of these tests are tiny,
+/// and ctest runs two test processes at once on a 2-core machine, where OpenMP workers waiting
+/// for a core turn a 2 ms step into a 30 ms one (measured: the 1000-step soak took 2 s per policy
+/// on one thread, 30-45 s on two while other builds ran).
+struct SingleIntraOpThread {
+  int before = at::get_num_threads();
+  SingleIntraOpThread() { at::set_num_threads(1); }
+  ~SingleIntraOpThread() { at::set_num_threads(before); }
+  SingleIntraOpThread(const SingleIntraOpThread&) = delete;
+  SingleIntraOpThread& operator=(const SingleIntraOpThread&) = delete;
+};
+
+/// A private pool and context, so that a test's byte counts are its own.
+struct PrivateOffload {
+  explicit PrivateOffload(std::size_t limit = std::size_t{1} << 30)
+      : pool(actckpt::HostBufferPool::create(limit)), context(actckpt::OffloadContext::create(pool)) {}
+  std::shared_ptr<actckpt::HostBufferPool> pool;
+  std::shared_ptr<actckpt::OffloadContext> context;
+};
+
+/// Records observer events with the thread that emitted them.
+struct EventRecorder : actckpt::Observer {
+  struct Entry {
+    actckpt::EventKind kind;
+    std::string label;
+    std::int64_t bytes;
+    std::thread::id thread;
+  };
+  void on_event(const actckpt::Event& e) override {
+    std::lock_guard<std::mutex> lock(mutex);
+    entries.push_back({e.kind, std::string(e.label), e.bytes, std::this_thread::get_id()});
+  }
+  std::vector<Entry> of(actckpt::EventKind kind) {
+    std::lock_guard<std::mutex> lock(mutex);
+    std::vector<Entry> out;
+    for (const auto& e : entries)
+      if (e.kind == kind) out.push_back(e);
+    return out;
+  }
+  std::mutex mutex;
+  std::vector<Entry> entries;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+
+/// The layers random and soak stacks are made of. `kind`:
+///  0 residual MLP  x + fc2(dropout(gelu(fc1(x))))      (in == out)
+///  1 projection    dropout(tanh(fc(x)))                (in -> out)
+///  2 norm + linear fc(layer_norm(float(x)))            (in -> out)
+/// (LibTorch 1.13's CPU layer_norm rejects a bf16 input with float32 weights, which is what a
+/// bf16 autocast region hands it after a linear layer; hence the explicit float.)
+struct StackBlockImpl : torch::nn::Module {
+  StackBlockImpl(int64_t in, int64_t out, int64_t hidden, double dropout, int kind) : kind(kind) {
+    TORCH_CHECK(kind != 0 || in == out, "residual block needs in == out");
+    if (kind == 0) {
+      fc = register_module("fc", torch::nn::Linear(in, hidden));
+      fc2 = register_module("fc2", torch::nn::Linear(hidden, out));
+    } else {
+      fc = register_module("fc", torch::nn::Linear(in, out));
+    }
+    if (kind == 2) norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({in})));
+    drop = register_module("drop", torch::nn::Dropout(dropout));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    switch (kind) {
+      case 0: return x + fc2(drop(torch::gelu(fc(x))));
+      case 1: return drop(torch::tanh(fc(x)));
+      default: return fc(norm(x.to(torch::kFloat)));
+    }
+  }
+  int kind;
+  torch::nn::Linear fc{nullptr}, fc2{nullptr};
+  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::Dropout drop{nullptr};
+};
+TORCH_MODULE(StackBlock);
+
+/// relu(fc(x)) + x, with faults to inject: a throw in the forward (from the `fail_forward_call`-th
+/// forward on, counting 1, 2, ...; 0 = never, once = only that call), or a throw in the recompute
+/// only. A checkpointed forward runs the layer with grad mode off and the recompute with it on,
+/// which is how the layer tells them apart (use it wrapped only).
+struct FaultyBlockImpl : torch::nn::Module {
+  explicit FaultyBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  torch::Tensor forward(torch::Tensor x) {
+    const bool recomputing = torch::GradMode::is_enabled();
+    if (!recomputing && ++forward_calls == fail_forward_call)
+      throw std::runtime_error("injected forward failure in step " + std::to_string(forward_calls));
+    if (recomputing && fail_recompute) throw std::runtime_error("injected recompute failure");
+    return torch::relu(fc(x)) + x;
+  }
+  torch::nn::Linear fc{nullptr};
+  int forward_calls = 0;
+  int fail_forward_call = 0;
+  bool fail_recompute = false;
+};
+TORCH_MODULE(FaultyBlock);
+
+/// Embedding of integer indices (which cannot require grad) into a linear layer.
+struct EmbedBlockImpl : torch::nn::Module {
+  EmbedBlockImpl(int64_t vocab, int64_t dim) {
+    emb = register_module("emb", torch::nn::Embedding(vocab, dim));
+    fc = register_module("fc", torch::nn::Linear(dim, dim));
+  }
+  torch::Tensor forward(torch::Tensor idx) { return torch::gelu(fc(emb(idx))); }
+  torch::nn::Embedding emb{nullptr};
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(EmbedBlock);
+
+/// A float input plus integer indices: x + emb(idx), then a linear layer.
+struct MixedInputBlockImpl : torch::nn::Module {
+  MixedInputBlockImpl(int64_t vocab, int64_t dim) {
+    emb = register_module("emb", torch::nn::Embedding(vocab, dim));
+    fc = register_module("fc", torch::nn::Linear(dim, dim));
+  }
+  torch::Tensor forward(torch::Tensor x, torch::Tensor idx) { return torch::tanh(fc(x + emb(idx))); }
+  torch::nn::Embedding emb{nullptr};
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(MixedInputBlock);
+
+// ---------------------------------------------------------------------------------------------
+// Stacks
+
+/// A sequence of tensor-to-tensor layers, each added plain or checkpointed with a policy of its
+/// own. Parameter names (`l0.fc.weight`, ...) are the same whichever way a layer is added, so a
+/// wrapped stack and its unwrapped reference can be compared name by name.
+struct StackImpl : torch::nn::Module {
+  template <class Layer>
+  void add_plain(Layer layer) {
+    register_module(layer_name(), layer);
+    calls.push_back([layer](const torch::Tensor& x) mutable { return layer(x); });
+  }
+
+  /// Wraps `layer` with `Policy`; the wrapper is labelled `prefix` + "l<i>" and uses `context`
+  /// (null: the calling thread's current one).
+  template <class Policy, class Layer>
+  actckpt::Checkpointed<Layer, Policy> add_wrapped(Layer layer, std::shared_ptr<actckpt::OffloadContext> context,
+                                                   const std::string& prefix = "") {
+    const std::string name = layer_name();
+    actckpt::Checkpointed<Layer, Policy> wrapped(layer);
+    wrapped->set_label(prefix + name);
+    wrapped->set_offload_context(std::move(context));
+    register_module(name, wrapped);
+    calls.push_back([wrapped](const torch::Tensor& x) mutable { return wrapped(x); });
+    wrappers.push_back(wrapped.ptr());
+    return wrapped;
+  }
+
+  /// "l<i>" for the next layer. (Built by appending: GCC 12 warns falsely, -Wstringop-overflow,
+  /// on "l" + std::to_string(i), its bug 105329.)
+  std::string layer_name() const {
+    std::string name = "l";
+    name += std::to_string(calls.size());
+    return name;
+  }
+
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& call : calls) x = call(x);
+    return x;
+  }
+
+  std::vector<std::function<torch::Tensor(const torch::Tensor&)>> calls;
+  std::vector<std::shared_ptr<torch::nn::Module>> wrappers;
+};
+TORCH_MODULE(Stack);
+
+// ---------------------------------------------------------------------------------------------
+// Gradients
+
+/// Copies parameters and buffers of `from` into `to`, by name.
+inline void copy_state(torch::nn::Module& from, torch::nn::Module& to) {
+  torch::NoGradGuard no_grad;
+  auto source = from.named_parameters();
+  for (auto& p : to.named_parameters()) p.value().copy_(source[p.key()]);
+  auto source_buffers = from.named_buffers();
+  for (auto& b : to.named_buffers()) b.value().copy_(source_buffers[b.key()]);
+}
+
+/// Parameter gradients by name (cloned; undefined where none), then cleared.
+inline std::map<std::string, torch::Tensor> take_grads(torch::nn::Module& m) {
+  std::map<std::string, torch::Tensor> grads;
+  for (auto& p : m.named_parameters()) {
+    grads[p.key()] = p.value().grad().defined() ? p.value().grad().clone() : torch::Tensor();
+    p.value().mutable_grad().reset();
+  }
+  return grads;
+}
+
+/// Largest absolute difference between two tensors, as double (0 when equal, inf when the
+/// shapes, dtypes or definedness differ).
+inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.defined() != b.defined()) return std::numeric_limits<double>::infinity();
+  if (!a.defined()) return 0.0;
+  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return std::numeric_limits<double>::infinity();
+  if (a.numel() == 0) return 0.0;
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+/// Bitwise equality (same definedness, shape, dtype, values; NaNs must match too).
+inline bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.defined() != b.defined()) return false;
+  if (!a.defined()) return true;
+  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return false;
+  if (a.numel() == 0) return true;
+  if (a.is_floating_point()) {
+    // Compare the bits, so that -0.0 vs 0.0 or differing NaN payloads count as differences.
+    auto ai = a.contiguous().view({-1}).view(torch::kByte), bi = b.contiguous().view({-1}).view(torch::kByte);
+    return torch::equal(ai, bi);
+  }
+  return torch::equal(a, b);
+}
+
+/// Checks every gradient of `actual` against `expected` bitwise, naming the first mismatches.
+inline void check_grads_bitwise(const std::map<std::string, torch::Tensor>& actual,
+                                const std::map<std::string, torch::Tensor>& expected) {
+  REQUIRE(actual.size() == expected.size());
+  for (const auto& [name, g] : expected) {
+    CAPTURE(name);
+    auto it = actual.find(name);
+    REQUIRE(it != actual.end());
+    CHECK(it->second.defined() == g.defined());
+    CHECK_MESSAGE(bitwise_equal(it->second, g), "max |diff| = ", max_abs_diff(it->second, g));
+  }
+}
+
+/// A fixed, non-trivial loss of an output: every element gets its own weight.
+inline torch::Tensor weighted_loss(const torch::Tensor& out) {
+  auto w = torch::linspace(-1.0, 1.0, out.numel(), out.options().dtype(torch::kFloat)).view(out.sizes());
+  return (out.to(torch::kFloat) * w).sum();
+}
+
+/// One forward + backward of `model` on `input` from RNG seed `seed`; returns the parameter
+/// gradients (by name) and, when `input` requires grad, its gradient under the key "<input>".
+inline std::map<std::string, torch::Tensor> gradients_of(torch::nn::Module& model,
+                                                         const std::function<torch::Tensor(torch::Tensor)>& forward,
+                                                         const torch::Tensor& input, uint64_t seed) {
+  for (auto& p : model.parameters()) p.mutable_grad().reset();
+  auto x = input.detach().clone().requires_grad_(input.requires_grad());
+  torch::manual_seed(seed);
+  weighted_loss(forward(x)).backward();
+  auto grads = take_grads(model);
+  if (x.requires_grad()) grads["<input>"] = x.grad().defined() ? x.grad().clone() : torch::Tensor();
+  return grads;
+}
+
+}  // namespace reliability
