@@ -24,6 +24,7 @@ struct BenchOptions {
   int64_t threads = 0;        // intra-op threads (0: LibTorch's default, from OMP_NUM_THREADS)
   int64_t seed = 0;
   bool quiet = false;         // no per-step progress lines
+  bool table = true;          // print the results table at the end
 };
 
 namespace detail {
@@ -93,6 +94,9 @@ inline std::vector<Flag> flags(BenchOptions& o) {
       int_flag("seed", "random seed", o.seed),
       Flag{"quiet", "no per-step progress lines (true/false)", [&o](const std::string& v) { o.quiet = to_bool("quiet", v); },
            [&o] { return std::string(o.quiet ? "true" : "false"); }},
+      Flag{"table", "print the results table at the end (true/false; it is written to --out either way)",
+           [&o](const std::string& v) { o.table = to_bool("table", v); },
+           [&o] { return std::string(o.table ? "true" : "false"); }},
   };
 }
 

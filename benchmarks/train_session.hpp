@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <time.h>
+
 namespace bench {
 
 using actckpt::models::StackConfig;
@@ -59,7 +61,7 @@ class TrainSession {
       for (auto& p : params_)
         if (p.grad().defined()) p.mutable_grad().zero_();
     }
-    if (input_.requires_grad()) input_.mutable_grad().reset();  // the probe: its gradient is per step
+    clear_input_grad();
     torch::Tensor loss;
     {
       actckpt::models::AutocastScope autocast(cfg_);
@@ -74,13 +76,31 @@ class TrainSession {
     if (timeline) timeline->mark("end");
   }
 
-  /// Milliseconds of one step, the device synchronized before and after.
-  double timed_step() {
+  /// The probe's input gradient belongs to one step: drop it before the next.
+  void clear_input_grad() {
+    if (input_.requires_grad()) input_.mutable_grad().reset();
+  }
+
+  struct StepTime {
+    double wall_ms;  // what the table reports
+    double cpu_ms;   // CPU time of the whole process (all threads): helps read a loaded machine
+  };
+
+  /// One step, timed, the device synchronized before and after.
+  StepTime timed_step() {
     synchronize(device_);
     const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = process_cpu_ms();
     step();
     synchronize(device_);
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return {std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+            process_cpu_ms() - c0};
+  }
+
+  static double process_cpu_ms() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
   }
 
   actckpt::MemoryMeter& meter() { return meter_; }
@@ -128,6 +148,7 @@ struct BlockProbe {
 inline BlockProbe probe_block(const StackConfig& cfg, StackMode mode, int64_t seed) {
   TrainSession s(cfg, mode, /*num_layers=*/1, /*input_requires_grad=*/true, seed);
   s.step();  // gradients allocated, caches warm
+  s.clear_input_grad();  // resident = what every step starts with
   synchronize(s.device());
   BlockProbe probe;
   const int64_t resident = s.meter().device_bytes();

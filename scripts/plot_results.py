@@ -75,7 +75,7 @@ def plot_benchmark(results, path):
     dev = ax_m.bar([i - width / 2 for i in x], peaks, width=width, color=[COLORS[n] for n in names],
                    label="compute-device peak")
     ax_m.bar([i + width / 2 for i in x], hosts, width=width, color=[COLORS[n] for n in names], alpha=0.35,
-             hatch="//", edgecolor="black", linewidth=0.5, label="host stash peak (pinned pool)")
+             hatch="//", edgecolor="black", linewidth=0.5, label="host stash peak (offload pool)")
     for i, f in zip(x, floors):
         ax_m.hlines(f, i - width, i, colors="black", linestyles="--", linewidth=1.5)
     for bar, m in zip(dev, modes):
@@ -84,6 +84,10 @@ def plot_benchmark(results, path):
             label += f"\n{fmt_delta(m['peak_vs_baseline_pct'])}"
         ax_m.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                       fontsize=9, xytext=(0, 3), textcoords="offset points")
+    for i, h in zip(x, hosts):
+        if h > 0:
+            ax_m.annotate(f"{h:.1f} MB\nhost", (i + width / 2, h), ha="center", va="bottom", fontsize=8,
+                          xytext=(0, 2), textcoords="offset points")
     ax_m.set_ylabel("memory (MB = 2^20 bytes)")
     ax_m.set_title("Peak memory per training step (lower is better)")
     ax_m.set_ylim(0, max(peaks + hosts) * 1.25)
@@ -107,13 +111,14 @@ def read_timeline(path):
     rows = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            rows.append((float(r["time_ms"]), int(r["device_bytes"]) / MB, int(r["host_stash_bytes"]) / MB, r["phase"]))
+            rows.append((float(r["time_ms"]), int(r["device_bytes"]) / MB, int(r["host_stash_bytes"]) / MB, r["phase"],
+                         r["what"]))
     return rows
 
 
 def phase_spans(rows):
     spans = []
-    for t, _, _, phase in rows:
+    for t, _, _, phase, _ in rows:
         if spans and spans[-1][0] == phase:
             spans[-1][2] = t
         else:
@@ -129,10 +134,18 @@ def plot_timelines(results, out_dir, path):
     if not modes:
         return False
     timelines = {m: read_timeline(os.path.join(out_dir, f"timeline_{m}.csv")) for m in modes}
-    top = max(max(max(r[1], r[2]) for r in rows) for rows in timelines.values()) * 1.12
+
+    def highest(names):
+        return max(max(max(r[1], r[2]) for r in timelines[n]) for n in names) * 1.15
+
+    # The checkpointed modes share one scale so their shapes compare directly; baseline, often
+    # several times higher, gets its own (its title says so).
+    checkpointed = [m for m in modes if m != "baseline"]
+    shared_top = highest(checkpointed) if checkpointed else None
     fig, axes = plt.subplots(len(modes), 1, figsize=(13, 3.0 * len(modes) + 0.8), squeeze=False)
     for ax, mode in zip(axes[:, 0], modes):
         rows = timelines[mode]
+        top = shared_top if mode != "baseline" and shared_top else highest([mode])
         t = [r[0] for r in rows]
         for phase, begin, end in phase_spans(rows):
             if phase.startswith("fwd"):
@@ -145,12 +158,17 @@ def plot_timelines(results, out_dir, path):
             parts = phase.split()
             if len(parts) == 2 and end - begin > 0.012 * (t[-1] - t[0]):
                 ax.text((begin + end) / 2, top * 0.97, parts[1], ha="center", va="top", fontsize=7, color="#555555")
-        ax.step(t, [r[1] for r in rows], where="post", color=COLORS[mode], linewidth=1.4)
+        ax.step(t, [r[1] for r in rows], where="post", color=COLORS[mode], linewidth=1.2)
+        starts = [r for r in rows if r[4] in ("forward_begin", "backward_begin")]
+        ax.plot([r[0] for r in starts], [r[1] for r in starts], color="black", linewidth=0.8, marker="o",
+                markersize=3)
         ax.step(t, [r[2] for r in rows], where="post", color="black", linewidth=1.0, linestyle="--")
         m = by_mode.get(mode)
         title = mode
         if m:
             title += f"   (peak {m['peak_MB']:.1f} MB, floor {m['floor']['total_MB']:.1f} MB, host stash {m['host_stash_MB']:.1f} MB)"
+        if mode == "baseline" and checkpointed:
+            title += "   [own y scale]"
         ax.set_title(title, fontsize=10, loc="left")
         ax.set_ylim(0, top)
         ax.set_xlim(t[0], t[-1])
@@ -159,6 +177,8 @@ def plot_timelines(results, out_dir, path):
     axes[-1, 0].set_xlabel("time within one training step (ms)")
     legend = [
         Line2D([0], [0], color="#444444", linewidth=1.4, label="compute-device memory (MB)"),
+        Line2D([0], [0], color="black", linewidth=0.8, marker="o", markersize=3,
+               label="device memory as each layer starts (fwd / bwd)"),
         Line2D([0], [0], color="black", linestyle="--", label="host stash in the offload pool (MB)"),
         Patch(color=FWD_COLOR, label="forward of layer i (number on top)"),
         Patch(color=BWD_COLOR, label="backward of layer i (recompute + gradients)"),

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# actckpt's main job: what activation checkpointing and CPU offload buy, in one command.
+#
+#   scripts/main-job.sh [--out DIR] [actckpt_bench flags...]
+#
+# Installs the Debian packages it needs (scripts/install-deps.sh), builds actckpt_bench,
+# runs the four modes (baseline, ckpt_classic, ckpt_sync_offload, ckpt_async_offload) on the
+# embedded CPU default (or the flags given, e.g. the seed's GPU configuration:
+#   --device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64
+#   --ff_dim 4096 --batch_size 48 --dtype fp16 --steps 3),
+# prints the results table and writes to the output folder (default: out/main-job):
+#   results.md / results.json / results.csv     the table, with the analytic floor
+#   benchmark.json                              Google Benchmark's own JSON
+#   timeline_<mode>.csv                         memory at every allocation of one step, per mode
+#   memory_timeline.json                        the same as a Perfetto trace (ui.perfetto.dev)
+#   activation_ckpt_benchmark.png               bars: time and peak memory per mode
+#   memory_timeline.png                         one memory timeline per mode
+#
+# Timing: each mode runs REPETITIONS times (default 3) in random interleaved order, STEPS
+# measured steps each after one warmup step, so load on the machine affects all modes alike;
+# the table gives the median step.
+#
+# Environment:
+#   OUT               output folder (same as --out)
+#   BUILD_DIR         build tree (default build/main-job); an existing configured tree is reused
+#   JOBS              build parallelism (default: nproc)
+#   OMP_NUM_THREADS   LibTorch's intra-op threads (default: nproc)
+#   REPETITIONS       repetitions per mode (default 3; 1 runs the modes one after another)
+#   ACTCKPT_SKIP_DEPS=1  do not run scripts/install-deps.sh
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=${OUT:-$root/out/main-job}
+build_given=${BUILD_DIR:+1}
+build=${BUILD_DIR:-$root/build/main-job}
+jobs=${JOBS:-$(nproc)}
+repetitions=${REPETITIONS:-3}
+bench_args=()
+
+while (($#)); do
+  case $1 in
+    --out) out=$2; shift 2 ;;
+    --out=*) out=${1#--out=}; shift ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+      exit 0 ;;
+    *) bench_args+=("$1"); shift ;;
+  esac
+done
+
+start=$SECONDS
+stamp() { printf '[main-job %4ds] %s\n' $((SECONDS - start)) "$*"; }
+
+# 1. Dependencies: a fresh Debian 12 machine gets them here. A build tree handed in already
+#    configured (the GPU check) brings its own.
+if [[ -n ${ACTCKPT_SKIP_DEPS:-} ]] || [[ -n $build_given && -f $build/CMakeCache.txt ]]; then
+  stamp "dependencies: skipped (ACTCKPT_SKIP_DEPS or a configured BUILD_DIR)"
+else
+  stamp "dependencies: scripts/install-deps.sh"
+  "$root/scripts/install-deps.sh"
+fi
+
+# 2. Build only the benchmark (tests and examples have their own commands).
+build_start=$SECONDS
+if [[ ! -f $build/CMakeCache.txt ]]; then
+  stamp "configure: $build"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DACTCKPT_BUILD_TESTS=OFF \
+    -DACTCKPT_BUILD_EXAMPLES=OFF -DACTCKPT_INSTALL=OFF >"$build.configure.log" 2>&1 ||
+    { cat "$build.configure.log" >&2; exit 1; }
+fi
+stamp "build: actckpt_bench (-j $jobs)"
+cmake --build "$build" --target actckpt_bench -j "$jobs"
+build_seconds=$((SECONDS - build_start))
+bench=$build/benchmarks/actckpt_bench
+[[ -x $bench ]] || { echo "main-job: $bench was not built (is libbenchmark-dev installed?)" >&2; exit 1; }
+
+# 3. Run the four modes.
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+interleave=()
+if ((repetitions > 1)); then
+  interleave=(--benchmark_repetitions="$repetitions" --benchmark_enable_random_interleaving=true
+    --benchmark_display_aggregates_only=true)
+fi
+# The CPU default measures 2 steps per repetition unless --steps is given.
+steps=(--steps=2)
+for a in "${bench_args[@]}"; do [[ $a == --steps || $a == --steps=* ]] && steps=(); done
+run_start=$SECONDS
+stamp "run: $bench (OMP_NUM_THREADS=$OMP_NUM_THREADS, $repetitions repetitions per mode) -> $out"
+"$bench" --out="$out" --table=false "${steps[@]}" "${bench_args[@]}" "${interleave[@]}" \
+  --benchmark_out="$out/benchmark.json" --benchmark_out_format=json | tee "$out/benchmark.log"
+run_seconds=$((SECONDS - run_start))
+
+# 4. Pictures, drawn from the files the benchmark wrote.
+python=
+for p in /usr/bin/python3 python3; do
+  if command -v "$p" >/dev/null && "$p" -c 'import matplotlib' 2>/dev/null; then python=$p; break; fi
+done
+if [[ -n $python ]]; then
+  "$python" "$root/scripts/plot_results.py" "$out"
+else
+  echo "main-job: no python3 with matplotlib (Debian: python3-matplotlib): pictures not drawn" >&2
+fi
+
+echo
+cat "$out/results.md"
+echo
+stamp "done: build ${build_seconds} s, benchmark ${run_seconds} s; results in $out"
