@@ -19,6 +19,7 @@ import os
 import sys
 
 import matplotlib
+import numpy
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -57,16 +58,24 @@ def plot_benchmark(results, path):
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5.2))
 
     times = [m["ms_per_iter"] for m in modes]
-    bars = ax_t.bar(x, times, color=[COLORS[n] for n in names], width=0.6)
-    for bar, m in zip(bars, modes):
+    # whiskers: the middle half of the measured steps (how noisy the machine was)
+    q1 = [float(numpy.percentile(m["step_ms"], 25)) for m in modes]
+    q3 = [float(numpy.percentile(m["step_ms"], 75)) for m in modes]
+    low = [max(0.0, t - a) for t, a in zip(times, q1)]
+    high = [max(0.0, b - t) for t, b in zip(times, q3)]
+    bars = ax_t.bar(x, times, color=[COLORS[n] for n in names], width=0.6, yerr=[low, high], capsize=6,
+                    error_kw={"elinewidth": 1, "ecolor": "#333333"},
+                    label="median step; whiskers: 25th-75th percentile of the steps")
+    for bar, m, h in zip(bars, modes, high):
         label = f"{m['ms_per_iter']:.0f} ms"
         if m["time_vs_baseline_pct"] is not None:
             label += f"\n{fmt_delta(m['time_vs_baseline_pct'])} vs baseline"
-        ax_t.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+        ax_t.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height() + h), ha="center", va="bottom",
                       fontsize=9, xytext=(0, 3), textcoords="offset points")
-    ax_t.set_ylabel("time per training step (ms, median)")
+    ax_t.set_ylabel("time per training step (ms)")
     ax_t.set_title("Time per training step (lower is better)")
-    ax_t.set_ylim(0, max(times) * 1.25)
+    ax_t.set_ylim(0, max(t + h for t, h in zip(times, high)) * 1.3)
+    ax_t.legend(loc="upper left", fontsize=9)
 
     width = 0.38
     peaks = [m["peak_MB"] for m in modes]

@@ -31,6 +31,9 @@
 /// covers. While a meter lives on a thread, LibTorch's own autograd profiler cannot use that
 /// thread's PROFILER_STATE slot (they share it); do not run both at once.
 /// Reading is thread-safe and lock-free; counting costs one map insert per allocation.
+/// LibTorch 1.13 logs once per process "Memory block of unknown size was allocated before the
+/// profiling started" when a metered thread frees a block from before any meter: harmless, the
+/// meter ignores such releases by design.
 
 #include <c10/core/Allocator.h>
 #include <c10/core/Device.h>
