@@ -365,8 +365,8 @@ int train(Settings s, const CLI::App& app) {
 
   int64_t parameters = 0;
   for (const auto& p : model->parameters()) parameters += p.numel();
-  std::printf("train_gpt: %s on %s, %s, %d CPU threads\n", s.mode.c_str(), device.str().c_str(), s.dtype.c_str(),
-              torch::get_num_threads());
+  std::printf("train_gpt: --mode %s on %s, %s, CPU threads: %d (OMP_NUM_THREADS)\n", s.mode.c_str(),
+              device.str().c_str(), s.dtype.c_str(), torch::get_num_threads());
   std::printf("  %s\n", policy_name(s.mode));
   std::printf("  model: %lld layers, hidden %lld, %lld heads of %lld, ff %lld, %.2fM parameters, vocabulary %zu\n",
               static_cast<long long>(s.size.num_layers), static_cast<long long>(s.size.hidden_dim),
@@ -403,12 +403,13 @@ int train(Settings s, const CLI::App& app) {
       const double elapsed = std::chrono::duration<double>(now - started).count();
       const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(s.steps - step);
       const auto memory = meter.read();
-      std::string host;
-      if (s.mode == "sync" || s.mode == "async") host = " (host stash " + megabytes(memory.host_stash_peak_bytes) + ")";
-      std::printf("step %*lld/%lld | loss %.4f | %6.0f tok/s | peak %s%s | ETA %s\n",
+      std::string host;  // offloaded stashes wait in host memory, outside the device's count
+      if (s.mode == "sync" || s.mode == "async") host = " | host stash " + megabytes(memory.host_stash_peak_bytes);
+      std::printf("step %*lld/%lld | loss %.4f | %6.0f tok/s | peak %s %s%s | ETA %s\n",
                   static_cast<int>(std::to_string(s.steps).size()), static_cast<long long>(step),
                   static_cast<long long>(s.steps), last_loss, tokens_per_step * interval_steps / interval,
-                  megabytes(memory.device_peak_bytes).c_str(), host.c_str(), duration(eta).c_str());
+                  device.is_cpu() ? "cpu" : "gpu", megabytes(memory.device_peak_bytes).c_str(), host.c_str(),
+                  duration(eta).c_str());
       std::fflush(stdout);
       interval_start = now;
       interval_steps = 0;
@@ -425,8 +426,12 @@ int train(Settings s, const CLI::App& app) {
     std::printf("\n--- sample (%lld characters, temperature %.2f) ---\n%s\n---\n\n",
                 static_cast<long long>(s.sample_length), s.temperature, generate(model, corpus, s, device).c_str());
   }
-  std::printf("final loss %.4f (training batch, step %lld)", last_loss, static_cast<long long>(step));
-  if (s.eval_batches > 0) std::printf(", validation loss %.4f", validation_loss(model, corpus, s, device));
+  std::printf("final loss at step %lld:", static_cast<long long>(step));
+  if (step > first_step) std::printf(" training %.4f (last batch)", last_loss);
+  if (s.eval_batches > 0) {
+    std::printf("%s validation %.4f (%lld held-out batches)", step > first_step ? "," : "",
+                validation_loss(model, corpus, s, device), static_cast<long long>(s.eval_batches));
+  }
   std::printf("\n");
   return 0;
 }
