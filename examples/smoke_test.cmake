@@ -5,7 +5,8 @@
 #   bad_flag            exits non-zero with exactly one line matching EXPECT, no LibTorch backtrace
 #   loss_decreases      train_gpt's last loss is clearly below its first
 #   modes_same_losses   train_gpt prints the same loss at every step in all four --mode values
-#   save_load_resumes   a run saved at step 15 and resumed (in another mode) repeats steps 16..30
+#   save_load_resumes   a run saved at step 15 and resumed (in another mode) repeats steps 16..30;
+#                       a size flag contradicting the checkpoint is refused in one line
 cmake_minimum_required(VERSION 3.21)
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
@@ -121,6 +122,13 @@ elseif(CASE STREQUAL "save_load_resumes")
                         "uninterrupted 16..30: ${expected}\nresumed 16..30:       ${resumed_losses}")
   endif()
   message(STATUS "steps 16..30 after save at 15 and load: identical to the uninterrupted run: ${resumed_losses}")
+  # The checkpoint fixes the model's shape: a contradicting size flag is one clear line.
+  run_example(clash --load resume.pt --hidden_dim 48 --head_dim 8)
+  string(STRIP "${clash_out}" clash_text)
+  if(clash_rc EQUAL 0 OR NOT clash_text MATCHES "^[^\n]*--hidden_dim 48 disagrees with --load[^\n]*$")
+    message(FATAL_ERROR "expected one line rejecting --hidden_dim 48 against the checkpoint, got ${clash_rc}:\n${clash_out}")
+  endif()
+  message(STATUS "exit ${clash_rc}: ${clash_text}")
 
 else()
   message(FATAL_ERROR "unknown CASE '${CASE}'")

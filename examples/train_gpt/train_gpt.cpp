@@ -335,6 +335,11 @@ int train(Settings s, const CLI::App& app) {
 
   torch::manual_seed(s.seed);
   const Corpus corpus = load_corpus(s.data, s.size.seq_len);
+  try {
+    corpus.encode(s.prompt);
+  } catch (const UsageError& e) {
+    throw UsageError(std::string("--prompt: ") + e.what());
+  }
   std::optional<Loaded> loaded;
   if (!s.load.empty()) {
     loaded.emplace(open_checkpoint(s.load, corpus));
@@ -457,7 +462,7 @@ int main(int argc, char** argv) {
           if (std::stod(value) > 0) return {};
         } catch (const std::exception&) {
         }
-        return "must be positive, got " + value;
+        return "must be a positive number, got " + value;
       },
       "> 0");
 
@@ -473,7 +478,17 @@ int main(int argc, char** argv) {
       ->check(positive)->group(model_group);
   app.add_option("--ff_dim,--ff-dim", s.size.ff_dim, "width of the MLP inside each block")->check(positive)->group(model_group);
   app.add_option("--seq_len,--seq-len", s.size.seq_len, "context length in characters")->check(positive)->group(model_group);
-  app.add_option("--dropout", s.dropout, "dropout after attention and MLP")->check(CLI::Range(0.0, 0.99))->group(model_group);
+  const CLI::Validator probability(
+      [](std::string& value) -> std::string {
+        try {
+          const double p = std::stod(value);
+          if (p >= 0 && p < 1) return {};
+        } catch (const std::exception&) {
+        }
+        return "must be at least 0 and below 1, got " + value;
+      },
+      "[0, 1)");
+  app.add_option("--dropout", s.dropout, "dropout after attention and MLP")->check(probability)->group(model_group);
 
   const std::string train_group = "Training";
   app.add_option("--steps", s.steps, "train until this step (a resumed run continues to it)")->check(positive)->group(train_group);
