@@ -14,6 +14,7 @@
 /// "1", ... for a vector, the Sequential's own names otherwise), and `Checkpointed` keeps the
 /// names below them, so `named_parameters()` and `torch::save` archives are the same as for the
 /// unwrapped stack. The layers are shared, not copied: the stack trains the blocks you passed.
+/// Like anything in a Sequential, a layer needs one non-template `forward` (AnyModule's rule).
 
 #include <c10/util/Exception.h>
 #include <torch/nn/modules/container/any.h>
