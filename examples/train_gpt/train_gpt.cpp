@@ -520,10 +520,10 @@ int main(int argc, char** argv) {
 
   app.footer(
       "\nExamples:\n"
-      "  train_gpt                                  300 steps, async offload, about a minute on 2 cores\n"
+      "  train_gpt                                  300 steps, async offload (2-3 minutes on 2 CPU cores)\n"
       "  train_gpt --mode baseline --steps 100      the same model without checkpointing, to compare\n"
       "  train_gpt --steps 200 --save gpt.pt        stop at step 200 and keep the state ...\n"
-      "  train_gpt --steps 400 --load gpt.pt        ... then continue to step 400\n"
+      "  train_gpt --steps 1000 --load gpt.pt       ... then continue to step 1000 (readable text)\n"
       "  train_gpt --num_layers 8 --hidden_dim 256 --head_dim 64 --ff_dim 1024 --device cuda --dtype bfloat16\n"
       "\nOn CPU in float32 all four modes print the same loss at every step: checkpointing changes\n"
       "memory and time, not training. On CPU, sync/async offload save no RAM (host and device are the\n"
