@@ -69,10 +69,10 @@ if [[ ! -f $build/CMakeCache.txt ]]; then
     { cat "$build.configure.log" >&2; exit 1; }
 fi
 stamp "build: actckpt_bench (-j $jobs)"
-cmake --build "$build" --target actckpt_bench -j "$jobs"
+cmake --build "$build" --target actckpt_bench -j "$jobs" ||
+  { echo "main-job: building actckpt_bench failed (is Google Benchmark found? Debian: libbenchmark-dev)" >&2; exit 1; }
 build_seconds=$((SECONDS - build_start))
 bench=$build/benchmarks/actckpt_bench
-[[ -x $bench ]] || { echo "main-job: $bench was not built (is libbenchmark-dev installed?)" >&2; exit 1; }
 
 # 3. Run the four modes.
 mkdir -p "$out"
