@@ -10,8 +10,8 @@
 #   BUILD_DIR     build tree (default build/gpu)
 #   JOBS          build and test parallelism (default: nproc)
 #   CTEST_TIMEOUT per-test limit in seconds (default 300)
-# Writes to OUT_DIR: env.log, configure.log, build.log, ctest.log, ctest-junit.xml, bench.log
-# and whatever the benchmark writes (it runs with OUT_DIR as its working directory).
+# Writes to OUT_DIR: env.log, configure.log, build.log, ctest.log, ctest-junit.xml, bench.log,
+# summary.txt, and the main job's results (scripts/main-job.sh) under OUT_DIR/main-job.
 # A failed step is reported and the later steps still run, so one run yields all the logs; the
 # exit status is non-zero if any step failed. Budget: about 5 minutes on an H200.
 # shellcheck disable=SC2317  # the step functions are called through step()
@@ -94,9 +94,9 @@ run_benchmark() {
   local bench=$build/benchmarks/actckpt_bench
   if [[ -x $root/scripts/main-job.sh ]]; then
     # The main job builds what it needs; it is handed this build tree and the output folder.
-    (cd "$out" && BUILD_DIR=$build OUT=$out "$root/scripts/main-job.sh" "${seed_args[@]}")
+    BUILD_DIR=$build OUT=$out/main-job "$root/scripts/main-job.sh" "${seed_args[@]}"
   else
-    (cd "$out" && OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} "$bench" "${seed_args[@]}")
+    mkdir -p "$out/bench" && "$bench" --out="$out/bench" "${seed_args[@]}"
   fi
 }
 
