@@ -7,5 +7,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install-deps.sh
 cmake --workflow --preset ci
 
-# Sanitizer run: to be appended here (the `asan` workflow preset, build tree build/asan):
-#   cmake --workflow --preset asan
+# Sanitizer run: the unit tests again, built with AddressSanitizer (leak detection on) and
+# UBSan (the `asan` workflow preset, build tree build/asan); any report fails its test.
+cmake --workflow --preset asan
