@@ -25,6 +25,7 @@
 #   BUILD_DIR         build tree (default build/main-job); an existing configured tree is reused
 #   JOBS              build parallelism (default: nproc)
 #   OMP_NUM_THREADS   LibTorch's intra-op threads (default: nproc)
+#   OMP_WAIT_POLICY   default PASSIVE (idle OpenMP threads sleep; robust on a shared machine)
 #   REPETITIONS       repetitions per mode (default 3; 1 runs the modes one after another)
 #   ACTCKPT_SKIP_DEPS=1  do not run scripts/install-deps.sh
 set -euo pipefail
@@ -78,6 +79,10 @@ bench=$build/benchmarks/actckpt_bench
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+# Idle OpenMP threads sleep instead of spinning: on a machine shared with other work, spinning
+# threads fight the compute threads and a step can take 5-10 times longer, differently for
+# each mode; sleeping costs little at this model size.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 interleave=()
 if ((repetitions > 1)); then
   interleave=(--benchmark_repetitions="$repetitions" --benchmark_enable_random_interleaving=true
@@ -87,7 +92,7 @@ fi
 steps=(--steps=2)
 for a in "${bench_args[@]}"; do [[ $a == --steps || $a == --steps=* ]] && steps=(); done
 run_start=$SECONDS
-stamp "run: $bench (OMP_NUM_THREADS=$OMP_NUM_THREADS, $repetitions repetitions per mode) -> $out"
+stamp "run: $bench (OMP_NUM_THREADS=$OMP_NUM_THREADS OMP_WAIT_POLICY=$OMP_WAIT_POLICY, $repetitions repetitions per mode) -> $out"
 "$bench" --out="$out" --table=false "${steps[@]}" "${bench_args[@]}" "${interleave[@]}" \
   --benchmark_out="$out/benchmark.json" --benchmark_out_format=json | tee "$out/benchmark.log"
 run_seconds=$((SECONDS - run_start))
