@@ -210,14 +210,16 @@ int main(int argc, char** argv) {
   info.inter_op_threads = torch::get_num_interop_threads();
   const char* omp = std::getenv("OMP_NUM_THREADS");
   info.omp_num_threads = omp ? omp : "(unset)";
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   info.torch_version = TORCH_VERSION;
   {
     actckpt::models::TransformerStack probe(cfg.block_options(), cfg.num_layers, actckpt::models::StackMode::baseline);
     for (const auto& p : probe->parameters()) info.parameters += p.numel();
   }
-  std::printf("actckpt_bench: LibTorch %s, device %s, dtype %s; threads: intra-op %d (OMP_NUM_THREADS=%s), inter-op %d\n",
+  std::printf("actckpt_bench: LibTorch %s, device %s, dtype %s; threads: intra-op %d (OMP_NUM_THREADS=%s, "
+              "OMP_WAIT_POLICY=%s), inter-op %d\n",
               TORCH_VERSION, cfg.device.c_str(), cfg.dtype.c_str(), info.intra_op_threads, info.omp_num_threads.c_str(),
-              info.inter_op_threads);
+              wait_policy ? wait_policy : "(unset)", info.inter_op_threads);
   std::printf("model: %lld layers, hidden %lld, %lld heads of %lld, ff %lld, batch %lld x seq %lld = %lld tokens, "
               "%.2f M parameters; %lld warmup + %lld measured steps per mode\n",
               static_cast<long long>(cfg.num_layers), static_cast<long long>(cfg.hidden_dim),
@@ -236,6 +238,7 @@ int main(int argc, char** argv) {
                                   std::to_string(cfg.total_tokens));
   benchmark::AddCustomContext("intra_op_threads", std::to_string(info.intra_op_threads));
   benchmark::AddCustomContext("OMP_NUM_THREADS", info.omp_num_threads);
+  benchmark::AddCustomContext("OMP_WAIT_POLICY", wait_policy ? wait_policy : "(unset)");
   benchmark::AddCustomContext("torch_version", TORCH_VERSION);
 
   // Registered here, not at static-initialization time, because the iteration count is a flag.
