@@ -37,13 +37,22 @@ class TensorStash final : public StackEntry {
   /// Stashes `tensor` for layer `label`. Sync stashes are on the host when this returns (or on
   /// the device after the documented pool fallback); async stashes start on the device and
   /// join the context's stack, which moves them out once N newer stashes exist.
+  /// An expanded tensor (a dimension of stride 0, as `expand` or broadcasting make) is stashed
+  /// as its unexpanded self and expanded again on restore: copying the expansion would move,
+  /// and in backward allocate on the device, every repeated element of a storage that holds few.
   TensorStash(const at::Tensor& tensor, const StashOptions& options, std::shared_ptr<OffloadContext> context,
               std::string label)
+      : TensorStash(unexpanded(tensor), tensor.sizes(), options, std::move(context), std::move(label)) {}
+
+ private:
+  TensorStash(const at::Tensor& tensor, c10::IntArrayRef expanded_sizes, const StashOptions& options,
+              std::shared_ptr<OffloadContext> context, std::string label)
       : options_(options),
         context_(std::move(context)),
         label_(std::move(label)),
         sizes_(tensor.sizes().vec()),
         strides_(tensor.strides().vec()),
+        expanded_sizes_(tensor.sizes() == expanded_sizes ? std::vector<int64_t>{} : expanded_sizes.vec()),
         tensor_options_(tensor.options()),
         dense_(tensor.is_non_overlapping_and_dense()),
         bytes_(static_cast<std::size_t>(tensor.numel()) * tensor.element_size()),
@@ -67,6 +76,7 @@ class TensorStash final : public StackEntry {
     }
   }
 
+ public:
   ~TensorStash() override {
     if (on_stack_) context_->stack().remove(this);
     std::lock_guard<std::mutex> lock(mutex_);
@@ -124,6 +134,7 @@ class TensorStash final : public StackEntry {
       emit(EventKind::restore_end, label_, static_cast<std::int64_t>(bytes_));
     }
     release_host_locked();
+    if (!expanded_sizes_.empty()) result = result.expand(expanded_sizes_);
     return result;
   }
 
@@ -147,11 +158,20 @@ class TensorStash final : public StackEntry {
     std::lock_guard<std::mutex> lock(mutex_);
     return prefetch_ticket_ != nullptr;
   }
-  /// Bytes of the stashed tensor's elements (what travels; a view moves only its own bytes).
+  /// Bytes of the stashed tensor's elements (what travels; a view moves only its own bytes, an
+  /// expanded tensor only its unexpanded ones).
   std::size_t bytes() const { return bytes_; }
   const std::string& label() const { return label_; }
 
  private:
+  /// `t` with every expanded dimension (stride 0, size > 1) narrowed to size 1.
+  static at::Tensor unexpanded(const at::Tensor& t) {
+    at::Tensor compact = t;
+    for (int64_t d = 0; d < t.dim(); ++d)
+      if (t.stride(d) == 0 && t.size(d) > 1) compact = compact.narrow(d, 0, 1);
+    return compact;
+  }
+
   at::Tensor empty_like_original() const {
     return dense_ ? at::empty_strided(sizes_, strides_, tensor_options_) : at::empty(sizes_, tensor_options_);
   }
@@ -228,6 +248,7 @@ class TensorStash final : public StackEntry {
   const std::string label_;
   const std::vector<int64_t> sizes_;
   const std::vector<int64_t> strides_;
+  const std::vector<int64_t> expanded_sizes_;  // the sizes to expand to on restore; empty: none
   const at::TensorOptions tensor_options_;
   const bool dense_;
   const std::size_t bytes_;
