@@ -20,6 +20,7 @@
 #include <c10/core/GradMode.h>
 
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <exception>
 #include <functional>
@@ -172,6 +173,23 @@ class CopyEngine {
     at::ThreadLocalState state;
   };
 
+  /// The worker's copy. It stands in for a copy engine, so it runs on this one thread: a plain
+  /// memcpy where the layouts allow. `Tensor::copy_` splits a large copy over an OpenMP team of
+  /// the worker's own (the worker is outside the compute threads' parallel region), whose threads
+  /// then compete with the compute team for the cores. Measured on 2 shared cores with
+  /// OMP_NUM_THREADS=2 (actckpt_bench CPU default, 4 A/B rounds): async/sync step time 0.74-1.46
+  /// with copy_, 0.62-0.97 with memcpy.
+  static void cpu_copy(at::Tensor& dst, const at::Tensor& src) {
+    const bool plain = dst.is_cpu() && src.is_cpu() && dst.dtype() == src.dtype() && dst.numel() == src.numel() &&
+                       dst.is_contiguous() && src.is_contiguous() && !dst.is_conj() && !src.is_conj() &&
+                       !dst.is_neg() && !src.is_neg();
+    if (!plain) {
+      dst.copy_(src);
+    } else if (src.nbytes() > 0) {
+      std::memcpy(dst.data_ptr(), src.data_ptr(), src.nbytes());
+    }
+  }
+
   void run_worker() {
     for (;;) {
       std::optional<Job> job;
@@ -191,7 +209,7 @@ class CopyEngine {
         c10::NoGradGuard no_grad;
         try {
           if (injector) injector();
-          job->dst.copy_(job->src);
+          cpu_copy(job->dst, job->src);
         } catch (...) {
           error = std::current_exception();
         }
