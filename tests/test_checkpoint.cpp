@@ -383,7 +383,7 @@ TEST_CASE_TEMPLATE("autocast: the recompute runs under the forward's state, what
   }
 }
 
-TEST_CASE_TEMPLATE("state-dict names are identical with and without the wrapper; save/load both ways", Policy, ACTCKPT_POLICIES) {
+TEST_CASE_TEMPLATE("state-dict names are identical with and without the wrapper, and save/load works both ways", Policy, ACTCKPT_POLICIES) {
   using actckpt::models::TransformerBlock;
   torch::manual_seed(9);
   TransformerBlock block(16, 4, 32);

@@ -368,7 +368,7 @@ TEST_CASE("concurrency: two AsyncOffload models in two threads get their solo re
         static_cast<std::size_t>(concurrent_steps * (a.depth - 1 + b.depth - 1)));
 }
 
-TEST_CASE("concurrency: two threads sharing one OffloadContext still train correctly; their stashes mix") {
+TEST_CASE("concurrency: two threads sharing one OffloadContext still train correctly, although their stashes mix") {
   SingleIntraOpThread one_thread;
   const TrainerSpec a{"A.", 64, 5, 11}, b{"B.", 48, 4, 22};
   const auto alone_a = train_alone(a);
