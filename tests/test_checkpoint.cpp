@@ -14,24 +14,6 @@ using actckpt::SyncOffload;
 
 namespace {
 
-/// Runs `layers` as a chain on x; returns the output.
-template <class L>
-torch::Tensor chain(std::vector<L>& layers, torch::Tensor x) {
-  for (auto& l : layers) x = l(x);
-  return x;
-}
-
-template <class Policy, class Layer>
-std::vector<Checkpointed<Layer, Policy>> wrap_all(std::vector<Layer>& layers, const IsolatedOffload& iso) {
-  std::vector<Checkpointed<Layer, Policy>> wrapped;
-  for (std::size_t i = 0; i < layers.size(); ++i) {
-    wrapped.emplace_back(layers[i]);
-    wrapped.back()->set_offload_context(iso.context);
-    wrapped.back()->set_label("layer " + std::to_string(i));
-  }
-  return wrapped;
-}
-
 /// Parameters of all layers, in order.
 template <class Layer>
 std::vector<torch::Tensor> all_params(std::vector<Layer>& layers) {
@@ -56,7 +38,7 @@ TEST_CASE_TEMPLATE("MLP stack: outputs, input and parameter gradients are bitwis
   std::vector<MlpBlock> layers;
   for (int i = 0; i < 4; ++i) layers.emplace_back(16, 64);
   IsolatedOffload iso;
-  auto wrapped = wrap_all<Policy>(layers, iso);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
   auto x = torch::randn({8, 16}, torch::requires_grad());
 
   auto y_ref = chain(layers, x);
@@ -82,7 +64,7 @@ TEST_CASE_TEMPLATE("transformer blocks with dropout: the recompute draws the sam
   std::vector<TransformerBlock> layers;
   for (int i = 0; i < 3; ++i) layers.emplace_back(TransformerBlockOptions(32, 8, 64).dropout(0.2));
   IsolatedOffload iso;
-  auto wrapped = wrap_all<Policy>(layers, iso);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
   auto x = torch::randn({2, 12, 32});  // raw data: does not require grad
 
   torch::manual_seed(42);
@@ -207,7 +189,7 @@ TEST_CASE_TEMPLATE("torch::autograd::grad and backward(inputs=) through checkpoi
   std::vector<MlpBlock> layers;
   for (int i = 0; i < 3; ++i) layers.emplace_back(8, 16);
   IsolatedOffload iso;
-  auto wrapped = wrap_all<Policy>(layers, iso);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
   auto x = torch::randn({4, 8}, torch::requires_grad());
   auto params = all_params(layers);
 
@@ -332,7 +314,7 @@ TEST_CASE_TEMPLATE("autocast: the recompute runs under the forward's state, what
   std::vector<MlpBlock> layers;
   for (int i = 0; i < 2; ++i) layers.emplace_back(16, 32);
   IsolatedOffload iso;
-  auto wrapped = wrap_all<Policy>(layers, iso);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
   auto x = torch::randn({4, 16}, torch::requires_grad());
 
   actckpt::AutocastState bf16;

@@ -137,6 +137,25 @@ struct IsolatedOffload {
   std::shared_ptr<actckpt::OffloadContext> context = actckpt::OffloadContext::create(pool);
 };
 
+/// Runs `layers` as a chain on x; returns the output.
+template <class L>
+torch::Tensor chain(std::vector<L>& layers, torch::Tensor x) {
+  for (auto& l : layers) x = l(x);
+  return x;
+}
+
+/// Wraps each layer in Checkpointed<Layer, Policy> on the isolated context, labelled by index.
+template <class Policy, class Layer>
+std::vector<actckpt::Checkpointed<Layer, Policy>> wrap_stack(std::vector<Layer>& layers, const IsolatedOffload& iso) {
+  std::vector<actckpt::Checkpointed<Layer, Policy>> wrapped;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    wrapped.emplace_back(layers[i]);
+    wrapped.back()->set_offload_context(iso.context);
+    wrapped.back()->set_label(std::to_string(i));
+  }
+  return wrapped;
+}
+
 /// Records observer events (kind + label) in order.
 struct EventLog : actckpt::Observer {
   struct Entry {

@@ -18,27 +18,10 @@ using actckpt::SyncOffload;
 
 namespace {
 
-template <class Policy, class Layer>
-std::vector<Checkpointed<Layer, Policy>> wrap_stack(std::vector<Layer>& layers, const IsolatedOffload& iso) {
-  std::vector<Checkpointed<Layer, Policy>> wrapped;
-  for (std::size_t i = 0; i < layers.size(); ++i) {
-    wrapped.emplace_back(layers[i]);
-    wrapped.back()->set_offload_context(iso.context);
-    wrapped.back()->set_label(std::to_string(i));
-  }
-  return wrapped;
-}
-
 std::vector<MlpBlock> mlp_stack(int depth, int64_t dim = 32, int64_t hidden = 64) {
   std::vector<MlpBlock> layers;
   for (int i = 0; i < depth; ++i) layers.emplace_back(dim, hidden);
   return layers;
-}
-
-template <class L>
-torch::Tensor chain(std::vector<L>& layers, torch::Tensor x) {
-  for (auto& l : layers) x = l(x);
-  return x;
 }
 
 c10::weak_intrusive_ptr<c10::StorageImpl> weak_storage(const torch::Tensor& t) {
