@@ -219,12 +219,14 @@ class CopyEngine {
         job->dst.reset();
         job->keep_alive.reset();
       }
-      job->ticket->finish(error);
-      if (job->on_done) job->on_done();
       {
+        // Not pending any more before anyone waiting on the ticket wakes up: pending() == 0
+        // must hold once every ticket has been waited for.
         std::lock_guard<std::mutex> lock(mutex_);
         busy_ = false;
       }
+      job->ticket->finish(error);
+      if (job->on_done) job->on_done();
     }
   }
 
