@@ -65,6 +65,8 @@ fi
 build_start=$SECONDS
 if [[ ! -f $build/CMakeCache.txt ]]; then
   stamp "configure: $build"
+  # The log sits beside the build tree, whose parent a fresh clone does not have yet.
+  mkdir -p "$(dirname "$build")"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DACTCKPT_BUILD_TESTS=OFF \
     -DACTCKPT_BUILD_EXAMPLES=OFF -DACTCKPT_INSTALL=OFF >"$build.configure.log" 2>&1 ||
     { cat "$build.configure.log" >&2; exit 1; }

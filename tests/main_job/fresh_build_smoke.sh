@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The README's main-job command as a fresh clone runs it: scripts/main-job.sh configures its own
+# build tree (here one whose parent folders do not exist yet, as build/ in a fresh clone), builds
+# actckpt_bench, runs the four modes on a tiny model and draws the pictures. Then checks every
+# file the README promises and that the table has the four modes with consistent memory figures.
+#
+#   fresh_build_smoke.sh SOURCE_DIR WORK_DIR
+set -euo pipefail
+src=$1
+work=$2
+rm -rf "$work"
+mkdir -p "$work"
+
+# Dependencies are installed by the test command itself (scripts/test.sh); a second apt run here
+# would only cost time.
+ACTCKPT_SKIP_DEPS=1 REPETITIONS=2 JOBS=${JOBS:-2} OMP_NUM_THREADS=1 \
+  BUILD_DIR="$work/not/yet/there/build" \
+  "$src/scripts/main-job.sh" --out "$work/out" \
+  --num_layers=3 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=256 --batch_size=4 --steps=1 \
+  >"$work/main-job.log" 2>&1 || { cat "$work/main-job.log"; echo "FAIL: scripts/main-job.sh exited non-zero"; exit 1; }
+
+fail=0
+for f in results.md results.json results.csv benchmark.json memory_timeline.json \
+  timeline_baseline.csv timeline_ckpt_classic.csv timeline_ckpt_sync_offload.csv timeline_ckpt_async_offload.csv; do
+  [[ -s $work/out/$f ]] || { echo "FAIL: $f missing or empty"; fail=1; }
+done
+# The pictures need matplotlib (installed by scripts/install-deps.sh); without it the job says so.
+if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+  for f in activation_ckpt_benchmark.png memory_timeline.png; do
+    # A PNG starts with \x89PNG.
+    [[ $(head -c 4 "$work/out/$f" 2>/dev/null | od -An -c | tr -d ' ') == '211PNG' ]] ||
+      { echo "FAIL: $f missing or not a PNG"; fail=1; }
+  done
+fi
+grep -q 'done: build' "$work/main-job.log" || { echo "FAIL: no closing line in the log"; fail=1; }
+((fail == 0)) || { cat "$work/main-job.log"; exit 1; }
+
+# The table and the JSON behind it: four modes, every checkpointed one below baseline's peak,
+# the offload ones at or below classic's, and the Perfetto trace valid JSON with layer phases.
+/usr/bin/python3 - "$work/out" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+modes = {m["mode"]: m for m in json.loads((out / "results.json").read_text())["modes"]}
+want = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload"]
+assert sorted(modes) == sorted(want), f"modes in results.json: {sorted(modes)}"
+table = (out / "results.md").read_text()
+for m in want:
+    assert f"| {m}" in table, f"{m} missing from results.md"
+    assert modes[m]["ms_per_iter"] > 0, f"{m}: no time"
+base = modes["baseline"]["peak_MB"]
+classic = modes["ckpt_classic"]["peak_MB"]
+assert classic < base, f"classic peak {classic} MB not below baseline {base} MB"
+for m in ("ckpt_sync_offload", "ckpt_async_offload"):
+    assert modes[m]["peak_MB"] <= classic, f"{m} peak {modes[m]['peak_MB']} MB above classic {classic} MB"
+    assert modes[m]["host_stash_MB"] > 0, f"{m} stashed nothing on the host"
+trace = json.loads((out / "memory_timeline.json").read_text())
+events = trace["traceEvents"] if isinstance(trace, dict) else trace
+names = {e.get("name", "") for e in events}
+assert any(n.startswith("fwd ") for n in names) and any(n.startswith("bwd ") for n in names), \
+    "no fwd/bwd phases in memory_timeline.json"
+print(f"main-job smoke OK: peaks baseline {base:.2f} MB, classic {classic:.2f} MB, "
+      f"sync {modes['ckpt_sync_offload']['peak_MB']:.2f} MB, async {modes['ckpt_async_offload']['peak_MB']:.2f} MB")
+PY
