@@ -5,6 +5,7 @@
 
 #include "test_models.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <thread>
@@ -352,6 +353,69 @@ TEST_CASE("async copy failure: backward reports it clearly, memory is returned, 
   auto g_ref = take_grads(*layers[0]);
   chain(wrapped, x).sum().backward();
   check_bitwise_equal(take_grads(*layers[0]), g_ref);
+}
+
+TEST_CASE("copy engine: a completion callback that throws fails its ticket with a message naming it") {
+  actckpt::CopyEngine engine;
+  auto src = torch::arange(64, torch::kFloat);
+  auto dst = torch::empty({64});
+  auto ticket = engine.copy(dst, src, {}, [] { throw std::runtime_error("callback boom"); });
+  std::string message = "<no error>";
+  try {
+    ticket->synchronize();
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  CAPTURE(message);
+  CHECK(message.find("completion callback") != std::string::npos);
+  CHECK(message.find("callback boom") != std::string::npos);
+  // The worker survived and keeps copying.
+  auto dst2 = torch::empty({64});
+  engine.copy(dst2, src)->synchronize();
+  CHECK(torch::equal(dst2, src));
+  CHECK(engine.pending() == 0);
+}
+
+namespace {
+struct ThrowingObserver : actckpt::Observer {
+  std::atomic<int> calls{0};
+  void on_event(const actckpt::Event& e) override {
+    ++calls;
+    throw std::runtime_error("observer boom at " + std::string(actckpt::to_string(e.kind)));
+  }
+};
+}  // namespace
+
+TEST_CASE_TEMPLATE("an observer that throws from every event changes nothing: same gradients, failures counted",
+                   Policy, NoOffload, SyncOffload, AsyncOffload) {
+  // Events come from destructors and (AsyncOffload on CPU) the copy worker: an exception there
+  // would end the process. They are caught and counted instead.
+  auto layers = mlp_stack(4);
+  auto x = torch::randn({16, 32});
+  chain(layers, x).sum().backward();
+  std::vector<std::vector<torch::Tensor>> expected;
+  for (auto& l : layers) expected.push_back(take_grads(*l));
+
+  IsolatedOffload iso;
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto thrower = std::make_shared<ThrowingObserver>();
+  const auto failures_before = actckpt::observer_failures().count;
+  {
+    actckpt::ObserverScope scope(thrower);
+    chain(wrapped, x).sum().backward();
+    for (int i = 0; i < 400 && iso.context->engine().pending() != 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const auto failures = actckpt::observer_failures();
+  CHECK(thrower->calls.load() > 0);
+  CHECK(failures.count - failures_before == static_cast<std::uint64_t>(thrower->calls.load()));
+  CHECK(failures.last_message.find("observer boom") != std::string::npos);
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    CAPTURE(i);
+    check_bitwise_equal(take_grads(*layers[i]), expected[i]);
+  }
+  CHECK(iso.pool->stats().live_bytes == 0);
+  CHECK(iso.context->stack().size() == 0);
 }
 
 TEST_CASE("stashes of two contexts never mix: each thread has its own default context") {

@@ -611,7 +611,8 @@ TEST_CASE_TEMPLATE("[cuda] bad input: a tensor on another device than the layer 
 
 TEST_CASE_TEMPLATE("bad input: an empty batch", Policy, NoOffload, SyncOffload, AsyncOffload) {
   auto bytes = check_input_parity<Policy>(torch::randn({0, 32}), [](const torch::Tensor& b) { return b; });
-  for (auto n : bytes) CHECK(n == 0);
+  // Nothing to move: no policy offloads an empty stash (none takes a host buffer for it).
+  CHECK(bytes.empty());
 }
 
 TEST_CASE_TEMPLATE("bad input: a non-contiguous (transposed) input", Policy, NoOffload, SyncOffload, AsyncOffload) {

@@ -28,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -59,6 +60,7 @@ class CopyTicket {
 #if ACTCKPT_WITH_CUDA
     if (event_) {
       event_->synchronize();
+      rethrow_error();
       return;
     }
 #endif
@@ -73,6 +75,7 @@ class CopyTicket {
 #if ACTCKPT_WITH_CUDA
     if (event_) {
       event_->block(c10::cuda::getCurrentCUDAStream(device_index_));
+      rethrow_error();
       return;
     }
 #endif
@@ -81,6 +84,10 @@ class CopyTicket {
 
  private:
   friend class CopyEngine;
+  void rethrow_error() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (error_) std::rethrow_exception(error_);
+  }
   void finish(std::exception_ptr error) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -123,8 +130,10 @@ class CopyEngine {
 
   /// `dst.copy_(src)` off the compute path. `src` and `dst` stay referenced until the copy is
   /// done, then are dropped (so a device source is released only after its copy finished);
-  /// `on_done` runs after that, on the worker (CPU) or right after submission (CUDA, where
-  /// completion is observed through the ticket's event).
+  /// `on_done` runs after that, on the worker (CPU; only if the copy succeeded) or right after
+  /// submission (CUDA, where completion is observed through the ticket's event). If it throws,
+  /// the copy counts as failed: the error, naming the callback, is rethrown to whoever waits on
+  /// the ticket (an exception on the worker thread would otherwise end the process).
   /// `keep_alive` (the host buffer, say) is held as long as the tensors.
   std::shared_ptr<CopyTicket> copy(at::Tensor dst, at::Tensor src, std::shared_ptr<void> keep_alive = {},
                                    std::function<void()> on_done = {}) {
@@ -132,10 +141,11 @@ class CopyEngine {
 #if ACTCKPT_WITH_CUDA
     if (src.is_cuda() || dst.is_cuda()) {
       submit_cuda(*ticket, dst, src);
-      ticket->finish(nullptr);
       src.reset();
       dst.reset();
-      if (on_done) on_done();
+      // The copy is in flight and fenced by the ticket's event: a callback that throws must not
+      // unwind past the ticket (its owner would lose the fence), so the error travels with it.
+      ticket->finish(run_on_done(on_done));
       return ticket;
     }
 #endif
@@ -219,6 +229,9 @@ class CopyEngine {
         job->dst.reset();
         job->keep_alive.reset();
       }
+      // Before the ticket finishes: whoever waits on it sees the callback's effects (an
+      // observer's offload_end comes before the restore) and its failure.
+      if (!error) error = run_on_done(job->on_done);
       {
         // Not pending any more before anyone waiting on the ticket wakes up: pending() == 0
         // must hold once every ticket has been waited for.
@@ -226,7 +239,23 @@ class CopyEngine {
         busy_ = false;
       }
       job->ticket->finish(error);
-      if (job->on_done) job->on_done();
+    }
+  }
+
+  /// Runs a copy's completion callback; what it throws is returned, wrapped so that the
+  /// message says where it came from.
+  static std::exception_ptr run_on_done(const std::function<void()>& on_done) noexcept {
+    if (!on_done) return nullptr;
+    try {
+      on_done();
+      return nullptr;
+    } catch (const std::exception& e) {
+      return std::make_exception_ptr(std::runtime_error(
+          std::string("actckpt: the completion callback of a stash copy (an Observer's on_event for "
+                      "offload_end) threw: ") +
+          e.what()));
+    } catch (...) {
+      return std::current_exception();
     }
   }
 

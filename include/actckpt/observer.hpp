@@ -6,6 +6,12 @@
 ///
 /// With no observer installed, emitting an event is one relaxed atomic load, so recording off
 /// costs nothing measurable.
+///
+/// Observers must not throw. Events are emitted from destructors, from the CPU copy worker and
+/// from the middle of stash bookkeeping, where unwinding would end the process or leave a stash
+/// half-moved. So an exception from `on_event` is caught: the first one in the process becomes a
+/// LibTorch warning (TORCH_WARN), every one is counted in `observer_failures()`, and the event
+/// still reaches the other observers.
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +22,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <c10/util/Exception.h>
 
 namespace actckpt {
 
@@ -58,11 +66,18 @@ struct Event {
   std::chrono::steady_clock::time_point time = std::chrono::steady_clock::now();
 };
 
-/// Receives events; `on_event` may be called from any thread (forward, autograd, copy worker).
+/// Receives events; `on_event` may be called from any thread (forward, autograd, copy worker)
+/// and must not throw (see the file comment for what happens if it does).
 class Observer {
  public:
   virtual ~Observer() = default;
   virtual void on_event(const Event& event) = 0;
+};
+
+/// What observers threw so far (see the file comment), process-wide.
+struct ObserverFailures {
+  std::uint64_t count = 0;
+  std::string last_message;  ///< "<event kind>: <what()>" of the newest one
 };
 
 namespace detail {
@@ -70,12 +85,45 @@ struct ObserverRegistry {
   std::mutex mutex;
   std::vector<std::shared_ptr<Observer>> observers;
   std::atomic<int> count{0};
+  ObserverFailures failures;  // guarded by mutex
   static ObserverRegistry& instance() {
     static ObserverRegistry registry;
     return registry;
   }
 };
+
+/// Records an observer's exception; warns the first time. Never throws.
+inline void observer_failed(EventKind kind, const char* what) noexcept {
+  try {
+    auto& r = ObserverRegistry::instance();
+    std::string message = std::string(to_string(kind)) + ": " + what;
+    bool first = false;
+    {
+      std::lock_guard<std::mutex> lock(r.mutex);
+      first = r.failures.count++ == 0;
+      r.failures.last_message = message;
+    }
+    if (first)
+      TORCH_WARN("actckpt: an Observer threw from on_event (", message,
+                 "); ignored, observers must not throw. Later failures are only counted: "
+                 "see actckpt::observer_failures().");
+  } catch (...) {  // out of memory while reporting: nothing more can be done
+  }
+}
 }  // namespace detail
+
+/// True while at least one observer is installed: lets code skip work whose only purpose is to
+/// emit events.
+inline bool observing() noexcept {
+  return detail::ObserverRegistry::instance().count.load(std::memory_order_relaxed) > 0;
+}
+
+/// The exceptions observers threw so far in this process (count and newest message).
+inline ObserverFailures observer_failures() {
+  auto& r = detail::ObserverRegistry::instance();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  return r.failures;
+}
 
 /// Installs an observer for as long as the returned guard lives.
 class ObserverScope {
@@ -102,17 +150,29 @@ class ObserverScope {
   std::shared_ptr<Observer> observer_;
 };
 
-/// Sends an event to every installed observer (cheap no-op when none is installed).
-inline void emit(EventKind kind, std::string_view label, std::int64_t bytes = 0) {
+/// Sends an event to every installed observer (cheap no-op when none is installed). Never
+/// throws: safe in destructors and on the copy worker.
+inline void emit(EventKind kind, std::string_view label, std::int64_t bytes = 0) noexcept {
+  if (!observing()) return;
   auto& r = detail::ObserverRegistry::instance();
-  if (r.count.load(std::memory_order_relaxed) == 0) return;
   std::vector<std::shared_ptr<Observer>> snapshot;
-  {
+  try {
     std::lock_guard<std::mutex> lock(r.mutex);
     snapshot = r.observers;
+  } catch (const std::exception& e) {  // copying the list ran out of memory
+    detail::observer_failed(kind, e.what());
+    return;
   }
   const Event event{kind, label, bytes};
-  for (const auto& o : snapshot) o->on_event(event);
+  for (const auto& o : snapshot) {
+    try {
+      o->on_event(event);
+    } catch (const std::exception& e) {
+      detail::observer_failed(kind, e.what());
+    } catch (...) {
+      detail::observer_failed(kind, "an exception not derived from std::exception");
+    }
+  }
 }
 
 }  // namespace actckpt

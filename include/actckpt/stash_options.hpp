@@ -25,7 +25,8 @@ struct StashOptions {
   StashMode mode = StashMode::device;
   /// async_host: the newest N stashes stay on the device (backward needs them first).
   std::size_t keep_on_device = 1;
-  /// async_host: stashes smaller than this stay on the device (moving them frees nothing).
+  /// sync_host and async_host: stashes smaller than this stay on the device (moving them frees
+  /// next to nothing). Empty stashes always stay.
   std::size_t min_offload_bytes = 1024;
   PoolExhaustion on_exhausted = PoolExhaustion::keep_on_device;
 };

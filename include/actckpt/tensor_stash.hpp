@@ -61,13 +61,16 @@ class TensorStash final : public StackEntry {
       case StashMode::device:
         break;
       case StashMode::sync_host: {
+        // An empty tensor (an empty batch) stays: moving it frees nothing and would hold a pool
+        // buffer.
+        offloadable_ = worth_moving();
         std::lock_guard<std::mutex> lock(mutex_);
-        move_to_host_locked(/*async=*/false);
+        if (offloadable_) move_to_host_locked(/*async=*/false);
         break;
       }
       case StashMode::async_host:
         // Only stashes worth moving join the stack, so the newest N counts tensors that move.
-        offloadable_ = bytes_ >= options_.min_offload_bytes && bytes_ > 0;
+        offloadable_ = worth_moving();
         if (offloadable_) {
           context_->stack().push(this, options_.keep_on_device);
           on_stack_ = true;
@@ -164,6 +167,8 @@ class TensorStash final : public StackEntry {
   const std::string& label() const { return label_; }
 
  private:
+  bool worth_moving() const { return bytes_ > 0 && bytes_ >= options_.min_offload_bytes; }
+
   /// `t` with every expanded dimension (stride 0, size > 1) narrowed to size 1.
   static at::Tensor unexpanded(const at::Tensor& t) {
     at::Tensor compact = t;

@@ -208,7 +208,7 @@ class TransformerStackImpl : public torch::nn::Module {
   /// x: [batch, seq, hidden] -> [batch, seq, hidden].
   torch::Tensor forward(torch::Tensor x) {
     const bool announce = mode_ == StackMode::baseline && is_training() && c10::GradMode::is_enabled() &&
-                          actckpt::detail::ObserverRegistry::instance().count.load(std::memory_order_relaxed) > 0;
+                          actckpt::observing();
     for (std::size_t i = 0; i < calls_.size(); ++i) {
       if (announce) emit(EventKind::forward_begin, labels_[i]);
       x = calls_[i](x);
