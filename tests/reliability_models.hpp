@@ -1,14 +1,15 @@
 #pragma once
 // Shared by tests/test_reliability.cpp and tests/test_randomized_parity.cpp (issue 5): layers a
 // stack is built from, a stack whose layers are each wrapped (with a policy of their own) or not,
-// a CPU allocator meter, the process RSS, and gradient comparison by parameter name.
+// the process RSS, and gradient comparison by parameter name. Built on test_models.hpp.
 
 #include <actckpt/actckpt.hpp>
-#include <c10/core/Allocator.h>
-#include <c10/util/ThreadLocalDebugInfo.h>
+#include <actckpt/memory_meter.hpp>
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 #include <unistd.h>
+
+#include "test_models.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -29,50 +30,11 @@ namespace reliability {
 // ---------------------------------------------------------------------------------------------
 // Measuring
 
-namespace detail {
-// reportMemoryUsage's totals are int64_t in LibTorch 1.13 and size_t in 2.x: take them from the
-// base class's own signature.
-template <class F>
-struct report_signature;
-template <class C, class A, class B>
-struct report_signature<void (C::*)(void*, int64_t, A, B, c10::Device)> {
-  using total_allocated = A;
-  using total_reserved = B;
-};
-using report_types = report_signature<decltype(&c10::MemoryReportingInfoBase::reportMemoryUsage)>;
-}  // namespace detail
-
-/// Bytes of LibTorch's CPU allocator ("the device" on a CPU-only run) allocated and not freed
-/// since the meter was installed, through the allocator's memory-reporting hook. LibTorch keeps
-/// the hook thread-local and passes it on to autograd threads and (through
-/// at::ThreadLocalState) to actckpt's copy worker, so everything a training step does on the
-/// installing thread is counted. Blocks allocated before installation are not counted when freed.
-class AllocatorMeter : public c10::MemoryReportingInfoBase {
- public:
-  void reportMemoryUsage(void* /*ptr*/, int64_t alloc_size, detail::report_types::total_allocated /*total*/,
-                         detail::report_types::total_reserved /*reserved*/, c10::Device device) override {
-    if (!device.is_cpu()) return;
-    const int64_t now = current_.fetch_add(alloc_size) + alloc_size;
-    int64_t peak = peak_.load();
-    while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
-    }
-  }
-  bool memoryProfilingEnabled() const override { return true; }
-
-  int64_t current() const { return current_.load(); }
-  int64_t peak() const { return peak_.load(); }
-  void reset_peak() { peak_.store(current_.load()); }
-
- private:
-  std::atomic<int64_t> current_{0};
-  std::atomic<int64_t> peak_{0};
-};
-
-/// Installs a meter on the calling thread for the guard's lifetime.
-struct MeterScope {
-  std::shared_ptr<AllocatorMeter> meter = std::make_shared<AllocatorMeter>();
-  c10::DebugInfoGuard guard{c10::DebugInfoKind::PROFILER_STATE, meter};
-};
+// The shared test helpers this file builds on (one FaultyBlock, one private offload context,
+// one event log); device bytes are measured with actckpt::MemoryMeter itself.
+using test_models::EventLog;
+using test_models::FaultyBlock;
+using test_models::IsolatedOffload;
 
 /// Resident set size of this process (/proc/self/statm), in bytes.
 inline std::int64_t rss_bytes() {
@@ -103,37 +65,6 @@ struct SingleIntraOpThread {
   ~SingleIntraOpThread() { at::set_num_threads(before); }
   SingleIntraOpThread(const SingleIntraOpThread&) = delete;
   SingleIntraOpThread& operator=(const SingleIntraOpThread&) = delete;
-};
-
-/// A private pool and context, so that a test's byte counts are its own.
-struct PrivateOffload {
-  explicit PrivateOffload(std::size_t limit = std::size_t{1} << 30)
-      : pool(actckpt::HostBufferPool::create(limit)), context(actckpt::OffloadContext::create(pool)) {}
-  std::shared_ptr<actckpt::HostBufferPool> pool;
-  std::shared_ptr<actckpt::OffloadContext> context;
-};
-
-/// Records observer events with the thread that emitted them.
-struct EventRecorder : actckpt::Observer {
-  struct Entry {
-    actckpt::EventKind kind;
-    std::string label;
-    std::int64_t bytes;
-    std::thread::id thread;
-  };
-  void on_event(const actckpt::Event& e) override {
-    std::lock_guard<std::mutex> lock(mutex);
-    entries.push_back({e.kind, std::string(e.label), e.bytes, std::this_thread::get_id()});
-  }
-  std::vector<Entry> of(actckpt::EventKind kind) {
-    std::lock_guard<std::mutex> lock(mutex);
-    std::vector<Entry> out;
-    for (const auto& e : entries)
-      if (e.kind == kind) out.push_back(e);
-    return out;
-  }
-  std::mutex mutex;
-  std::vector<Entry> entries;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -171,25 +102,6 @@ struct StackBlockImpl : torch::nn::Module {
 };
 TORCH_MODULE(StackBlock);
 
-/// relu(fc(x)) + x, with faults to inject: a throw in the forward (from the `fail_forward_call`-th
-/// forward on, counting 1, 2, ...; 0 = never, once = only that call), or a throw in the recompute
-/// only. A checkpointed forward runs the layer with grad mode off and the recompute with it on,
-/// which is how the layer tells them apart (use it wrapped only).
-struct FaultyBlockImpl : torch::nn::Module {
-  explicit FaultyBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
-  torch::Tensor forward(torch::Tensor x) {
-    const bool recomputing = torch::GradMode::is_enabled();
-    if (!recomputing && ++forward_calls == fail_forward_call)
-      throw std::runtime_error("injected forward failure in step " + std::to_string(forward_calls));
-    if (recomputing && fail_recompute) throw std::runtime_error("injected recompute failure");
-    return torch::relu(fc(x)) + x;
-  }
-  torch::nn::Linear fc{nullptr};
-  int forward_calls = 0;
-  int fail_forward_call = 0;
-  bool fail_recompute = false;
-};
-TORCH_MODULE(FaultyBlock);
 
 /// Embedding of integer indices (which cannot require grad) into a linear layer.
 struct EmbedBlockImpl : torch::nn::Module {

@@ -10,7 +10,9 @@
 #include <atomic>
 #include <functional>
 #include <stdexcept>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -83,19 +85,34 @@ struct BatchNormBlockImpl : torch::nn::Module {
 };
 TORCH_MODULE(BatchNormBlock);
 
-/// Throws when told to, in the forward pass, or only when recomputing (grad mode on inside a
-/// checkpoint's backward), to test that nothing leaks.
+/// Throws when told to: in its forward pass (every call, or only the k-th: `fail_forward_call`
+/// counts forward calls 1, 2, ...; 0 = never), or only when recomputing. A checkpointed forward
+/// runs the layer with grad mode off and the recompute with it on, which is how the layer tells
+/// them apart (use it wrapped only). Tests that nothing leaks when a layer fails.
 struct FaultyBlockImpl : torch::nn::Module {
   explicit FaultyBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
   torch::Tensor forward(torch::Tensor x) {
-    const bool recomputing = torch::GradMode::is_enabled();  // the wrapped forward runs with grad off
-    if (throw_in_forward && !recomputing) throw std::runtime_error("injected forward failure");
-    if (throw_in_recompute && recomputing) throw std::runtime_error("injected recompute failure");
+    const bool recomputing = torch::GradMode::is_enabled();
+    if (!recomputing) {
+      ++forward_calls;
+      if (fail_every_forward) throw std::runtime_error("injected forward failure");
+      if (forward_calls == fail_forward_call)
+        throw std::runtime_error("injected forward failure in step " + std::to_string(forward_calls));
+    }
+    if (recomputing && fail_recompute) throw std::runtime_error("injected recompute failure");
     return torch::relu(fc(x)) + x;
   }
+  /// Faults off.
+  void heal() {
+    fail_every_forward = false;
+    fail_forward_call = 0;
+    fail_recompute = false;
+  }
   torch::nn::Linear fc{nullptr};
-  bool throw_in_forward = false;
-  bool throw_in_recompute = false;
+  int forward_calls = 0;
+  bool fail_every_forward = false;
+  int fail_forward_call = 0;
+  bool fail_recompute = false;
 };
 TORCH_MODULE(FaultyBlock);
 
@@ -131,10 +148,12 @@ inline void check_bitwise_equal(const std::vector<torch::Tensor>& a, const std::
   }
 }
 
-/// A private pool and context, so a test's byte counts are its own.
+/// A private pool (of `limit` bytes) and context, so a test's byte counts are its own.
 struct IsolatedOffload {
-  std::shared_ptr<actckpt::HostBufferPool> pool = actckpt::HostBufferPool::create(std::size_t{1} << 30);
-  std::shared_ptr<actckpt::OffloadContext> context = actckpt::OffloadContext::create(pool);
+  explicit IsolatedOffload(std::size_t limit = std::size_t{1} << 30)
+      : pool(actckpt::HostBufferPool::create(limit)), context(actckpt::OffloadContext::create(pool)) {}
+  std::shared_ptr<actckpt::HostBufferPool> pool;
+  std::shared_ptr<actckpt::OffloadContext> context;
 };
 
 /// Runs `layers` as a chain on x; returns the output.
@@ -156,20 +175,28 @@ std::vector<actckpt::Checkpointed<Layer, Policy>> wrap_stack(std::vector<Layer>&
   return wrapped;
 }
 
-/// Records observer events (kind + label) in order.
+/// Records observer events (kind, label, bytes and the emitting thread) in order.
 struct EventLog : actckpt::Observer {
   struct Entry {
     actckpt::EventKind kind;
     std::string label;
     std::int64_t bytes;
+    std::thread::id thread;
   };
   void on_event(const actckpt::Event& e) override {
     std::lock_guard<std::mutex> lock(mutex);
-    entries.push_back({e.kind, std::string(e.label), e.bytes});
+    entries.push_back({e.kind, std::string(e.label), e.bytes, std::this_thread::get_id()});
   }
   std::vector<Entry> snapshot() {
     std::lock_guard<std::mutex> lock(mutex);
     return entries;
+  }
+  /// The events of one kind, in order.
+  std::vector<Entry> of(actckpt::EventKind kind) {
+    std::vector<Entry> out;
+    for (auto& e : snapshot())
+      if (e.kind == kind) out.push_back(e);
+    return out;
   }
   /// Position of the first event of `kind` for `label`, or -1.
   long index_of(actckpt::EventKind kind, const std::string& label) {

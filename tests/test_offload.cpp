@@ -254,7 +254,7 @@ TEST_CASE_TEMPLATE("an exception inside a layer in forward or in backward leaves
   std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> outputs;
 
   SUBCASE("in forward") {
-    layers[2]->throw_in_forward = true;
+    layers[2]->fail_every_forward = true;
     auto run = [&] {
       auto h = x;
       for (auto& l : wrapped) {
@@ -263,10 +263,10 @@ TEST_CASE_TEMPLATE("an exception inside a layer in forward or in backward leaves
       }
     };
     CHECK_THROWS_WITH(run(), doctest::Contains("injected forward failure"));
-    layers[2]->throw_in_forward = false;
+    layers[2]->fail_every_forward = false;
   }
   SUBCASE("in the recompute during backward") {
-    layers[1]->throw_in_recompute = true;
+    layers[1]->fail_recompute = true;
     auto h = x;
     for (auto& l : wrapped) {
       h = l(h);
@@ -276,7 +276,7 @@ TEST_CASE_TEMPLATE("an exception inside a layer in forward or in backward leaves
     h = torch::Tensor();
     CHECK_THROWS_WITH(loss.backward(), doctest::Contains("injected recompute failure"));
     loss = torch::Tensor();  // the graph goes with the loss
-    layers[1]->throw_in_recompute = false;
+    layers[1]->fail_recompute = false;
   }
   for (auto& o : outputs) CHECK(o.expired());  // no stash keeps a device tensor alive
   CHECK(iso.pool->stats().live_bytes == 0);

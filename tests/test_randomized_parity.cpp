@@ -189,7 +189,7 @@ Outcome run_step(const CaseSpec& c, Stack& model, const torch::Tensor& input_val
 /// Runs one case; returns an empty string when it passes, else what differed. `worst` gets the
 /// largest relative gradient difference seen (autocast cases).
 std::string run_case(const CaseSpec& c, double& worst) {
-  PrivateOffload offload(c.pool_limit);
+  IsolatedOffload offload(c.pool_limit);
   torch::manual_seed(c.seed);
   Stack reference = build(c, /*wrap=*/false, nullptr);
   Stack model = build(c, /*wrap=*/true, offload.context);
@@ -310,7 +310,7 @@ TEST_CASE_TEMPLATE("autocast: a checkpointed layer's parameters used again outsi
   SingleIntraOpThread one_thread;
   for (bool backward_inside : {false, true}) {
     CAPTURE(backward_inside);
-    PrivateOffload offload;
+    IsolatedOffload offload;
     torch::manual_seed(3);
     StackBlock block(16, 16, 0, 0.0, /*kind=*/1);  // dropout(tanh(fc(x))): a 2-D input goes through addmm
     actckpt::Checkpointed<StackBlock, Policy> wrapped(block);

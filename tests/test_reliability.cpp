@@ -43,7 +43,7 @@ bool contains(const std::string& text, const std::string& part) { return text.fi
 
 // ---------------------------------------------------------------------------------------------
 // A rig for fault injection: four FaultyBlocks, each checkpointed with Policy on a private pool
-// and context, a CPU allocator meter, and an unwrapped reference to check the next step against.
+// and context, actckpt::MemoryMeter on the CPU allocator, and an unwrapped reference to check the next step against.
 
 template <class Policy>
 struct FaultRig {
@@ -75,7 +75,7 @@ struct FaultRig {
   int64_t settled_device_bytes() {
     for (auto& p : model->parameters()) p.mutable_grad().reset();
     REQUIRE(wait_until_idle(*offload.context));
-    return meter.meter->current();
+    return meter.device_bytes();
   }
 
   /// Nothing of the failed step is left: pool, stack and allocator are where they were.
@@ -89,10 +89,7 @@ struct FaultRig {
 
   /// The next step's gradients (parameters and input) equal an unwrapped model's, bitwise.
   void check_next_step_trains(uint64_t seed) {
-    for (auto& b : blocks) {  // faults off
-      b->fail_forward_call = 0;
-      b->fail_recompute = false;
-    }
+    for (auto& b : blocks) b->heal();
     offload.context->engine().set_fault_injector(nullptr);
     torch::manual_seed(99);
     Stack reference;
@@ -107,8 +104,8 @@ struct FaultRig {
     CHECK(offload.context->stack().size() == 0);
   }
 
-  PrivateOffload offload;
-  MeterScope meter;
+  IsolatedOffload offload;
+  actckpt::MemoryMeter meter{c10::Device(c10::kCPU), offload.pool};
   Stack model;
   std::vector<FaultyBlock> blocks;
 };
@@ -150,8 +147,8 @@ TEST_CASE_TEMPLATE("soak: 1000 training steps keep device bytes, host pool bytes
   constexpr int64_t rss_bound = int64_t{4} << 20;
 
   SingleIntraOpThread one_thread;
-  PrivateOffload offload;
-  MeterScope meter;
+  IsolatedOffload offload;
+  actckpt::MemoryMeter meter{c10::Device(c10::kCPU), offload.pool};
   torch::manual_seed(2024);
   Stack model;
   for (int i = 0; i < depth; ++i)
@@ -167,7 +164,7 @@ TEST_CASE_TEMPLATE("soak: 1000 training steps keep device bytes, host pool bytes
   int dirty_steps = 0;  // steps ending with pool bytes live or stashes on the stack
   for (int step = 1; step <= steps; ++step) {
     optimizer.zero_grad();
-    meter.meter->reset_peak();
+    meter.reset_peak();
     auto x = torch::randn({batch, dim});
     auto loss = weighted_loss(model(x));
     loss.backward();
@@ -176,7 +173,7 @@ TEST_CASE_TEMPLATE("soak: 1000 training steps keep device bytes, host pool bytes
     x = torch::Tensor();
 
     const auto pool = offload.pool->stats();
-    SoakFigures f{meter.meter->current(), meter.meter->peak(), pool.reserved_bytes, pool.peak_live_bytes,
+    SoakFigures f{meter.device_bytes(), meter.device_peak_bytes(), pool.reserved_bytes, pool.peak_live_bytes,
                   pool.system_allocations, rss_bytes()};
     if (pool.live_bytes != 0 || offload.context->stack().size() != 0) ++dirty_steps;
     if (step == 1) {
@@ -334,7 +331,7 @@ TEST_CASE("concurrency: two AsyncOffload models in two threads get their solo re
   // Each thread's default OffloadContext (the layers have none set), and the shared host pool.
   auto model_a = make_trainer_model(a, nullptr), model_b = make_trainer_model(b, nullptr);
   auto inputs_a = make_trainer_inputs(a), inputs_b = make_trainer_inputs(b);
-  auto recorder = std::make_shared<EventRecorder>();
+  auto recorder = std::make_shared<EventLog>();
   TrainerResult together_a, together_b;
   {
     actckpt::ObserverScope observe(recorder);
@@ -374,7 +371,7 @@ TEST_CASE("concurrency: two threads sharing one OffloadContext still train corre
   const auto alone_a = train_alone(a);
   const auto alone_b = train_alone(b);
 
-  PrivateOffload shared;
+  IsolatedOffload shared;
   auto model_a = make_trainer_model(a, shared.context), model_b = make_trainer_model(b, shared.context);
   auto inputs_a = make_trainer_inputs(a), inputs_b = make_trainer_inputs(b);
   TrainerResult together_a, together_b;
@@ -403,7 +400,7 @@ using AsyncThrow = actckpt::BasicAsyncOffload<1, 1024, PoolExhaustion::throw_err
 TEST_CASE_TEMPLATE("fault: host pool too small for one stash, keep_on_device fallback trains correctly", Policy,
                    SyncOffload, AsyncOffload) {
   FaultRig<Policy> rig(/*pool_limit=*/1024);  // a stash is 2 KiB
-  auto recorder = std::make_shared<EventRecorder>();
+  auto recorder = std::make_shared<EventLog>();
   actckpt::ObserverScope observe(recorder);
   rig.step(1);
   const auto before = rig.settled_device_bytes();
@@ -546,7 +543,7 @@ template <class Policy>
 std::vector<std::int64_t> check_input_parity(const torch::Tensor& base_value,
                                              const std::function<torch::Tensor(const torch::Tensor&)>& make_input) {
   const int64_t dim = make_input(base_value).size(-1);
-  PrivateOffload offload;
+  IsolatedOffload offload;
   torch::manual_seed(5);
   Stack reference;
   reference->add_plain(StackBlock(dim, dim, 2 * dim, 0.0, 0));
@@ -573,7 +570,7 @@ std::vector<std::int64_t> check_input_parity(const torch::Tensor& base_value,
     return grads;
   };
   auto expected = run(reference);
-  auto recorder = std::make_shared<EventRecorder>();
+  auto recorder = std::make_shared<EventLog>();
   std::map<std::string, torch::Tensor> actual;
   {
     actckpt::ObserverScope observe(recorder);
@@ -651,7 +648,7 @@ TEST_CASE_TEMPLATE("bad input: a view of a larger tensor: only the view's bytes 
 
 TEST_CASE_TEMPLATE("bad input: integer inputs that cannot require grad", Policy, NoOffload, SyncOffload,
                    AsyncOffload) {
-  PrivateOffload offload;
+  IsolatedOffload offload;
   torch::manual_seed(8);
   EmbedBlock embed_ref(50, 32);
   MixedInputBlock mixed_ref(50, 32);
