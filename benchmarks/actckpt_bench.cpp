@@ -2,8 +2,9 @@
 // ckpt_sync_offload, ckpt_async_offload), templated on the checkpoint policy. One iteration is
 // one full training step (forward, backward, SGD step), timed manually after a device sync.
 // Counters: ms_per_iter (median step), peak_MB, host_stash_MB, floor_MB, over_floor_pct and
-// the deltas against baseline. After the runs it prints the seed's table and writes results and
-// memory timelines to --out.
+// the deltas against baseline. After the runs (and, with --rounds, round-robin rounds of all
+// modes for drift-robust times) it prints the seed's table and writes results and memory
+// timelines to --out.
 //
 //   actckpt_bench --help
 //   OMP_NUM_THREADS=2 actckpt_bench --out=out --benchmark_out=out/benchmark.json
@@ -19,6 +20,7 @@
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -180,6 +182,47 @@ void register_fixtures() {
   BENCHMARK_REGISTER_F(TrainStep, ckpt_async_offload)->Apply(configure);
 }
 
+/// --rounds: every mode that ran gets a model of its own, all alive at once; then each round runs
+/// one step of every mode, the order rotated from round to round. On a machine whose speed
+/// drifts (a shared VM: measured 330 vs 530 ms for the same step minutes apart), two steps of a
+/// round run seconds apart, so the per-round ratio cancels most of the drift that Google
+/// Benchmark's per-mode medians keep.
+void run_rounds(Run& run) {
+  std::vector<StackMode> modes;
+  for (auto mode : actckpt::models::all_stack_modes)
+    if (run.report.find(mode)) modes.push_back(mode);
+  if (modes.size() < 2) return;  // nothing to pair
+  const auto& cfg = run.options.model;
+  // Sessions install memory meters (thread-local hooks) that must end in reverse order.
+  std::vector<std::unique_ptr<TrainSession>> sessions;
+  try {
+    for (auto mode : modes) {
+      run.progress(mode, "building the model for the rounds");
+      sessions.push_back(std::make_unique<TrainSession>(cfg, mode, cfg.num_layers, /*input_requires_grad=*/false,
+                                                        run.options.seed));
+      for (int64_t i = 0; i < std::max<int64_t>(run.options.warmup, 1); ++i) sessions.back()->timed_step();
+    }
+    const std::size_t n = modes.size();
+    for (int64_t r = 0; r < run.options.rounds; ++r) {
+      std::string line = "round " + std::to_string(r + 1) + "/" + std::to_string(run.options.rounds) + ":";
+      for (std::size_t k = 0; k < n; ++k) {
+        const std::size_t i = (k + static_cast<std::size_t>(r)) % n;
+        const double ms = sessions[i]->timed_step().wall_ms;
+        run.report.at(modes[i]).round_ms.push_back(ms);
+        char part[48];
+        std::snprintf(part, sizeof part, " %.0f", ms);
+        line += part;
+      }
+      run.progress(modes.front(), line + " ms");
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "actckpt_bench: the round-robin rounds failed (%s); the table reports Google Benchmark's "
+                         "steps instead\n", e.what());
+    for (auto mode : modes) run.report.at(mode).round_ms.clear();
+  }
+  while (!sessions.empty()) sessions.pop_back();
+}
+
 }  // namespace bench
 
 namespace {
@@ -254,6 +297,7 @@ int main(int argc, char** argv) {
     std::cerr << "actckpt_bench: no mode ran (check --benchmark_filter)\n";
     return 1;
   }
+  if (run.options.rounds > 0) bench::run_rounds(run);
   if (run.options.table) {
     std::cout << "\n";
     run.report.write_table(std::cout, info);

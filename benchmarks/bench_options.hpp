@@ -21,6 +21,7 @@ struct BenchOptions {
   std::string out = ".";      // folder for results.{json,csv,md} and the timelines
   bool timeline = true;       // record one extra step per mode as a memory timeline
   int64_t warmup = 1;         // untimed steps before the measured ones
+  int64_t rounds = 0;         // round-robin rounds after the Google Benchmark runs (0: none)
   int64_t threads = 0;        // intra-op threads (0: LibTorch's default, from OMP_NUM_THREADS)
   int64_t seed = 0;
   bool quiet = false;         // no per-step progress lines
@@ -90,6 +91,11 @@ inline std::vector<Flag> flags(BenchOptions& o) {
            [&o](const std::string& v) { o.timeline = to_bool("timeline", v); },
            [&o] { return std::string(o.timeline ? "true" : "false"); }},
       int_flag("warmup", "untimed steps per mode before the measured ones", o.warmup),
+      int_flag("rounds",
+               "then N round-robin rounds, one step of every mode that ran per round (all its models\n"
+               "                              at once): the table's times become round medians and its deltas\n"
+               "                              medians of per-round ratios, robust to a machine whose speed drifts",
+               o.rounds),
       int_flag("threads", "intra-op threads (0: LibTorch's default, from OMP_NUM_THREADS)", o.threads),
       int_flag("seed", "random seed", o.seed),
       Flag{"quiet", "no per-step progress lines (true/false)", [&o](const std::string& v) { o.quiet = to_bool("quiet", v); },
@@ -154,6 +160,7 @@ inline BenchOptions parse_options(int argc, char** argv) {
   }
   o.model.validate();
   if (o.warmup < 0) throw std::invalid_argument("--warmup must not be negative");
+  if (o.rounds < 0) throw std::invalid_argument("--rounds must not be negative");
   return o;
 }
 

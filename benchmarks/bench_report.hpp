@@ -27,6 +27,13 @@ namespace bench {
 
 inline double mib(int64_t bytes) { return static_cast<double>(bytes) / 1048576.0; }
 
+inline double median_of(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const auto n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 struct ModeResult {
   StackMode mode = StackMode::baseline;
   std::vector<double> step_ms;   // every measured step, in order (wall clock)
@@ -37,20 +44,12 @@ struct ModeResult {
   Floor floor;
   std::unique_ptr<actckpt::MemoryTimeline> timeline;
 
-  double median_ms() const {
-    if (step_ms.empty()) return 0;
-    auto v = step_ms;
-    std::sort(v.begin(), v.end());
-    const auto n = v.size();
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  }
-  double median_cpu_ms() const {
-    if (step_cpu_ms.empty()) return 0;
-    auto v = step_cpu_ms;
-    std::sort(v.begin(), v.end());
-    const auto n = v.size();
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  }
+  std::vector<double> round_ms;  // --rounds: this mode's step in round 0, 1, ... (aligned across modes)
+
+  double median_ms() const { return median_of(step_ms); }
+  double median_cpu_ms() const { return median_of(step_cpu_ms); }
+  /// The time the table reports: the round median when rounds ran, else the median step.
+  double table_ms() const { return round_ms.empty() ? median_ms() : median_of(round_ms); }
   double min_ms() const { return step_ms.empty() ? 0 : *std::min_element(step_ms.begin(), step_ms.end()); }
   double mean_ms() const {
     return step_ms.empty() ? 0 : std::accumulate(step_ms.begin(), step_ms.end(), 0.0) / static_cast<double>(step_ms.size());
@@ -109,11 +108,33 @@ class Report {
     return true;
   }
 
+  /// Time of `mode` against `reference`, in percent. With rounds: the median of the per-round
+  /// ratios (each pair of steps ran seconds apart, so a drift of the machine's speed cancels);
+  /// without: the ratio of the median steps.
   std::optional<double> time_vs(StackMode mode, StackMode reference) const {
     auto* r = find(mode);
     auto* ref = find(reference);
     if (!r || !ref || r == ref) return std::nullopt;
+    if (!r->round_ms.empty() && r->round_ms.size() == ref->round_ms.size()) {
+      std::vector<double> ratios;
+      for (std::size_t i = 0; i < r->round_ms.size(); ++i)
+        if (ref->round_ms[i] > 0) ratios.push_back(r->round_ms[i] / ref->round_ms[i]);
+      if (!ratios.empty()) return 100.0 * (median_of(ratios) - 1.0);
+    }
     return delta_pct(r->median_ms(), ref->median_ms());
+  }
+  /// Rounds run per mode (0: the times are Google Benchmark's steps).
+  std::size_t rounds() const {
+    for (const auto& [m, r] : results_)
+      if (!r.round_ms.empty()) return r.round_ms.size();
+    return 0;
+  }
+  /// How the table's times were taken, for its caption and results.json.
+  std::string time_method() const {
+    if (const auto n = rounds())
+      return "median of " + std::to_string(n) +
+             " round-robin rounds (one step of every mode per round); time deltas: median of per-round ratios";
+    return "median of " + std::to_string(steps_measured()) + " steps per mode; time deltas: ratio of medians";
   }
   std::optional<double> peak_vs(StackMode mode, StackMode reference) const {
     auto* r = find(mode);
@@ -128,7 +149,7 @@ class Report {
     out << "Benchmark (" << m.device << ", " << m.dtype << ", " << m.total_tokens << " tokens, " << m.num_layers
         << " layers, hidden=" << m.hidden_dim << ", heads=" << m.num_heads() << ", ff=" << m.ff_dim
         << ", batch=" << m.batch_size << ", seq=" << m.seq_len() << "; " << info.intra_op_threads
-        << " intra-op threads; median of " << steps_measured() << " steps per mode)\n\n";
+        << " intra-op threads)\nTime: " << time_method() << ".\n\n";
     out << "| Mode               | Time (ms/iter) | Δ vs Baseline | Peak (MB) | Δ vs Baseline | Δ vs Ckpt Classic "
            "| Host stash (MB) | Floor (MB) | Peak over floor |\n";
     out << "|--------------------|---------------:|--------------:|----------:|--------------:|------------------:"
@@ -138,7 +159,7 @@ class Report {
       if (!r) continue;
       const bool offload = mode == StackMode::ckpt_sync_offload || mode == StackMode::ckpt_async_offload;
       out << "| " << pad(std::string(actckpt::models::to_string(mode)), 18, false) << " | "
-          << pad(fmt("%.2f", r->median_ms()), 14) << " | " << pad(fmt_delta(time_vs(mode, StackMode::baseline)), 13)
+          << pad(fmt("%.2f", r->table_ms()), 14) << " | " << pad(fmt_delta(time_vs(mode, StackMode::baseline)), 13)
           << " | " << pad(fmt("%.2f", mib(r->peak_bytes)), 9) << " | "
           << pad(fmt_delta(peak_vs(mode, StackMode::baseline)), 13) << " | "
           << pad(offload ? fmt_delta(peak_vs(mode, StackMode::ckpt_classic)) : "—", 17) << " | "
@@ -186,7 +207,7 @@ class Report {
     for (auto mode : actckpt::models::all_stack_modes) {
       const auto* r = find(mode);
       if (!r) continue;
-      out << actckpt::models::to_string(mode) << ',' << fmt("%.4f", r->median_ms()) << ',' << fmt("%.4f", r->min_ms())
+      out << actckpt::models::to_string(mode) << ',' << fmt("%.4f", r->table_ms()) << ',' << fmt("%.4f", r->min_ms())
           << ',' << fmt("%.4f", r->mean_ms()) << ',' << fmt("%.4f", r->median_cpu_ms()) << ',' << r->step_ms.size() << ',' << fmt("%.4f", mib(r->peak_bytes))
           << ',' << fmt("%.4f", mib(r->host_stash_peak_bytes)) << ',' << fmt("%.4f", mib(r->floor.total())) << ','
           << fmt("%.4f", r->over_floor_pct()) << ',' << opt(time_vs(mode, StackMode::baseline)) << ','
@@ -207,8 +228,9 @@ class Report {
     out << "  \"environment\": {\"intra_op_threads\": " << info.intra_op_threads
         << ", \"inter_op_threads\": " << info.inter_op_threads << ", \"OMP_NUM_THREADS\": \"" << info.omp_num_threads
         << "\", \"torch_version\": \"" << info.torch_version << "\"},\n";
-    out << "  \"units\": {\"time\": \"ms per training step, wall clock (median; cpu_ms: process CPU time)\", "
+    out << "  \"units\": {\"time\": \"ms per training step, wall clock (cpu_ms: process CPU time)\", "
            "\"memory\": \"MB = 2^20 bytes\"},\n";
+    out << "  \"time_method\": \"" << time_method() << "\",\n";
     out << "  \"modes\": [";
     bool first = true;
     for (auto mode : actckpt::models::all_stack_modes) {
@@ -217,10 +239,13 @@ class Report {
       out << (first ? "\n" : ",\n");
       first = false;
       const auto& f = r->floor;
-      out << "    {\"mode\": \"" << actckpt::models::to_string(mode) << "\", \"ms_per_iter\": " << fmt("%.4f", r->median_ms())
+      out << "    {\"mode\": \"" << actckpt::models::to_string(mode) << "\", \"ms_per_iter\": " << fmt("%.4f", r->table_ms())
+          << ", \"steps_median_ms\": " << fmt("%.4f", r->median_ms())
           << ", \"ms_min\": " << fmt("%.4f", r->min_ms()) << ", \"ms_mean\": " << fmt("%.4f", r->mean_ms())
           << ", \"cpu_ms_per_iter\": " << fmt("%.4f", r->median_cpu_ms()) << ",\n     \"step_ms\": [";
       for (std::size_t i = 0; i < r->step_ms.size(); ++i) out << (i ? ", " : "") << fmt("%.2f", r->step_ms[i]);
+      out << "], \"round_ms\": [";
+      for (std::size_t i = 0; i < r->round_ms.size(); ++i) out << (i ? ", " : "") << fmt("%.2f", r->round_ms[i]);
       out << "], \"step_cpu_ms\": [";
       for (std::size_t i = 0; i < r->step_cpu_ms.size(); ++i) out << (i ? ", " : "") << fmt("%.2f", r->step_cpu_ms[i]);
       out << "],\n     \"peak_MB\": " << fmt("%.4f", mib(r->peak_bytes)) << ", \"peak_bytes\": " << r->peak_bytes
@@ -229,7 +254,8 @@ class Report {
           << num(time_vs(mode, StackMode::baseline)) << ", \"peak_vs_baseline_pct\": "
           << num(peak_vs(mode, StackMode::baseline)) << ", \"time_vs_classic_pct\": "
           << num(time_vs(mode, StackMode::ckpt_classic)) << ", \"peak_vs_classic_pct\": "
-          << num(peak_vs(mode, StackMode::ckpt_classic)) << ",\n     \"floor\": {\"total_MB\": "
+          << num(peak_vs(mode, StackMode::ckpt_classic)) << ", \"time_vs_sync_offload_pct\": "
+          << num(time_vs(mode, StackMode::ckpt_sync_offload)) << ",\n     \"floor\": {\"total_MB\": "
           << fmt("%.4f", mib(f.total())) << ", \"weights_MB\": " << fmt("%.4f", mib(f.weights))
           << ", \"grads_MB\": " << fmt("%.4f", mib(f.grads)) << ", \"optimizer_state_MB\": "
           << fmt("%.4f", mib(f.optimizer_state)) << ", \"data_and_other_MB\": " << fmt("%.4f", mib(f.other_resident))

@@ -16,9 +16,11 @@
 #   activation_ckpt_benchmark.png               bars: time and peak memory per mode
 #   memory_timeline.png                         one memory timeline per mode
 #
-# Timing: each mode runs REPETITIONS times (default 3) in random interleaved order, STEPS
-# measured steps each after one warmup step, so load on the machine affects all modes alike;
-# the table gives the median step.
+# Timing: Google Benchmark runs each mode REPETITIONS times (default 3) in random interleaved
+# order, STEPS measured steps each after one warmup step (its JSON and the memory figures come
+# from these). Then ROUNDS round-robin rounds (default 8) run one step of every mode per round:
+# the table's time is the median round and its time deltas are medians of per-round ratios,
+# which cancels most of the drift of a shared machine's speed.
 #
 # Environment:
 #   OUT               output folder (same as --out)
@@ -27,6 +29,7 @@
 #   OMP_NUM_THREADS   LibTorch's intra-op threads (default: nproc)
 #   OMP_WAIT_POLICY   default PASSIVE (idle OpenMP threads sleep; robust on a shared machine)
 #   REPETITIONS       repetitions per mode (default 3; 1 runs the modes one after another)
+#   ROUNDS            round-robin rounds after them (default 8; 0: the table uses the repetitions)
 #   ACTCKPT_SKIP_DEPS=1  do not run scripts/install-deps.sh
 set -euo pipefail
 
@@ -36,6 +39,7 @@ build_given=${BUILD_DIR:+1}
 build=${BUILD_DIR:-$root/build/main-job}
 jobs=${JOBS:-$(nproc)}
 repetitions=${REPETITIONS:-3}
+rounds=${ROUNDS:-8}
 bench_args=()
 
 while (($#)); do
@@ -92,10 +96,14 @@ if ((repetitions > 1)); then
 fi
 # The CPU default measures 2 steps per repetition unless --steps is given.
 steps=(--steps=2)
-for a in "${bench_args[@]}"; do [[ $a == --steps || $a == --steps=* ]] && steps=(); done
+rounds_arg=(--rounds="$rounds")
+for a in "${bench_args[@]}"; do
+  [[ $a == --steps || $a == --steps=* ]] && steps=()
+  [[ $a == --rounds || $a == --rounds=* ]] && rounds_arg=()
+done
 run_start=$SECONDS
-stamp "run: $bench (OMP_NUM_THREADS=$OMP_NUM_THREADS OMP_WAIT_POLICY=$OMP_WAIT_POLICY, $repetitions repetitions per mode) -> $out"
-"$bench" --out="$out" --table=false "${steps[@]}" "${bench_args[@]}" "${interleave[@]}" \
+stamp "run: $bench (OMP_NUM_THREADS=$OMP_NUM_THREADS OMP_WAIT_POLICY=$OMP_WAIT_POLICY, $repetitions repetitions per mode, $rounds rounds) -> $out"
+"$bench" --out="$out" --table=false "${steps[@]}" "${rounds_arg[@]}" "${bench_args[@]}" "${interleave[@]}" \
   --benchmark_out="$out/benchmark.json" --benchmark_out_format=json | tee "$out/benchmark.log"
 run_seconds=$((SECONDS - run_start))
 

@@ -58,14 +58,18 @@ def plot_benchmark(results, path):
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5.2))
 
     times = [m["ms_per_iter"] for m in modes]
-    # whiskers: the middle half of the measured steps (how noisy the machine was)
-    q1 = [float(numpy.percentile(m["step_ms"], 25)) for m in modes]
-    q3 = [float(numpy.percentile(m["step_ms"], 75)) for m in modes]
+    # whiskers: the middle half of the steps the time comes from (how noisy the machine was):
+    # the round-robin rounds when they ran, else Google Benchmark's steps
+    rounds = all(m.get("round_ms") for m in modes)
+    source = "round_ms" if rounds else "step_ms"
+    q1 = [float(numpy.percentile(m[source], 25)) for m in modes]
+    q3 = [float(numpy.percentile(m[source], 75)) for m in modes]
     low = [max(0.0, t - a) for t, a in zip(times, q1)]
     high = [max(0.0, b - t) for t, b in zip(times, q3)]
     bars = ax_t.bar(x, times, color=[COLORS[n] for n in names], width=0.6, yerr=[low, high], capsize=6,
                     error_kw={"elinewidth": 1, "ecolor": "#333333"},
-                    label="median step; whiskers: 25th-75th percentile of the steps")
+                    label=("median of the round-robin rounds" if rounds else "median step")
+                    + "; whiskers: 25th-75th percentile")
     for bar, m, h in zip(bars, modes, high):
         label = f"{m['ms_per_iter']:.0f} ms"
         if m["time_vs_baseline_pct"] is not None:

@@ -13,7 +13,7 @@ mkdir -p "$work"
 
 # Dependencies are installed by the test command itself (scripts/test.sh); a second apt run here
 # would only cost time.
-ACTCKPT_SKIP_DEPS=1 REPETITIONS=2 JOBS=${JOBS:-2} OMP_NUM_THREADS=1 \
+ACTCKPT_SKIP_DEPS=1 REPETITIONS=2 ROUNDS=3 JOBS=${JOBS:-2} OMP_NUM_THREADS=1 \
   BUILD_DIR="$work/not/yet/there/build" \
   "$src/scripts/main-job.sh" --out "$work/out" \
   --num_layers=3 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=256 --batch_size=4 --steps=1 \
@@ -40,13 +40,16 @@ grep -q 'done: build' "$work/main-job.log" || { echo "FAIL: no closing line in t
 /usr/bin/python3 - "$work/out" <<'PY'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
-modes = {m["mode"]: m for m in json.loads((out / "results.json").read_text())["modes"]}
+results = json.loads((out / "results.json").read_text())
+modes = {m["mode"]: m for m in results["modes"]}
 want = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload"]
 assert sorted(modes) == sorted(want), f"modes in results.json: {sorted(modes)}"
 table = (out / "results.md").read_text()
 for m in want:
     assert f"| {m}" in table, f"{m} missing from results.md"
     assert modes[m]["ms_per_iter"] > 0, f"{m}: no time"
+    assert len(modes[m]["round_ms"]) == 3, f"{m}: {len(modes[m]['round_ms'])} round-robin steps, want ROUNDS=3"
+assert "round-robin" in results["time_method"] and "round-robin" in table, "the table's times are not the rounds'"
 base = modes["baseline"]["peak_MB"]
 classic = modes["ckpt_classic"]["peak_MB"]
 assert classic < base, f"classic peak {classic} MB not below baseline {base} MB"
