@@ -250,10 +250,8 @@ class CopyEngine {
       on_done();
       return nullptr;
     } catch (const std::exception& e) {
-      return std::make_exception_ptr(std::runtime_error(
-          std::string("actckpt: the completion callback of a stash copy (an Observer's on_event for "
-                      "offload_end) threw: ") +
-          e.what()));
+      return std::make_exception_ptr(
+          std::runtime_error(std::string("actckpt: the completion callback of a stash copy threw: ") + e.what()));
     } catch (...) {
       return std::current_exception();
     }

@@ -61,8 +61,8 @@ class TensorStash final : public StackEntry {
       case StashMode::device:
         break;
       case StashMode::sync_host: {
-        // An empty tensor (an empty batch) stays: moving it frees nothing and would hold a pool
-        // buffer.
+        // A stash not worth moving (empty, or under min_offload_bytes) stays: moving it would
+        // free next to nothing and hold a pool buffer.
         offloadable_ = worth_moving();
         std::lock_guard<std::mutex> lock(mutex_);
         if (offloadable_) move_to_host_locked(/*async=*/false);
