@@ -166,6 +166,18 @@ class Report {
           << pad(fmt("%.2f", mib(r->host_stash_peak_bytes)), 15) << " | " << pad(fmt("%.2f", mib(r->floor.total())), 10)
           << " | " << pad(fmt("%+.2f%%", r->over_floor_pct()), 15) << " |\n";
     }
+    // The time targets compare checkpointed modes with each other (async vs sync, async vs
+    // classic); the seed's columns only compare with baseline.
+    std::string pairs;
+    auto add_pair = [&](StackMode a, StackMode b, const char* name) {
+      if (auto d = time_vs(a, b)) pairs += std::string(pairs.empty() ? "" : ", ") + name + " " + fmt("%+.2f%%", *d);
+    };
+    add_pair(StackMode::ckpt_async_offload, StackMode::ckpt_sync_offload, "async vs sync");
+    add_pair(StackMode::ckpt_async_offload, StackMode::ckpt_classic, "async vs classic");
+    add_pair(StackMode::ckpt_sync_offload, StackMode::ckpt_classic, "sync vs classic");
+    if (!pairs.empty())
+      out << "\nTime between checkpointed modes (" << (rounds() ? "median of per-round ratios" : "ratio of medians")
+          << "): " << pairs << ".\n";
     out << "\nMB = 2^20 bytes. Peak: " << (m.torch_device().is_cuda() ? "CUDA caching allocator's allocated bytes"
                                                                        : "bytes LibTorch's CPU allocator handed out")
         << " during the measured steps. Host stash: peak bytes of offloaded stashes in the host buffer pool"

@@ -50,6 +50,7 @@ for m in want:
     assert modes[m]["ms_per_iter"] > 0, f"{m}: no time"
     assert len(modes[m]["round_ms"]) == 3, f"{m}: {len(modes[m]['round_ms'])} round-robin steps, want ROUNDS=3"
 assert "round-robin" in results["time_method"] and "round-robin" in table, "the table's times are not the rounds'"
+assert "async vs sync" in table and "async vs classic" in table, "no time comparison between checkpointed modes"
 base = modes["baseline"]["peak_MB"]
 classic = modes["ckpt_classic"]["peak_MB"]
 assert classic < base, f"classic peak {classic} MB not below baseline {base} MB"
