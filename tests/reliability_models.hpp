@@ -35,6 +35,7 @@ namespace reliability {
 using test_models::EventLog;
 using test_models::FaultyBlock;
 using test_models::IsolatedOffload;
+using test_models::wait_until_idle;
 
 /// Resident set size of this process (/proc/self/statm), in bytes.
 inline std::int64_t rss_bytes() {
@@ -42,17 +43,6 @@ inline std::int64_t rss_bytes() {
   std::int64_t size_pages = 0, resident_pages = 0;
   statm >> size_pages >> resident_pages;
   return resident_pages * static_cast<std::int64_t>(sysconf(_SC_PAGESIZE));
-}
-
-/// Waits (bounded) until the context's copy worker has finished every queued copy: a stash
-/// destroyed while its copy was queued returns its host buffer only when that copy is done.
-inline bool wait_until_idle(actckpt::OffloadContext& context, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (context.engine().pending() != 0) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-  return true;
 }
 
 /// LibTorch on one intra-op thread for the guard's lifetime. The tensors of these tests are tiny,

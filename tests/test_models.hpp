@@ -8,9 +8,10 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
-#include <stdexcept>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -155,6 +156,17 @@ struct IsolatedOffload {
   std::shared_ptr<actckpt::HostBufferPool> pool;
   std::shared_ptr<actckpt::OffloadContext> context;
 };
+
+/// Waits (bounded) until the context's copy worker has finished every queued copy: a stash
+/// destroyed while its copy was queued returns its host buffer only when that copy is done.
+inline bool wait_until_idle(actckpt::OffloadContext& context, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (context.engine().pending() != 0) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return true;
+}
 
 /// Runs `layers` as a chain on x; returns the output.
 template <class L>

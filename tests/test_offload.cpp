@@ -51,8 +51,7 @@ TEST_CASE_TEMPLATE("offloading policies release the device copy of an input befo
     inputs.push_back(weak_storage(h));
   }
   // Async copies finish on the worker, and only then release their source.
-  for (int i = 0; i < 400 && iso.context->engine().pending() != 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  wait_until_idle(*iso.context, std::chrono::seconds(2));
   // Input of layer 1 and 2 (outputs of layers 0 and 1) are gone from the device: only the host
   // copies remain. (Async keeps the newest stash, layer 3's input, on the device.)
   CHECK(inputs[0].expired());
@@ -327,8 +326,7 @@ TEST_CASE("async copy: the device source stays alive until its copy is done") {
     release = true;
   }
   cv.notify_all();
-  for (int i = 0; i < 400 && iso.context->engine().pending() != 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  wait_until_idle(*iso.context, std::chrono::seconds(2));
   CHECK(iso.context->engine().pending() == 0);
   CHECK(first_output.expired());  // copied: the device copy was released
   iso.context->engine().set_fault_injector(nullptr);
@@ -403,8 +401,7 @@ TEST_CASE_TEMPLATE("an observer that throws from every event changes nothing: sa
   {
     actckpt::ObserverScope scope(thrower);
     chain(wrapped, x).sum().backward();
-    for (int i = 0; i < 400 && iso.context->engine().pending() != 0; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    REQUIRE(wait_until_idle(*iso.context, std::chrono::seconds(2)));  // every offload_end emitted
   }
   const auto failures = actckpt::observer_failures();
   CHECK(thrower->calls.load() > 0);
