@@ -15,6 +15,9 @@
 #include <benchmark/benchmark.h>
 #include <torch/version.h>
 
+#include <climits>
+#include <malloc.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -31,6 +34,22 @@
 namespace bench {
 
 using actckpt::models::NoCheckpoint;
+
+/// --warm_allocator (default on): every mode is timed on warm host memory, as a GPU's caching
+/// allocator keeps device memory. glibc otherwise returns large freed blocks to the kernel at
+/// once (munmap above the mmap threshold, heap trimming above the trim threshold) and page-faults
+/// them in again on the next step: the baseline, which frees ~200 MB of activations per step,
+/// paid that every step, and while the round-robin rounds keep four models alive its blocks
+/// were never reused warm (the rounds put the baseline 30% behind checkpointing). Blocks up to
+/// 32 MiB (glibc's largest mmap threshold) now come from the heap, and the heap is never trimmed.
+/// Returns the setting, for the table header and results.json.
+inline std::string apply_allocator_setting(bool warm) {
+  if (!warm) return "glibc malloc defaults (--warm_allocator=false)";
+  constexpr int mmap_threshold = 32 << 20;
+  const bool ok = mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 && mallopt(M_TRIM_THRESHOLD, INT_MAX) == 1;
+  if (!ok) return "glibc malloc defaults (mallopt refused the warm setting)";
+  return "warm: glibc mallopt M_MMAP_THRESHOLD=32 MiB, M_TRIM_THRESHOLD=2 GiB (--warm_allocator=false for the defaults)";
+}
 using actckpt::models::stack_mode_of;
 
 /// What the fixtures share: the options, the per-block probes (measured once) and the results.
@@ -49,9 +68,12 @@ struct Run {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   void progress(StackMode mode, const std::string& what) const {
+    progress(std::string(actckpt::models::to_string(mode)), what);
+  }
+  /// `tag` says what is running: a mode, or "rounds" (all modes in turn).
+  void progress(const std::string& tag, const std::string& what) const {
     if (options.quiet) return;
-    std::fprintf(stderr, "[%-18s] %-28s elapsed %6.1f s\n", std::string(actckpt::models::to_string(mode)).c_str(),
-                 what.c_str(), elapsed_s());
+    std::fprintf(stderr, "[%-18s] %-28s elapsed %6.1f s\n", tag.c_str(), what.c_str(), elapsed_s());
   }
   const BlockProbe& probe(StackMode mode) {
     auto& slot = mode == StackMode::baseline ? unwrapped_probe : checkpointed_probe;
@@ -81,6 +103,7 @@ class TrainStep : public benchmark::Fixture {
         session_->timed_step();
       }
       session_->meter().reset_peak();
+      session_->offload_context().reset_telemetry();
     } catch (const std::exception& e) {
       error_ = e.what();
     }
@@ -95,9 +118,11 @@ class TrainStep : public benchmark::Fixture {
           run.progress(mode, "recording a memory timeline");
           auto timeline = std::make_unique<actckpt::MemoryTimeline>(
               session_->meter(), std::string(actckpt::models::to_string(mode)), "zero_grad");
+          session_->offload_context().reset_telemetry();
           session_->step(timeline.get());
           synchronize(session_->device());
           timeline->stop();
+          timeline->add_copies(session_->offload_context().take_telemetry().spans);
           result.timeline = std::move(timeline);
         }
       } catch (const std::exception& e) {
@@ -120,7 +145,10 @@ class TrainStep : public benchmark::Fixture {
     int64_t i = 0;
     ModeResult this_run;  // this repetition alone, for Google Benchmark's counters
     for (auto _ : state) {
-      const auto time = session_->timed_step();
+      const auto time = session_->timed_step();  // synchronized: the step's copies are done
+      auto telemetry = session_->offload_context().take_telemetry();
+      telemetry.spans.clear();  // the figures are kept per step; the spans only for the timeline
+      result.telemetry.push_back(std::move(telemetry));
       const double ms = time.wall_ms;
       state.SetIterationTime(ms / 1e3);
       result.step_ms.push_back(ms);
@@ -135,6 +163,7 @@ class TrainStep : public benchmark::Fixture {
     synchronize(session_->device());
     auto& meter = session_->meter();
     result.peak_bytes = std::max(result.peak_bytes, meter.device_peak_bytes());
+    result.allocated_peak_bytes = std::max(result.allocated_peak_bytes, meter.device_allocated_peak_bytes());
     result.host_stash_peak_bytes = std::max(result.host_stash_peak_bytes, meter.host_stash_peak_bytes());
     result.resident_bytes = meter.device_bytes();
     result.floor = analytic_floor(*session_, run.options.model, result.resident_bytes, run.probe(StackMode::baseline == mode ? StackMode::baseline : StackMode::ckpt_classic),
@@ -209,11 +238,11 @@ void run_rounds(Run& run) {
         const std::size_t i = (k + static_cast<std::size_t>(r)) % n;
         const double ms = sessions[i]->timed_step().wall_ms;
         run.report.at(modes[i]).round_ms.push_back(ms);
-        char part[48];
-        std::snprintf(part, sizeof part, " %.0f", ms);
+        char part[64];
+        std::snprintf(part, sizeof part, "%s %s %.0f", k ? "," : "", std::string(actckpt::models::to_string(modes[i])).c_str(), ms);
         line += part;
       }
-      run.progress(modes.front(), line + " ms");
+      run.progress("rounds", line + " ms");
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "actckpt_bench: the round-robin rounds failed (%s); the table reports Google Benchmark's "
@@ -244,6 +273,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const auto& cfg = run.options.model;
+  run.info.allocator = bench::apply_allocator_setting(run.options.warm_allocator);
   if (run.options.threads > 0) torch::set_num_threads(static_cast<int>(run.options.threads));
   if (cfg.torch_device().is_cuda() && !torch::cuda::is_available()) {
     std::cerr << "actckpt_bench: --device " << cfg.device << " but no CUDA device is available\n";
@@ -266,6 +296,7 @@ int main(int argc, char** argv) {
               "OMP_WAIT_POLICY=%s), inter-op %d\n",
               TORCH_VERSION, cfg.device.c_str(), cfg.dtype.c_str(), info.intra_op_threads, info.omp_num_threads.c_str(),
               wait_policy ? wait_policy : "(unset)", info.inter_op_threads);
+  std::printf("allocator: %s\n", info.allocator.c_str());
   std::printf("model: %lld layers, hidden %lld, %lld heads of %lld, ff %lld, batch %lld x seq %lld = %lld tokens, "
               "%.2f M parameters; %lld warmup + %lld measured steps per mode\n",
               static_cast<long long>(cfg.num_layers), static_cast<long long>(cfg.hidden_dim),
@@ -286,6 +317,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("OMP_NUM_THREADS", info.omp_num_threads);
   benchmark::AddCustomContext("OMP_WAIT_POLICY", wait_policy ? wait_policy : "(unset)");
   benchmark::AddCustomContext("torch_version", TORCH_VERSION);
+  benchmark::AddCustomContext("allocator", info.allocator);
 
   // Registered here, not at static-initialization time, because the iteration count is a flag.
   bench::register_fixtures();

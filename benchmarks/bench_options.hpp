@@ -26,6 +26,7 @@ struct BenchOptions {
   int64_t seed = 0;
   bool quiet = false;         // no per-step progress lines
   bool table = true;          // print the results table at the end
+  bool warm_allocator = true; // time every mode on warm host memory (mallopt; see actckpt_bench.cpp)
 };
 
 namespace detail {
@@ -103,6 +104,11 @@ inline std::vector<Flag> flags(BenchOptions& o) {
       Flag{"table", "print the results table at the end (true/false; it is written to --out either way)",
            [&o](const std::string& v) { o.table = to_bool("table", v); },
            [&o] { return std::string(o.table ? "true" : "false"); }},
+      Flag{"warm_allocator",
+           "time every mode on warm host memory: glibc keeps freed blocks up to 32 MiB instead of\n"
+           "                              returning them to the kernel (true/false; false: malloc defaults)",
+           [&o](const std::string& v) { o.warm_allocator = to_bool("warm_allocator", v); },
+           [&o] { return std::string(o.warm_allocator ? "true" : "false"); }},
   };
 }
 

@@ -38,13 +38,28 @@ struct ModeResult {
   StackMode mode = StackMode::baseline;
   std::vector<double> step_ms;   // every measured step, in order (wall clock)
   std::vector<double> step_cpu_ms;  // the same steps' process CPU time (all threads)
-  int64_t peak_bytes = 0;        // device peak over the measured steps
+  int64_t peak_bytes = 0;        // device peak over the measured steps (CUDA: active bytes)
+  int64_t allocated_peak_bytes = 0;  // CUDA: the allocator's allocated-bytes peak (CPU: = peak_bytes)
   int64_t host_stash_peak_bytes = 0;
   int64_t resident_bytes = 0;    // device bytes between steps
   Floor floor;
   std::unique_ptr<actckpt::MemoryTimeline> timeline;
 
   std::vector<double> round_ms;  // --rounds: this mode's step in round 0, 1, ... (aligned across modes)
+  std::vector<actckpt::OffloadTelemetry> telemetry;  // per measured step (spans dropped)
+
+  bool moved_anything() const {
+    for (const auto& t : telemetry)
+      if (t.copies() > 0) return true;
+    return false;
+  }
+  /// The median over the measured steps of one telemetry figure.
+  template <class F>
+  double telemetry_median(F figure) const {
+    std::vector<double> v;
+    for (const auto& t : telemetry) v.push_back(static_cast<double>(figure(t)));
+    return median_of(v);
+  }
 
   double median_ms() const { return median_of(step_ms); }
   double median_cpu_ms() const { return median_of(step_cpu_ms); }
@@ -89,6 +104,7 @@ struct RunInfo {
   std::string omp_num_threads;  // as set in the environment, or "(unset)"
   std::string torch_version;
   int64_t parameters = 0;
+  std::string allocator;  // how host memory is allocated (the warm-allocator setting)
 };
 
 class Report {
@@ -149,7 +165,7 @@ class Report {
     out << "Benchmark (" << m.device << ", " << m.dtype << ", " << m.total_tokens << " tokens, " << m.num_layers
         << " layers, hidden=" << m.hidden_dim << ", heads=" << m.num_heads() << ", ff=" << m.ff_dim
         << ", batch=" << m.batch_size << ", seq=" << m.seq_len() << "; " << info.intra_op_threads
-        << " intra-op threads)\nTime: " << time_method() << ".\n\n";
+        << " intra-op threads)\nTime: " << time_method() << ".\nAllocator: " << info.allocator << ".\n\n";
     out << "| Mode               | Time (ms/iter) | Δ vs Baseline | Peak (MB) | Δ vs Baseline | Δ vs Ckpt Classic "
            "| Host stash (MB) | Floor (MB) | Peak over floor |\n";
     out << "|--------------------|---------------:|--------------:|----------:|--------------:|------------------:"
@@ -178,8 +194,12 @@ class Report {
     if (!pairs.empty())
       out << "\nTime between checkpointed modes (" << (rounds() ? "median of per-round ratios" : "ratio of medians")
           << "): " << pairs << ".\n";
-    out << "\nMB = 2^20 bytes. Peak: " << (m.torch_device().is_cuda() ? "CUDA caching allocator's allocated bytes"
-                                                                       : "bytes LibTorch's CPU allocator handed out")
+    write_telemetry_table(out);
+    out << "\nMB = 2^20 bytes. Peak: " << (m.torch_device().is_cuda()
+                                             ? "CUDA caching allocator's active bytes (what the device holds, "
+                                               "including sources of copies still in flight; results.json also has "
+                                               "the allocated-bytes peak)"
+                                             : "bytes LibTorch's CPU allocator handed out")
         << " during the measured steps. Host stash: peak bytes of offloaded stashes in the host buffer pool"
         << (m.torch_device().is_cpu() ? " (on CPU these are also RAM: offload saves no memory there)" : "")
         << ". Floor: weights + grads + optimizer state + data + what the mode must keep + one block's measured"
@@ -211,6 +231,37 @@ class Report {
     return n;
   }
 
+  /// The offload pipeline of the modes that moved stashes: per step, the median of the measured
+  /// steps (copy time from CUDA events, or the CPU copy worker's clock).
+  void write_telemetry_table(std::ostream& out) const {
+    bool any = false;
+    for (auto mode : actckpt::models::all_stack_modes) {
+      const auto* r = find(mode);
+      if (!r || !r->moved_anything()) continue;
+      if (!any) {
+        out << "\nOffload pipeline, per step (median of the measured steps): what moved, how long the copies "
+               "took, how long the compute waited for them (stall) and the share of copy time hidden behind "
+               "compute (overlap = 1 - stall / copy).\n\n"
+               "| Mode               | D2H (MB) | H2D (MB) | Copies | Copy (ms) | Stall (ms) | Overlap | D2H GB/s "
+               "| H2D GB/s |\n"
+               "|--------------------|---------:|---------:|-------:|----------:|-----------:|--------:|---------:"
+               "|---------:|\n";
+        any = true;
+      }
+      using T = actckpt::OffloadTelemetry;
+      out << "| " << pad(std::string(actckpt::models::to_string(mode)), 18, false) << " | "
+          << pad(fmt("%.2f", mib(static_cast<int64_t>(r->telemetry_median([](const T& t) { return t.d2h_bytes; })))), 8)
+          << " | "
+          << pad(fmt("%.2f", mib(static_cast<int64_t>(r->telemetry_median([](const T& t) { return t.h2d_bytes; })))), 8)
+          << " | " << pad(fmt("%.0f", r->telemetry_median([](const T& t) { return t.copies(); })), 6) << " | "
+          << pad(fmt("%.2f", r->telemetry_median([](const T& t) { return t.copy_ms(); })), 9) << " | "
+          << pad(fmt("%.2f", r->telemetry_median([](const T& t) { return t.stall_ms; })), 10) << " | "
+          << pad(fmt("%.1f%%", 100.0 * r->telemetry_median([](const T& t) { return t.overlap(); })), 7) << " | "
+          << pad(fmt("%.2f", r->telemetry_median([](const T& t) { return t.d2h_gbps(); })), 8) << " | "
+          << pad(fmt("%.2f", r->telemetry_median([](const T& t) { return t.h2d_gbps(); })), 8) << " |\n";
+    }
+  }
+
   void write_csv(const std::string& path) const {
     std::ofstream out(path);
     out << "mode,ms_per_iter,ms_min,ms_mean,cpu_ms_per_iter,steps,peak_MB,host_stash_MB,floor_MB,over_floor_pct,"
@@ -239,7 +290,8 @@ class Report {
         << ", \"parameters\": " << info.parameters << "},\n";
     out << "  \"environment\": {\"intra_op_threads\": " << info.intra_op_threads
         << ", \"inter_op_threads\": " << info.inter_op_threads << ", \"OMP_NUM_THREADS\": \"" << info.omp_num_threads
-        << "\", \"torch_version\": \"" << info.torch_version << "\"},\n";
+        << "\", \"torch_version\": \"" << info.torch_version << "\", \"allocator\": \"" << info.allocator
+        << "\"},\n";
     out << "  \"units\": {\"time\": \"ms per training step, wall clock (cpu_ms: process CPU time)\", "
            "\"memory\": \"MB = 2^20 bytes\"},\n";
     out << "  \"time_method\": \"" << time_method() << "\",\n";
@@ -261,6 +313,7 @@ class Report {
       out << "], \"step_cpu_ms\": [";
       for (std::size_t i = 0; i < r->step_cpu_ms.size(); ++i) out << (i ? ", " : "") << fmt("%.2f", r->step_cpu_ms[i]);
       out << "],\n     \"peak_MB\": " << fmt("%.4f", mib(r->peak_bytes)) << ", \"peak_bytes\": " << r->peak_bytes
+          << ", \"allocated_peak_MB\": " << fmt("%.4f", mib(r->allocated_peak_bytes))
           << ", \"host_stash_MB\": " << fmt("%.4f", mib(r->host_stash_peak_bytes))
           << ", \"resident_MB\": " << fmt("%.4f", mib(r->resident_bytes)) << ",\n     \"time_vs_baseline_pct\": "
           << num(time_vs(mode, StackMode::baseline)) << ", \"peak_vs_baseline_pct\": "
@@ -273,7 +326,25 @@ class Report {
           << fmt("%.4f", mib(f.optimizer_state)) << ", \"data_and_other_MB\": " << fmt("%.4f", mib(f.other_resident))
           << ", \"keep_MB\": " << fmt("%.4f", mib(f.keep)) << ", \"keep\": \"" << f.keep_formula
           << "\", \"block_working_set_MB\": " << fmt("%.4f", mib(f.working_set)) << "}, \"peak_over_floor_pct\": "
-          << fmt("%.4f", r->over_floor_pct()) << "}";
+          << fmt("%.4f", r->over_floor_pct());
+      if (r->moved_anything()) {
+        using T = actckpt::OffloadTelemetry;
+        out << ",\n     \"telemetry\": {\"per\": \"step, median of the measured steps\", \"d2h_bytes\": "
+            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.d2h_bytes; })) << ", \"h2d_bytes\": "
+            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.h2d_bytes; })) << ", \"d2h_copies\": "
+            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.d2h_copies; })) << ", \"h2d_copies\": "
+            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.h2d_copies; })) << ", \"d2h_ms\": "
+            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.d2h_ms; })) << ", \"h2d_ms\": "
+            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.h2d_ms; })) << ", \"copy_ms\": "
+            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.copy_ms(); })) << ", \"stall_ms\": "
+            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.stall_ms; })) << ", \"stalls\": "
+            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.stalls; })) << ", \"overlap\": "
+            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.overlap(); })) << ", \"d2h_GBps\": "
+            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.d2h_gbps(); })) << ", \"h2d_GBps\": "
+            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.h2d_gbps(); })) << ", \"steps\": "
+            << r->telemetry.size() << "}";
+      }
+      out << "}";
     }
     out << "\n  ]\n}\n";
   }

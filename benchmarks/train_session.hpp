@@ -1,6 +1,7 @@
 #pragma once
-// One mode's training run: the stack, its SGD optimizer and data, a memory meter that starts
-// before any of them, and the analytic floor of the mode's peak memory.
+// One mode's training run: the stack, its SGD optimizer and data, an offload context of its own
+// (pool, copy engine, telemetry), a memory meter that starts before any of them, and the
+// analytic floor of the mode's peak memory.
 
 #include <actckpt/memory_meter.hpp>
 #include <actckpt/memory_timeline.hpp>
@@ -42,7 +43,11 @@ class TrainSession {
   /// `input_requires_grad` makes the input a leaf that wants a gradient, as every block but the
   /// first sees in the full stack.
   TrainSession(const StackConfig& cfg, StackMode mode, int64_t num_layers, bool input_requires_grad, int64_t seed)
-      : cfg_(cfg), mode_(mode), device_(cfg.torch_device()), meter_(device_) {
+      : cfg_(cfg),
+        mode_(mode),
+        device_(cfg.torch_device()),
+        context_(actckpt::OffloadContext::create(actckpt::HostBufferPool::create(actckpt::HostBufferPool::default_limit()))),
+        meter_(device_, context_->pool_ptr()) {
     torch::manual_seed(seed);
     model_ = actckpt::models::TransformerStack(cfg.block_options(), num_layers, mode);
     model_->to(device_);
@@ -56,6 +61,8 @@ class TrainSession {
   /// One training step. Gradients are zeroed in place (LibTorch 1.13's `zero_grad()`), so they
   /// stay allocated from step to step, on 1.13 and 2.x alike; the floor counts them.
   void step(actckpt::MemoryTimeline* timeline = nullptr) {
+    // Sessions alive at once (the rounds) keep their stashes, pools and telemetry apart.
+    actckpt::OffloadContextScope scope(context_);
     {
       torch::NoGradGuard no_grad;
       for (auto& p : params_)
@@ -104,6 +111,7 @@ class TrainSession {
   }
 
   actckpt::MemoryMeter& meter() { return meter_; }
+  actckpt::OffloadContext& offload_context() { return *context_; }
   actckpt::models::TransformerStack& model() { return model_; }
   const torch::Tensor& input() const { return input_; }
   StackMode mode() const { return mode_; }
@@ -130,7 +138,8 @@ class TrainSession {
   StackConfig cfg_;
   StackMode mode_;
   c10::Device device_;
-  actckpt::MemoryMeter meter_;  // first member after the config: it sees every allocation below
+  std::shared_ptr<actckpt::OffloadContext> context_;
+  actckpt::MemoryMeter meter_;  // before the model: it sees every allocation below
   actckpt::models::TransformerStack model_{nullptr};
   torch::Tensor input_;
   std::vector<torch::Tensor> params_;

@@ -9,7 +9,9 @@
 #         LibTorch lacks.
 # trixie: fetches libtorch-dev and libtorch-cuda-dev 2.6 from trixie with `apt-get download`
 #         (private apt lists, the system's apt state is untouched), falling back to copies in
-#         $ACTCKPT_DEBS_DIR or ../shared/debs; unpacks them with dpkg -x under --cache, once.
+#         $ACTCKPT_DEBS_DIR; unpacks them with dpkg -x under --cache, once. Offline, put
+#         libtorch-dev_2.6*.deb and libtorch-cuda-dev_2.6*.deb (Debian trixie, amd64) in a folder
+#         and name it in ACTCKPT_DEBS_DIR; without them the check is skipped (exit 77).
 #
 # Options:
 #   --cxx PATH            C++ compiler (default: $CXX, else g++)
@@ -83,7 +85,7 @@ fetch_trixie_debs() {
   fi
   rm -rf "$t" "$dl"
   local d
-  for d in "${ACTCKPT_DEBS_DIR:-}" "$root/../shared/debs"; do
+  for d in "${ACTCKPT_DEBS_DIR:-}"; do
     if [[ -n $d ]] && compgen -G "$d/libtorch-dev_2*.deb" >/dev/null && compgen -G "$d/libtorch-cuda-dev_2*.deb" >/dev/null; then
       (cd "$d" && pwd); return 0
     fi

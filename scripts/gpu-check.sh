@@ -1,19 +1,46 @@
 #!/usr/bin/env bash
-# One run on the CUDA machine (see ../shared/gpu/README.md): build against the pip LibTorch, run
-# every ctest test (CUDA cases included), then the benchmark at the seed's configuration.
+# actckpt's check on a CUDA machine, in one short run (build included: about 6 minutes on an
+# H200 with 16 cores), and its rehearsal on a machine without a GPU.
 #
-#   scripts/gpu-check.sh [OUT_DIR]        # default: $OUT, else ./gpu-out
+#   scripts/gpu-check.sh [OUT_DIR]              # on the GPU machine; OUT_DIR default: $OUT, else ./gpu-out
+#   scripts/gpu-check.sh --rehearse [OUT_DIR]   # here, against Debian's CPU LibTorch
+#
+# What it needs on the GPU machine: CUDA (nvcc), CMake, Ninja, and `python3 -c 'import torch'`
+# giving a CUDA LibTorch (a PyTorch wheel: its torch.utils.cmake_prefix_path is the LibTorch used,
+# and its C++ ABI must be the CXX11 one that Debian's Google Benchmark was built with). Debian's
+# packages of doctest, Google Benchmark (and its runtime) are not installed there: put their .deb
+# files in DEBS_DIR (default .device/ in the checkout, ignored by git), which the run unpacks with
+# dpkg -x into a scratch folder (never into /). On Debian 12 get them with
+#   mkdir -p .device && (cd .device && apt-get download doctest-dev libbenchmark-dev libbenchmark1debian)
+# A missing package, a CPU-only torch, the wrong ABI or a missing nvcc stop the run at once, with
+# the reason, before anything is built.
+#
+# Steps, each logged; a failed step is reported and the later ones still run where they can:
+#   1. environment: nvcc, torch version, its CUDA version and C++ ABI, the GPU;
+#   2. unpack the packages; configure (tests and benchmark; examples and install rules off), and
+#      check that the configure log says CUDA is on;
+#   3. build actckpt_tests and actckpt_bench only;
+#   4. the CUDA test cases (ctest label `cuda`) with ACTCKPT_REQUIRE_CUDA=1: a case that finds no
+#      device fails instead of skipping;
+#   5. the main job at the seed's configuration (12 layers, hidden 1024, ff 4096, 12k tokens,
+#      batch 48, fp16 autocast): table, telemetry, pictures;
+#   6. the rest of the unit suite (label `unit`), if the time budget (BUDGET_S) allows;
+#   7. OUT_DIR gets at most 8 files: summary.txt, results.md, results.json, the PNGs and
+#      logs.tgz (every log, ctest's JUnit XML, the main job's other outputs).
+#
+# --rehearse runs every step that needs no GPU, here: the packages (DEBS_DIR if it has them,
+# else fetched with apt-get download) are unpacked into a scratch folder as on the GPU machine,
+# Debian's LibTorch stands in for the wheel, CUDA is not required (the CUDA cases skip), the
+# unit tests built are only test_memory.cpp (it holds a CUDA case; the whole suite is built and
+# run by the test command anyway), and the main job runs a tiny model. It fails if the output
+# folder breaks the 8-file rule. ctest runs it (label gpu-rehearsal).
 #
 # Environment:
-#   DEBS_DIR      folder of .deb files to unpack (doctest, Google Benchmark); default .device/
-#   DEPS_DIR      where they are unpacked with dpkg -x (default /tmp/deps; never /)
-#   BUILD_DIR     build tree (default build/gpu)
-#   JOBS          build and test parallelism (default: nproc)
-#   CTEST_TIMEOUT per-test limit in seconds (default 300)
-# Writes to OUT_DIR: env.log, configure.log, build.log, ctest.log, ctest-junit.xml, bench.log,
-# summary.txt, and the main job's results (scripts/main-job.sh) under OUT_DIR/main-job.
-# A failed step is reported and the later steps still run, so one run yields all the logs; the
-# exit status is non-zero if any step failed. Budget: about 5 minutes on an H200.
+#   DEBS_DIR   .deb files to unpack (default: .device/ in the checkout)
+#   WORK_DIR   scratch folder for the unpacked packages, the build tree and the logs
+#              (default: /tmp/actckpt-gpu-check, or /tmp/actckpt-gpu-rehearsal)
+#   JOBS       build and test parallelism (default: nproc)
+#   BUDGET_S   seconds after which the unit suite is skipped (default 330)
 # shellcheck disable=SC2317  # the step functions are called through step()
 set -u
 set -o pipefail
@@ -21,57 +48,130 @@ set -o pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 1
 
-out=${1:-${OUT:-$root/gpu-out}}
-mkdir -p "$out" || { echo "cannot create $out" >&2; exit 1; }
-out=$(cd "$out" && pwd)
+rehearse=0
+out_arg=
+while (($#)); do
+  case $1 in
+    --rehearse) rehearse=1; shift ;;
+    -h | --help) sed -n '2,/^# shellcheck/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) out_arg=$1; shift ;;
+  esac
+done
+
+if ((rehearse)); then
+  work=${WORK_DIR:-/tmp/actckpt-gpu-rehearsal}
+else
+  work=${WORK_DIR:-/tmp/actckpt-gpu-check}
+fi
+out=${out_arg:-${OUT:-$root/gpu-out}}
 debs_dir=${DEBS_DIR:-$root/.device}
-deps=${DEPS_DIR:-/tmp/deps}
-build=${BUILD_DIR:-$root/build/gpu}
 jobs=${JOBS:-$(nproc)}
-ctest_timeout=${CTEST_TIMEOUT:-300}
-seed_args=(--device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64
-  --ff_dim 4096 --batch_size 48 --dtype fp16 --steps 3)
+budget=${BUDGET_S:-330}
+deps=$work/deps
+build=$work/build
+logs=$work/logs
+job_out=$work/main-job
+required_debs=(doctest-dev libbenchmark-dev libbenchmark1debian)
+
+rm -rf "$work"
+mkdir -p "$logs" "$deps" || { echo "gpu-check: cannot create $work" >&2; exit 1; }
+mkdir -p "$out" || { echo "gpu-check: cannot create $out" >&2; exit 1; }
+out=$(cd "$out" && pwd)
+start=$SECONDS
 
 names=() statuses=() seconds=()
 failed=0
-# step NAME LOG COMMAND...: runs COMMAND with stdout+stderr teed into OUT/LOG, records the result.
+# step NAME LOG COMMAND...: runs COMMAND with stdout+stderr teed into LOG, records the result.
 step() {
-  local name=$1 log=$2 start=$SECONDS rc
+  local name=$1 log=$logs/$2 t0=$SECONDS rc
   shift 2
-  echo "=== $name: $*" | tee -a "$out/$log"
-  "$@" 2>&1 | tee -a "$out/$log"
+  echo "=== $name: $*" | tee -a "$log"
+  "$@" 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
-  names+=("$name") seconds+=($((SECONDS - start)))
+  names+=("$name") seconds+=($((SECONDS - t0)))
   if ((rc == 0)); then statuses+=(ok); else statuses+=("FAILED ($rc)"); failed=1; fi
-  echo "=== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$out/$log"
+  echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
   return "$rc"
 }
 skip_step() { names+=("$1") statuses+=("skipped: $2") seconds+=(0); echo "=== $1: skipped ($2)"; }
+stop() { echo "gpu-check: STOP: $*" | tee -a "$logs/env.log" >&2; failed=1; finish; }
+
+torch_py() { python3 -c "import torch; $1" 2>/dev/null; }
 
 environment() {
   date -u
-  nvidia-smi || true
-  command -v nvcc >/dev/null && nvcc --version
-  cmake --version | head -n 1
-  "${CXX:-c++}" --version | head -n 1
-  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cxx11abi", torch.compiled_with_cxx11_abi())'
-  echo "debs: $debs_dir -> $deps"
+  echo "mode: $( ((rehearse)) && echo 'rehearsal (no GPU needed)' || echo 'GPU run')"
   git -C "$root" log -1 --oneline 2>/dev/null || true
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  echo "nvcc: $(command -v nvcc || echo "${CUDACXX:-/usr/local/cuda/bin/nvcc} (not on PATH)")"
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2
+  cmake --version | head -n 1
+  echo "ninja: $(command -v ninja || echo missing)"
+  "${CXX:-c++}" --version | head -n 1
+  if ((rehearse)); then
+    grep -h 'define TORCH_VERSION ' /usr/include/torch/version.h 2>/dev/null || echo "no /usr/include/torch/version.h"
+  else
+    torch_py 'print("torch", torch.__version__, "cuda", torch.version.cuda, "cxx11abi", torch.compiled_with_cxx11_abi(), "prefix", torch.utils.cmake_prefix_path)' ||
+      echo "python3 cannot import torch"
+  fi
+  echo "packages: $debs_dir -> $deps; work: $work; out: $out; budget ${budget} s"
 }
 
-# dpkg -x, or ar + tar where dpkg is missing.
+# The .deb files: DEBS_DIR, or (rehearsal only) fetched from this machine's Debian mirror.
+find_debs() {
+  local p missing=()
+  for p in "${required_debs[@]}"; do
+    compgen -G "$debs_dir/${p}_*.deb" >/dev/null || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  if ((rehearse)); then
+    debs_dir=$work/debs
+    mkdir -p "$debs_dir"
+    echo "fetching ${required_debs[*]} with apt-get download into $debs_dir"
+    (cd "$debs_dir" && apt-get download "${required_debs[@]}") && return 0
+    echo "apt-get download failed; trying /var/cache/apt/archives"
+    for p in "${required_debs[@]}"; do cp /var/cache/apt/archives/"${p}"_*.deb "$debs_dir"/ 2>/dev/null; done
+    missing=()
+    for p in "${required_debs[@]}"; do compgen -G "$debs_dir/${p}_*.deb" >/dev/null || missing+=("$p"); done
+    ((${#missing[@]} == 0)) && return 0
+  fi
+  echo "missing .deb files in $debs_dir: ${missing[*]}"
+  echo "put them there first (Debian 12: cd $debs_dir && apt-get download ${required_debs[*]})"
+  return 1
+}
+
+# Everything that would make the run useless, checked before anything is built.
+preflight() {
+  local ok=0
+  find_debs || ok=1
+  command -v cmake >/dev/null || { echo "cmake is missing"; ok=1; }
+  command -v ninja >/dev/null || { echo "ninja is missing"; ok=1; }
+  if ((!rehearse)); then
+    command -v nvcc >/dev/null || [[ -x ${CUDACXX:-/usr/local/cuda/bin/nvcc} ]] || { echo "nvcc is missing"; ok=1; }
+    if ! torch_py 'pass'; then
+      echo "python3 cannot import torch: its wheel is the LibTorch this check builds against"
+      ok=1
+    else
+      [[ $(torch_py 'print(torch.version.cuda is not None)') == True ]] ||
+        { echo "the torch found is a CPU-only build: a CUDA run needs a CUDA wheel"; ok=1; }
+      # Debian's libbenchmark and the doctest main are built with the CXX11 ABI: a wheel with the
+      # old ABI would fail at link time with unreadable std::string symbol errors.
+      [[ $(torch_py 'print(torch.compiled_with_cxx11_abi())') == True ]] ||
+        { echo "torch was built with the pre-CXX11 C++ ABI; Debian's Google Benchmark uses the CXX11 ABI: use a CXX11-ABI wheel"; ok=1; }
+    fi
+  fi
+  return "$ok"
+}
+
 unpack_debs() {
-  local f tmp
-  shopt -s nullglob
-  local files=("$debs_dir"/*.deb)
-  shopt -u nullglob
-  ((${#files[@]})) || { echo "no .deb files in $debs_dir"; return 1; }
-  mkdir -p "$deps"
-  for f in "${files[@]}"; do
+  local f
+  for f in "$debs_dir"/*.deb; do
     echo "unpacking $(basename "$f")"
     if command -v dpkg >/dev/null; then
       dpkg -x "$f" "$deps" || return 1
     else
+      local tmp
       tmp=$(mktemp -d)
       (cd "$tmp" && ar x "$f" && tar -xf data.tar.* -C "$deps") || { rm -rf "$tmp"; return 1; }
       rm -rf "$tmp"
@@ -80,53 +180,106 @@ unpack_debs() {
 }
 
 configure() {
-  local torch_prefix nvcc
-  torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)') || return 1
-  local args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
-    "-DCMAKE_PREFIX_PATH=$torch_prefix;$deps/usr/lib/x86_64-linux-gnu/cmake;$deps/usr/lib/cmake"
-    -DCMAKE_CUDA_ARCHITECTURES=90)
-  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-  [[ -x $nvcc ]] && args+=("-DCMAKE_CUDA_COMPILER=$nvcc")
-  cmake "${args[@]}"
+  local prefix="$deps/usr/lib/x86_64-linux-gnu/cmake;$deps/usr/lib/cmake;$deps/usr/share/cmake"
+  local args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DACTCKPT_BUILD_TESTS=ON
+    -DACTCKPT_BUILD_BENCHMARKS=ON -DACTCKPT_BUILD_EXAMPLES=OFF -DACTCKPT_INSTALL=OFF)
+  if ((rehearse)); then
+    args+=(-DACTCKPT_TEST_FILES=test_memory.cpp)
+  else
+    local torch_prefix nvcc
+    torch_prefix=$(torch_py 'print(torch.utils.cmake_prefix_path)') || return 1
+    prefix="$torch_prefix;$prefix"
+    nvcc=$(command -v nvcc || echo "${CUDACXX:-/usr/local/cuda/bin/nvcc}")
+    args+=(-DCMAKE_CUDA_ARCHITECTURES=90 "-DCMAKE_CUDA_COMPILER=$nvcc")
+  fi
+  cmake "${args[@]}" "-DCMAKE_PREFIX_PATH=$prefix" >"$work/cmake.out" 2>&1
+  local rc=$?
+  cat "$work/cmake.out"
+  ((rc == 0)) || return 1
+  # What was found must be what was unpacked, and CUDA must be on for a GPU run.
+  grep -E '^(doctest|benchmark)_DIR' "$build/CMakeCache.txt"
+  grep -q "^doctest_DIR:PATH=$deps" "$build/CMakeCache.txt" || { echo "doctest was not found in $deps"; return 1; }
+  grep -q "^benchmark_DIR:PATH=$deps" "$build/CMakeCache.txt" || { echo "Google Benchmark was not found in $deps"; return 1; }
+  if ((!rehearse)); then
+    grep -q 'actckpt: LibTorch .* with CUDA (ACTCKPT_WITH_CUDA=1)' "$work/cmake.out" ||
+      { echo "the configure log does not say 'with CUDA': the LibTorch found has no CUDA"; return 1; }
+  fi
 }
 
-run_benchmark() {
-  local bench=$build/benchmarks/actckpt_bench
-  if [[ -x $root/scripts/main-job.sh ]]; then
-    # The main job builds what it needs; it is handed this build tree and the output folder.
-    BUILD_DIR=$build OUT=$out/main-job "$root/scripts/main-job.sh" "${seed_args[@]}"
+cuda_cases() {
+  local require=1
+  ((rehearse)) && require=0  # no device here: the cases skip, which is what the rehearsal expects
+  ACTCKPT_REQUIRE_CUDA=$require OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$build" -L '^cuda$' \
+    --output-on-failure -j "$jobs" --timeout 300 --output-junit "$logs/ctest-cuda.xml"
+}
+
+main_job() {
+  local args
+  if ((rehearse)); then
+    args=(--num_layers=3 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=256 --batch_size=4 --steps=1)
+    export REPETITIONS=1 ROUNDS=2 OMP_NUM_THREADS=1
   else
-    mkdir -p "$out/bench" && "$bench" --out="$out/bench" "${seed_args[@]}"
+    args=(--device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64 --ff_dim 4096
+      --batch_size 48 --dtype fp16 --steps 3)
   fi
+  BUILD_DIR=$build ACTCKPT_SKIP_DEPS=1 JOBS=$jobs OUT=$job_out "$root/scripts/main-job.sh" "${args[@]}"
+}
+
+unit_suite() {
+  local left=$((budget - (SECONDS - start)))
+  ((left >= 60)) || left=60
+  ACTCKPT_REQUIRE_CUDA=$((1 - rehearse)) OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$build" -L '^unit$' -LE '^cuda$' \
+    --output-on-failure -j "$jobs" --timeout "$left" --stop-time "$(date -d "+${left} seconds" +%H:%M:%S)" \
+    --output-junit "$logs/ctest-unit.xml"
+}
+
+# The output folder: at most 8 plain files, nothing deeper (only those come back from the GPU).
+pack_out() {
+  local f
+  for f in results.md results.json activation_ckpt_benchmark.png memory_timeline.png memory_budget_pareto.png; do
+    [[ -f $job_out/$f ]] && cp "$job_out/$f" "$out/"
+  done
+  local parts=(logs)
+  [[ -d $job_out ]] && parts+=(main-job)
+  tar -czf "$out/logs.tgz" -C "$work" "${parts[@]}" || return 1
+  ls -l "$out"
+}
+
+check_out() {
+  local n
+  n=$(find "$out" -mindepth 1 | wc -l)
+  echo "$out holds $n entries"
+  ((n <= 8)) || { echo "more than 8 entries in $out: only 8 come back"; return 1; }
+  find "$out" -mindepth 1 ! -type f -print | grep . && { echo "not only plain files in $out"; return 1; }
+  find "$out" -mindepth 1 -printf '%f\n' | grep -v '^[A-Za-z0-9._-]*$' && { echo "odd file names in $out"; return 1; }
+  return 0
+}
+
+finish() {
+  {
+    echo
+    echo "== gpu-check summary ($( ((rehearse)) && echo rehearsal || echo GPU run), $((SECONDS - start)) s)"
+    printf '%-12s %-24s %6s\n' step result seconds
+    for i in "${!names[@]}"; do printf '%-12s %-24s %6s\n' "${names[$i]}" "${statuses[$i]}" "${seconds[$i]}"; done
+    grep -hE '^[0-9]+% tests passed|^The following tests|^[[:space:]]+[0-9]+ - ' "$logs"/ctest-*.log 2>/dev/null
+    if [[ -f $job_out/results.md ]]; then echo; cat "$job_out/results.md"; fi
+  } >"$out/summary.txt"
+  pack_out >>"$logs/pack.log" 2>&1 || failed=1
+  check_out | tee -a "$out/summary.txt" || failed=1
+  cat "$out/summary.txt"
+  exit "$failed"
 }
 
 step environment env.log environment
-if [[ -d $debs_dir ]]; then
-  step unpack-debs env.log unpack_debs
+step preflight env.log preflight || stop "preflight failed (see above): nothing was built"
+step unpack-debs env.log unpack_debs || stop "unpacking the packages failed"
+step configure configure.log configure || stop "configure failed"
+step build build.log cmake --build "$build" --target actckpt_tests actckpt_bench -j "$jobs" || stop "build failed"
+step cuda-cases ctest-cuda.log cuda_cases
+step main-job main-job.log main_job
+if ((SECONDS - start < budget)); then
+  step unit-suite ctest-unit.log unit_suite
 else
-  skip_step unpack-debs "no $debs_dir"
+  skip_step unit-suite "time budget of ${budget} s spent"
 fi
-
-if step configure configure.log configure; then
-  step build build.log cmake --build "$build" -j "$jobs"
-  # Offline: the LibTorch 2.6 compile check uses local .deb copies if given, else skips.
-  ACTCKPT_NO_FETCH=1 ACTCKPT_DEBS_DIR=$debs_dir \
-    step ctest ctest.log ctest --test-dir "$build" --output-on-failure -j "$jobs" \
-    --timeout "$ctest_timeout" --output-junit "$out/ctest-junit.xml"
-  if [[ -x $root/scripts/main-job.sh || -x $build/benchmarks/actckpt_bench ]]; then
-    step benchmark bench.log run_benchmark
-  else
-    skip_step benchmark "no scripts/main-job.sh and no $build/benchmarks/actckpt_bench"
-  fi
-else
-  skip_step build "configure failed"
-fi
-
-{
-  echo
-  echo "== gpu-check summary ($out)"
-  printf '%-12s %-24s %6s\n' step result seconds
-  for i in "${!names[@]}"; do printf '%-12s %-24s %6s\n' "${names[$i]}" "${statuses[$i]}" "${seconds[$i]}"; done
-  grep -E '^[0-9]+% tests passed|^The following tests|^[[:space:]]+[0-9]+ - ' "$out/ctest.log" 2>/dev/null
-} | tee "$out/summary.txt"
-exit "$failed"
+finish

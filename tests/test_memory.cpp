@@ -517,10 +517,7 @@ TEST_CASE("GptModel maps tokens to logits through the stack") {
 }
 
 TEST_CASE("MemoryMeter on CUDA reads the caching allocator [cuda]") {
-  if (!torch::cuda::is_available()) {
-    MESSAGE("skipped: needs a CUDA device (none available on this machine)");
-    return;
-  }
+  if (!test_models::cuda_or_skip()) return;
 #if ACTCKPT_WITH_CUDA
   MemoryMeter meter(torch::Device(torch::kCUDA, 0));
   const auto start = meter.device_bytes();

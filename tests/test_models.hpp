@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
@@ -147,6 +148,28 @@ inline void check_bitwise_equal(const std::vector<torch::Tensor>& a, const std::
     REQUIRE(a[i].defined() == b[i].defined());
     if (a[i].defined()) CHECK(torch::equal(a[i], b[i]));
   }
+}
+
+/// For cases that need a CUDA device (named "[cuda]"): true when one is there. Without one the case
+/// is skipped with a message, unless ACTCKPT_REQUIRE_CUDA=1 (the GPU check sets it): then a
+/// missing device, or an actckpt built without its CUDA path, fails the case, so a GPU run that
+/// loaded a CPU LibTorch by mistake cannot pass.
+inline bool cuda_or_skip() {
+  const char* require = std::getenv("ACTCKPT_REQUIRE_CUDA");
+  const bool required = require != nullptr && std::string(require) == "1";
+  std::string missing;
+  if (!ACTCKPT_WITH_CUDA) {
+    missing = "actckpt was built without its CUDA path (ACTCKPT_WITH_CUDA=0: the LibTorch found has no torch_cuda)";
+  } else if (!torch::cuda::is_available()) {
+    missing = "no CUDA device is available to this process";
+  }
+  if (missing.empty()) return true;
+  if (required) {
+    FAIL_CHECK("ACTCKPT_REQUIRE_CUDA=1 but " << missing);
+  } else {
+    MESSAGE("skipped: needs a CUDA device (" << missing << ")");
+  }
+  return false;
 }
 
 /// A private pool (of `limit` bytes) and context, so a test's byte counts are its own.

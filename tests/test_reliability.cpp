@@ -589,10 +589,7 @@ std::vector<std::int64_t> check_input_parity(const torch::Tensor& base_value,
 
 TEST_CASE_TEMPLATE("[cuda] bad input: a tensor on another device than the layer gives LibTorch's error, no stash",
                    Policy, NoOffload, SyncOffload, AsyncOffload) {
-  if (!torch::cuda::is_available()) {
-    MESSAGE("skipped: needs a CUDA device (none available on this machine)");
-    return;
-  }
+  if (!test_models::cuda_or_skip()) return;
   FaultRig<Policy> rig;  // parameters on the CPU
   rig.step(1);
   const auto before = rig.settled_device_bytes();

@@ -14,6 +14,7 @@
 #include "actckpt/async_offload.hpp"
 #include "actckpt/observer.hpp"
 #include "actckpt/host_buffer_pool.hpp"
+#include "actckpt/offload_telemetry.hpp"
 #include "actckpt/copy_engine.hpp"
 #include "actckpt/offload_context.hpp"
 #include "actckpt/layer_traits.hpp"

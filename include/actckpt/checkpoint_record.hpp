@@ -108,6 +108,11 @@ class CheckpointRecord : public torch::CustomClassHolder {
       params_.push_back(p);
       param_versions_.push_back(detail::VersionStamp::of(p));
     }
+    // Before the layer's work is queued: an offload of these inputs can start as soon as they
+    // are complete, not after the layer (and the ones after it) ran.
+    if (options_.mode != StashMode::device) {
+      for (const auto& t : inputs) ready_marks_.push_back(context_->engine().mark_ready(t));
+    }
   }
 
   /// Checks the layer did not write to its own inputs, then stashes them per the options.
@@ -118,7 +123,11 @@ class CheckpointRecord : public torch::CustomClassHolder {
                   "the modified value. Make the layer work on a copy (e.g. x = x.clone()).");
     }
     stashes_.reserve(inputs.size());
-    for (const auto& t : inputs) stashes_.push_back(std::make_unique<TensorStash>(t, options_, context_, label_));
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      auto ready = i < ready_marks_.size() ? std::move(ready_marks_[i]) : nullptr;
+      stashes_.push_back(std::make_unique<TensorStash>(inputs[i], options_, context_, label_, std::move(ready)));
+    }
+    ready_marks_.clear();
   }
 
   void record_outputs(const std::vector<at::Tensor>& outputs) {
@@ -184,6 +193,7 @@ class CheckpointRecord : public torch::CustomClassHolder {
   StashOptions options_;
   std::shared_ptr<OffloadContext> context_;
   std::vector<std::unique_ptr<TensorStash>> stashes_;
+  std::vector<std::shared_ptr<const ReadyMark>> ready_marks_;  // per input, from capture to stash
   std::vector<detail::VersionStamp> input_versions_;
   std::vector<bool> input_requires_grad_;
   std::vector<at::Tensor> params_;

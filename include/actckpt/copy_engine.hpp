@@ -2,17 +2,21 @@
 /// \file copy_engine.hpp
 /// Runs stash copies off the compute path, and says when each is done (PITFALLS #9).
 ///
-/// CUDA tensors: the copy runs on a side stream of the device. Before it starts, the side
-/// stream waits for an event recorded on the compute stream (the source is written, the
-/// destination's memory is no longer used by earlier kernels); the device-side tensor is
-/// recorded on the side stream so the caching allocator does not hand its memory to anyone
-/// before the copy finishes; an event recorded after the copy tells the compute stream (or the
-/// host) when the data is there.
+/// CUDA tensors: the copy runs on a side stream of the device, one per direction, so that at the
+/// forward/backward turn a prefetch never queues behind pending offloads. Before it starts, the
+/// side stream waits for an event on the compute stream: the one the caller recorded when the
+/// source was ready (`mark_ready`, taken before the layer that follows was queued), else one
+/// recorded at submission (the destination's memory is no longer used by earlier kernels); and
+/// for the event of a copy it must follow (`CopyOptions::after`: a prefetch after its offload).
+/// The device-side tensor is recorded on the side stream so the caching allocator does not hand
+/// its memory to anyone before the copy finishes; a timing event recorded after the copy tells
+/// the compute stream (or the host) when the data is there, and times the copy for telemetry.
 ///
 /// CPU tensors: a worker thread stands in for the copy stream, so the same pipeline (queue
 /// order, tickets, lifetime of the source) runs and is tested on machines without a GPU. The
 /// worker runs under the submitting thread's LibTorch thread-local state, so that memory it
-/// releases is reported to the same memory meter.
+/// releases is reported to the same memory meter. One worker serves both directions, in
+/// submission order: a prefetch never overtakes the offload of the same stash.
 
 #include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
@@ -34,6 +38,7 @@
 #include <utility>
 
 #include "actckpt/config.hpp"
+#include "actckpt/offload_telemetry.hpp"
 
 #if ACTCKPT_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
@@ -82,12 +87,14 @@ class CopyTicket {
     synchronize();
   }
 
- private:
-  friend class CopyEngine;
+  /// Rethrows the copy's failure if it is known to have failed; never waits.
   void rethrow_error() const {
     std::lock_guard<std::mutex> lock(mutex_);
     if (error_) std::rethrow_exception(error_);
   }
+
+ private:
+  friend class CopyEngine;
   void finish(std::exception_ptr error) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -103,18 +110,45 @@ class CopyTicket {
   std::exception_ptr error_;
 #if ACTCKPT_WITH_CUDA
   std::shared_ptr<at::cuda::CUDAEvent> event_;
+  std::shared_ptr<at::cuda::CUDAEvent> start_event_;
   c10::DeviceIndex device_index_ = 0;
 
  public:
-  /// The CUDA event recorded after the copy (null for CPU copies).
+  /// The CUDA timing event recorded after the copy (null for CPU copies).
   const std::shared_ptr<at::cuda::CUDAEvent>& cuda_event() const { return event_; }
+  /// The CUDA timing event recorded on the copy stream just before the copy started.
+  const std::shared_ptr<at::cuda::CUDAEvent>& cuda_start_event() const { return start_event_; }
+  c10::DeviceIndex device_index() const { return device_index_; }
 #endif
+};
+
+/// "The source of a copy is ready here": on CUDA an event on the compute stream, recorded by
+/// `CopyEngine::mark_ready` when a stash's source was complete (before the next layer's work was
+/// queued), so its copy need not wait for that work. Empty on CPU, where the compute thread
+/// finished the source before it could stash it.
+struct ReadyMark {
+#if ACTCKPT_WITH_CUDA
+  std::shared_ptr<at::cuda::CUDAEvent> event;
+  c10::DeviceIndex device_index = 0;
+#endif
+};
+
+/// How one copy is done.
+struct CopyOptions {
+  CopyDirection direction = CopyDirection::device_to_host;
+  /// The layer whose stash moves (telemetry, traces).
+  std::string label;
+  /// The source is complete at this mark (null: at submission).
+  std::shared_ptr<const ReadyMark> ready;
+  /// A copy this one must follow (a prefetch after the offload of the same stash). CUDA: the
+  /// copy stream waits for its event, the host does not; CPU: the worker's order guarantees it.
+  std::shared_ptr<const CopyTicket> after;
 };
 
 /// Submits copies. One engine per `OffloadContext`; thread-safe.
 class CopyEngine {
  public:
-  CopyEngine() = default;
+  CopyEngine() : telemetry_(std::make_shared<TelemetryRecorder>()) {}
   CopyEngine(const CopyEngine&) = delete;
   CopyEngine& operator=(const CopyEngine&) = delete;
 
@@ -135,12 +169,13 @@ class CopyEngine {
   /// the copy counts as failed: the error, naming the callback, is rethrown to whoever waits on
   /// the ticket (an exception on the worker thread would otherwise end the process).
   /// `keep_alive` (the host buffer, say) is held as long as the tensors.
+  /// `options` say which way it goes (telemetry), when its source is ready and what it follows.
   std::shared_ptr<CopyTicket> copy(at::Tensor dst, at::Tensor src, std::shared_ptr<void> keep_alive = {},
-                                   std::function<void()> on_done = {}) {
+                                   std::function<void()> on_done = {}, CopyOptions options = {}) {
     auto ticket = std::make_shared<CopyTicket>();
 #if ACTCKPT_WITH_CUDA
     if (src.is_cuda() || dst.is_cuda()) {
-      submit_cuda(*ticket, dst, src);
+      submit_cuda(*ticket, dst, src, options);
       src.reset();
       dst.reset();
       // The copy is in flight and fenced by the ticket's event: a callback that throws must not
@@ -153,11 +188,26 @@ class CopyEngine {
       std::lock_guard<std::mutex> lock(mutex_);
       TORCH_CHECK(!stopping_, "actckpt: copy submitted to a copy engine that is shutting down");
       queue_.push_back(Job{std::move(dst), std::move(src), std::move(keep_alive), ticket, std::move(on_done),
-                           at::ThreadLocalState()});
+                           at::ThreadLocalState(), options.direction, std::move(options.label)});
       if (!worker_.joinable()) worker_ = std::thread([this] { run_worker(); });
     }
     cv_.notify_all();
     return ticket;
+  }
+
+  /// Marks the moment `source`'s data is complete on its device (see `ReadyMark`); null for
+  /// CPU tensors, whose data is complete when the compute thread hands them over.
+  std::shared_ptr<const ReadyMark> mark_ready([[maybe_unused]] const at::Tensor& source) const {
+#if ACTCKPT_WITH_CUDA
+    if (source.is_cuda()) {
+      auto mark = std::make_shared<ReadyMark>();
+      mark->device_index = source.device().index();
+      mark->event = std::make_shared<at::cuda::CUDAEvent>();
+      mark->event->record(c10::cuda::getCurrentCUDAStream(mark->device_index));
+      return mark;
+    }
+#endif
+    return nullptr;
   }
 
   /// Test hook: called on the worker before each CPU copy; an exception it throws fails that
@@ -166,6 +216,17 @@ class CopyEngine {
     std::lock_guard<std::mutex> lock(mutex_);
     fault_injector_ = std::move(injector);
   }
+
+  /// Test hook: called on the worker after each CPU copy with its direction and destination
+  /// (a test corrupts a host buffer here to check that stash checksums catch it).
+  void set_after_copy_hook(std::function<void(CopyDirection, at::Tensor&)> hook) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    after_copy_hook_ = std::move(hook);
+  }
+
+  /// The telemetry of this engine's copies (and of the waits its users report).
+  TelemetryRecorder& telemetry() { return *telemetry_; }
+  const std::shared_ptr<TelemetryRecorder>& telemetry_ptr() const { return telemetry_; }
 
   /// Copies queued and not yet finished on the CPU worker.
   std::size_t pending() const {
@@ -181,6 +242,8 @@ class CopyEngine {
     std::shared_ptr<CopyTicket> ticket;
     std::function<void()> on_done;
     at::ThreadLocalState state;
+    CopyDirection direction;
+    std::string label;
   };
 
   /// The worker's copy. It stands in for a copy engine, so it runs on this one thread: a plain
@@ -204,6 +267,7 @@ class CopyEngine {
     for (;;) {
       std::optional<Job> job;
       std::function<void()> injector;
+      std::function<void(CopyDirection, at::Tensor&)> after_copy;
       {
         std::unique_lock<std::mutex> lock(mutex_);
         cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
@@ -212,6 +276,7 @@ class CopyEngine {
         queue_.pop_front();
         busy_ = true;
         injector = fault_injector_;
+        after_copy = after_copy_hook_;
       }
       std::exception_ptr error;
       {
@@ -219,7 +284,11 @@ class CopyEngine {
         c10::NoGradGuard no_grad;
         try {
           if (injector) injector();
+          const auto begin = TelemetryRecorder::Clock::now();
           cpu_copy(job->dst, job->src);
+          telemetry_->add_copy(job->direction, static_cast<std::int64_t>(job->src.nbytes()), job->label, begin,
+                               TelemetryRecorder::Clock::now());
+          if (after_copy) after_copy(job->direction, job->dst);
         } catch (...) {
           error = std::current_exception();
         }
@@ -258,22 +327,33 @@ class CopyEngine {
   }
 
 #if ACTCKPT_WITH_CUDA
-  c10::cuda::CUDAStream side_stream(c10::DeviceIndex index) {
+  /// The copy stream of one device and direction, made on first use.
+  c10::cuda::CUDAStream side_stream(c10::DeviceIndex index, CopyDirection direction) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = side_streams_.find(index);
+    const auto key = std::make_pair(index, direction);
+    auto it = side_streams_.find(key);
     if (it == side_streams_.end())
-      it = side_streams_.emplace(index, c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index)).first;
+      it = side_streams_.emplace(key, c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index)).first;
     return it->second;
   }
 
-  void submit_cuda(CopyTicket& ticket, at::Tensor& dst, at::Tensor& src) {
+  void submit_cuda(CopyTicket& ticket, at::Tensor& dst, at::Tensor& src, const CopyOptions& options) {
     const c10::DeviceIndex index = src.is_cuda() ? src.device().index() : dst.device().index();
     c10::cuda::CUDAGuard device_guard(index);
     const auto compute = c10::cuda::getCurrentCUDAStream(index);
-    const auto side = side_stream(index);
-    at::cuda::CUDAEvent inputs_ready;
-    inputs_ready.record(compute);
-    inputs_ready.block(side);
+    const auto side = side_stream(index, options.direction);
+    if (options.ready && options.ready->event && options.ready->device_index == index && !dst.is_cuda()) {
+      // An offload: the source was complete at the mark; the host destination needs no fence
+      // on the compute stream.
+      options.ready->event->block(side);
+    } else {
+      at::cuda::CUDAEvent inputs_ready;
+      inputs_ready.record(compute);
+      inputs_ready.block(side);
+    }
+    if (options.after && options.after->cuda_event()) options.after->cuda_event()->block(side);
+    ticket.start_event_ = TelemetryRecorder::timing_event();
+    ticket.start_event_->record(side);
     {
       c10::cuda::CUDAStreamGuard on_side(side);
       c10::NoGradGuard no_grad;
@@ -281,12 +361,14 @@ class CopyEngine {
     }
     if (src.is_cuda()) src.record_stream(side);
     if (dst.is_cuda()) dst.record_stream(side);
-    ticket.event_ = std::make_shared<at::cuda::CUDAEvent>();
+    ticket.event_ = TelemetryRecorder::timing_event();
     ticket.event_->record(side);
     ticket.device_index_ = index;
+    telemetry_->add_cuda_copy(options.direction, static_cast<std::int64_t>(src.nbytes()), options.label, index,
+                              ticket.start_event_, ticket.event_, nullptr);
   }
 
-  std::map<c10::DeviceIndex, c10::cuda::CUDAStream> side_streams_;
+  std::map<std::pair<c10::DeviceIndex, CopyDirection>, c10::cuda::CUDAStream> side_streams_;
 #endif
 
   mutable std::mutex mutex_;
@@ -295,6 +377,8 @@ class CopyEngine {
   bool stopping_ = false;
   bool busy_ = false;
   std::function<void()> fault_injector_;
+  std::function<void(CopyDirection, at::Tensor&)> after_copy_hook_;
+  std::shared_ptr<TelemetryRecorder> telemetry_;
   std::thread worker_;
 };
 

@@ -4,7 +4,12 @@
 ///
 /// Buffers for CUDA stashes are pinned (page-locked), because only pinned memory lets a copy run
 /// asynchronously; pinning costs milliseconds and synchronizes the device, so buffers are kept
-/// and reused from step to step instead of being allocated per stash. Buffers for CPU stashes
+/// and reused from step to step instead of being allocated per stash. They come from LibTorch's
+/// pinned (caching host) allocator, which LibTorch's own asynchronous copies know how to fence,
+/// and which rounds every block up to a power of two: the pool asks for exactly that rounded
+/// size, so its limit and byte counts are what is really pinned. `trim()` gives pinned buffers
+/// back to that allocator and then empties its cache, so the memory returns to the system (this
+/// also frees pinned blocks other code cached there and no longer uses). Buffers for CPU stashes
 /// come from the C heap, outside LibTorch's CPU allocator, so that a memory meter on the CPU
 /// "device" sees the stash leave, as it would on a GPU.
 ///
@@ -109,7 +114,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
   /// A buffer of at least `bytes`, pinned if asked; null when the limit does not allow it
   /// (after cached buffers were given back to the system to make room).
   std::shared_ptr<HostBuffer> try_acquire(std::size_t bytes, bool pinned) {
-    const std::size_t want = round_up(std::max<std::size_t>(bytes, 1));
+    const std::size_t want = pinned ? pinned_size(bytes) : round_up(std::max<std::size_t>(bytes, 1));
     std::unique_ptr<HostBuffer> buffer;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -193,6 +198,13 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
 
   static std::size_t round_up(std::size_t n) { return (n + granularity - 1) / granularity * granularity; }
 
+  /// What LibTorch's pinned allocator really reserves for `n` bytes: the next power of two.
+  static std::size_t pinned_size(std::size_t n) {
+    std::size_t p = granularity;
+    while (p < n) p <<= 1;
+    return p;
+  }
+
   /// A byte tensor over new memory, or undefined when the system refuses. Plain buffers come
   /// from the C heap (not LibTorch's CPU allocator); pinned ones from LibTorch's pinned allocator.
   static at::Tensor allocate(std::size_t bytes, bool pinned) {
@@ -233,10 +245,23 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
   }
 
   void trim_locked() {
+    const bool had_pinned = !free_pinned_.empty();
     for (auto* cache : {&free_plain_, &free_pinned_}) {
       for (auto& [size, b] : *cache) release_locked(b);
       cache->clear();
     }
+    if (had_pinned) empty_pinned_cache();
+  }
+
+  /// Returns LibTorch's cached, unused pinned blocks to the system.
+  static void empty_pinned_cache() {
+#if ACTCKPT_WITH_CUDA
+#if ACTCKPT_TORCH_AT_LEAST(2, 8)
+    at::getHostAllocator(at::kCUDA)->empty_cache();
+#else
+    at::cuda::CachingHostAllocator_emptyCache();
+#endif
+#endif
   }
 
   mutable std::mutex mutex_;

@@ -19,9 +19,14 @@
 ///    invisible (their release too), so create the meter before the model to count weights.
 ///    Memory LibTorch's CPU allocator does not hand out (actckpt's host buffer pool, `from_blob`,
 ///    oneDNN scratch) is not device memory here, exactly as a stash in host RAM is not GPU memory.
-///  - CUDA: the caching allocator's statistics for the device (`allocated_bytes`, all threads of
-///    the process, as `torch.cuda.max_memory_allocated` reports); the peak is reset when the
-///    meter starts and by `reset_peak()`.
+///  - CUDA: the caching allocator's statistics for the device (all threads of the process).
+///    The device figure is `active_bytes`: what the device really holds, including blocks freed
+///    by their tensor while a copy on a side stream still reads them (`record_stream` keeps them
+///    until the copy is done; asynchronous offload frees its sources this way). `allocated_bytes`,
+///    which `torch.cuda.max_memory_allocated` reports, drops at the free and so understates
+///    an offloading step by the stashes in flight; it is read as `device_allocated_*`. The
+///    peaks are reset when the meter starts and by `reset_peak()`. The meter initializes CUDA
+///    (LibTorch's lazy initialization) before it reads the allocator.
 /// Host stash bytes are the pool's live bytes (the pool of the thread's current
 /// `OffloadContext` unless one is given); the pool's peak is reset at the same moments. Give each
 /// model its own pool (`OffloadContext::create(HostBufferPool::create(limit))`) to separate them.
@@ -54,6 +59,7 @@
 #include "actckpt/offload_context.hpp"
 
 #if ACTCKPT_WITH_CUDA
+#include <ATen/Context.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
@@ -66,6 +72,10 @@ struct MemoryReading {
   std::int64_t device_peak_bytes = 0;      ///< the most held on the compute device
   std::int64_t host_stash_bytes = 0;       ///< offloaded stashes in the host buffer pool now
   std::int64_t host_stash_peak_bytes = 0;  ///< the most there
+  /// CUDA: the allocator's `allocated_bytes` (see the file comment), now and at the peak;
+  /// on CPU equal to the device figures (a CPU block is held until its last reader is done).
+  std::int64_t device_allocated_bytes = 0;
+  std::int64_t device_allocated_peak_bytes = 0;
 };
 
 /// Receives every allocation and release a meter sees, on the thread that made it (the
@@ -214,6 +224,7 @@ class MemoryMeter {
 #endif
     return hook_->current();
   }
+
   /// The most bytes held on the compute device since the start or the last `reset_peak()`.
   std::int64_t device_peak_bytes() const {
 #if ACTCKPT_WITH_CUDA
@@ -225,8 +236,24 @@ class MemoryMeter {
   std::int64_t host_stash_bytes() const { return static_cast<std::int64_t>(pool_->live_bytes()); }
   std::int64_t host_stash_peak_bytes() const { return static_cast<std::int64_t>(pool_->stats().peak_live_bytes); }
 
+  /// CUDA: the allocator's `allocated_bytes` now and at its peak (see the file comment); on CPU
+  /// the same as `device_bytes()` / `device_peak_bytes()`.
+  std::int64_t device_allocated_bytes() const {
+#if ACTCKPT_WITH_CUDA
+    if (device_.is_cuda()) return cuda_stats().allocated;
+#endif
+    return hook_->current();
+  }
+  std::int64_t device_allocated_peak_bytes() const {
+#if ACTCKPT_WITH_CUDA
+    if (device_.is_cuda()) return cuda_stats().allocated_peak;
+#endif
+    return hook_->peak();
+  }
+
   MemoryReading read() const {
-    return MemoryReading{device_bytes(), device_peak_bytes(), host_stash_bytes(), host_stash_peak_bytes()};
+    return MemoryReading{device_bytes(),           device_peak_bytes(),           host_stash_bytes(),
+                         host_stash_peak_bytes(), device_allocated_bytes(), device_allocated_peak_bytes()};
   }
 
   /// Peaks (device and host stash) start again from the current values.
@@ -249,7 +276,12 @@ class MemoryMeter {
     TORCH_CHECK(device.is_cpu() || device.is_cuda(), "actckpt::MemoryMeter measures CPU or CUDA devices, not ",
                 device);
 #if ACTCKPT_WITH_CUDA
-    if (device.is_cuda() && !device.has_index()) return c10::Device(c10::kCUDA, c10::cuda::current_device());
+    if (device.is_cuda()) {
+      // The caching allocator's statistics throw until CUDA is initialized, and nothing before
+      // the first CUDA tensor initializes it (`torch::cuda::is_available()` does not).
+      initialize_cuda();
+      if (!device.has_index()) return c10::Device(c10::kCUDA, c10::cuda::current_device());
+    }
 #else
     TORCH_CHECK(!device.is_cuda(), "actckpt::MemoryMeter: measuring ", device,
                 " needs a CUDA build of actckpt (ACTCKPT_WITH_CUDA)");
@@ -258,12 +290,22 @@ class MemoryMeter {
   }
 
 #if ACTCKPT_WITH_CUDA
+  static void initialize_cuda() {
+#if ACTCKPT_TORCH_AT_LEAST(2, 6)
+    at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+#else
+    at::globalContext().lazyInitCUDA();
+#endif
+  }
+
   struct CudaCounts {
-    std::int64_t current, peak;
+    std::int64_t current, peak, allocated, allocated_peak;
   };
   CudaCounts cuda_stats() const {
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index());
-    return {stats.allocated_bytes[0].current, stats.allocated_bytes[0].peak};  // [0]: aggregate pool
+    // [0]: the aggregate pool
+    return {stats.active_bytes[0].current, stats.active_bytes[0].peak, stats.allocated_bytes[0].current,
+            stats.allocated_bytes[0].peak};
   }
 #endif
 

@@ -46,6 +46,7 @@
 
 #include "actckpt/memory_meter.hpp"
 #include "actckpt/observer.hpp"
+#include "actckpt/offload_telemetry.hpp"
 
 namespace actckpt {
 
@@ -163,6 +164,7 @@ class TimelineRecorder final : public MemorySink, public Observer {
     std::lock_guard<std::mutex> lock(mutex_);
     return event_labels_;
   }
+  std::chrono::steady_clock::time_point start() const { return start_; }
 
  private:
   void set_phase_locked(std::string phase) {
@@ -219,6 +221,17 @@ class MemoryTimeline {
 
   /// Enters `phase` (e.g. "loss", "optimizer"); observer events change it too.
   void mark(std::string phase) { recorder_->mark(std::move(phase)); }
+
+  /// Places stash copies on the timeline (`OffloadTelemetry::spans` of the recorded step): the
+  /// trace draws them on a track of their own, so copies and compute phases line up.
+  void add_copies(const std::vector<CopySpan>& spans) {
+    std::lock_guard<std::mutex> lock(copies_mutex_);
+    copies_.insert(copies_.end(), spans.begin(), spans.end());
+  }
+  std::vector<CopySpan> copies() const {
+    std::lock_guard<std::mutex> lock(copies_mutex_);
+    return copies_;
+  }
 
   /// Ends the recording; the data stays readable and exportable.
   void stop() {
@@ -281,7 +294,8 @@ class MemoryTimeline {
 
   /// A Chrome/Perfetto trace (JSON object format) with one process per timeline, all starting at
   /// time 0 so they line up: counter tracks "memory / device MB" and "memory / host stash MB",
-  /// a "phases" thread with one slice per phase, and a "stash events" thread with instants.
+  /// a "phases" thread with one slice per phase, a "stash events" thread with instants, and a
+  /// "copies" thread with one slice per stash copy (`add_copies`), named by direction and layer.
   static void write_trace(std::ostream& out, const std::vector<const MemoryTimeline*>& timelines) {
     out << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n";
     bool first = true;
@@ -304,6 +318,24 @@ class MemoryTimeline {
              << ",\"tid\":1,\"args\":{\"name\":\"phases\"}}";
       next() << "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":" << pid
              << ",\"tid\":2,\"args\":{\"name\":\"stash events\"}}";
+      const auto copies = t->copies();
+      if (!copies.empty()) {
+        next() << "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":" << pid
+               << ",\"tid\":3,\"args\":{\"name\":\"copies (device <-> host)\"}}";
+      }
+      const auto start = t->recorder_->start();
+      for (const auto& c : copies) {
+        const auto begin_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(c.begin - start).count();
+        const auto dur_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(c.end - c.begin).count();
+        next() << "{\"ph\":\"X\",\"name\":";
+        detail::write_json_string(out, std::string(c.direction == CopyDirection::device_to_host ? "D2H " : "H2D ") +
+                                           c.label);
+        out << ",\"cat\":\"copy\",\"pid\":" << pid << ",\"tid\":3,\"ts\":";
+        detail::write_micros(out, begin_ns);
+        out << ",\"dur\":";
+        detail::write_micros(out, std::max<std::int64_t>(dur_ns, 1));
+        out << ",\"args\":{\"bytes\":" << c.bytes << "}}";
+      }
       std::int64_t last_device = -1, last_host = -1;
       for (std::size_t i = 0; i < samples.size(); ++i) {
         const auto& s = samples[i];
@@ -359,6 +391,8 @@ class MemoryTimeline {
 
   MemoryMeter* meter_;
   std::string name_;
+  mutable std::mutex copies_mutex_;
+  std::vector<CopySpan> copies_;
   std::shared_ptr<detail::TimelineRecorder> recorder_;
   std::optional<ObserverScope> observing_;
 };

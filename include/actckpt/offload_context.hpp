@@ -1,7 +1,8 @@
 #pragma once
 /// \file offload_context.hpp
 /// Everything stashes of one training loop share: the host buffer pool, the copy engine (side
-/// streams, or the CPU worker) and the stash stack that drives keep-N and prefetch.
+/// streams, or the CPU worker), the stash stack that drives keep-N and prefetch, and the
+/// offload telemetry (bytes moved, copy time, stall, overlap: `offload_telemetry.hpp`).
 ///
 /// Each thread has a default context, so two models trained in two threads never see each
 /// other's stashes; pass a context explicitly (`CheckpointedImpl::set_offload_context`) or make
@@ -38,6 +39,13 @@ class OffloadContext {
   const std::shared_ptr<HostBufferPool>& pool_ptr() const { return pool_; }
   CopyEngine& engine() { return engine_; }
   StashStack& stack() { return stack_; }
+
+  /// The offload figures since the last reset (see offload_telemetry.hpp): bytes and copies
+  /// each way, copy time, stall, overlap. Synchronize the device first for a step's figures.
+  OffloadTelemetry telemetry() { return engine_.telemetry().snapshot(); }
+  /// The figures, then starts again from zero (once per step).
+  OffloadTelemetry take_telemetry() { return engine_.telemetry().take(); }
+  void reset_telemetry() { engine_.telemetry().reset(); }
 
  private:
   friend class OffloadContextScope;

@@ -29,6 +29,11 @@ struct StashOptions {
   /// next to nothing). Empty stashes always stay.
   std::size_t min_offload_bytes = 1024;
   PoolExhaustion on_exhausted = PoolExhaustion::keep_on_device;
+  /// Debug: checksum every offloaded stash when it leaves the device and verify it when it is
+  /// back, failing the backward with a message naming the layer if they differ (a race that
+  /// corrupted the stash). Costs two reductions and a device sync per stash each way; off by
+  /// default. ACTCKPT_VERIFY_STASHES=1 in the environment turns it on for every stash.
+  bool verify_checksums = false;
 };
 
 constexpr std::string_view to_string(StashMode m) noexcept {

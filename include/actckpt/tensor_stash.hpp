@@ -10,15 +10,25 @@
 ///  - destroying a stash at any point (consumed, an exception, a dropped graph) returns its
 ///    memory; nothing waits for a backward that will never come.
 /// A stash holds its tensor detached: it never extends the autograd graph.
+///
+/// Every copy goes through the context's copy engine (synchronous stashes wait for theirs at
+/// once), so offload telemetry counts them all: stashes report how long the compute waited.
+/// With `StashOptions::verify_checksums` (or ACTCKPT_VERIFY_STASHES=1 in the environment) an
+/// offloaded stash is checksummed when it leaves and verified when it is back: a corrupted
+/// stash fails its backward with a message naming the layer, instead of training on bad data.
 
 #include <ATen/Functions.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/core/GradMode.h>
 
+#include <chrono>
 #include <cstddef>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,13 +50,26 @@ class TensorStash final : public StackEntry {
   /// An expanded tensor (a dimension of stride 0, as `expand` or broadcasting make) is stashed
   /// as its unexpanded self and expanded again on restore: copying the expansion would move,
   /// and in backward allocate on the device, every repeated element of a storage that holds few.
+  /// `ready` marks where the tensor's data was complete (`CopyEngine::mark_ready`, taken before
+  /// the layer ran), so its copy need not wait for the layer's own work; null: now.
   TensorStash(const at::Tensor& tensor, const StashOptions& options, std::shared_ptr<OffloadContext> context,
-              std::string label)
-      : TensorStash(unexpanded(tensor), tensor.sizes(), options, std::move(context), std::move(label)) {}
+              std::string label, std::shared_ptr<const ReadyMark> ready = nullptr)
+      : TensorStash(unexpanded(tensor), tensor.sizes(), options, std::move(context), std::move(label),
+                    std::move(ready)) {}
+
+  /// True when stash checksums are on for every stash: ACTCKPT_VERIFY_STASHES set to anything
+  /// but "" or "0" (read once per process).
+  static bool checksums_forced_by_environment() {
+    static const bool on = [] {
+      const char* v = std::getenv("ACTCKPT_VERIFY_STASHES");
+      return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+    }();
+    return on;
+  }
 
  private:
   TensorStash(const at::Tensor& tensor, c10::IntArrayRef expanded_sizes, const StashOptions& options,
-              std::shared_ptr<OffloadContext> context, std::string label)
+              std::shared_ptr<OffloadContext> context, std::string label, std::shared_ptr<const ReadyMark> ready)
       : options_(options),
         context_(std::move(context)),
         label_(std::move(label)),
@@ -56,7 +79,8 @@ class TensorStash final : public StackEntry {
         tensor_options_(tensor.options()),
         dense_(tensor.is_non_overlapping_and_dense()),
         bytes_(static_cast<std::size_t>(tensor.numel()) * tensor.element_size()),
-        device_(tensor.detach()) {
+        device_(tensor.detach()),
+        ready_(std::move(ready)) {
     switch (options_.mode) {
       case StashMode::device:
         break;
@@ -64,6 +88,7 @@ class TensorStash final : public StackEntry {
         // A stash not worth moving (empty, or under min_offload_bytes) stays: moving it would
         // free next to nothing and hold a pool buffer.
         offloadable_ = worth_moving();
+        if (offloadable_) take_checksum();
         std::lock_guard<std::mutex> lock(mutex_);
         if (offloadable_) move_to_host_locked(/*async=*/false);
         break;
@@ -72,6 +97,7 @@ class TensorStash final : public StackEntry {
         // Only stashes worth moving join the stack, so the newest N counts tensors that move.
         offloadable_ = worth_moving();
         if (offloadable_) {
+          take_checksum();
           context_->stack().push(this, options_.keep_on_device);
           on_stack_ = true;
         }
@@ -117,16 +143,15 @@ class TensorStash final : public StackEntry {
     at::Tensor result;
     if (location_ == Location::device) {
       result = std::move(device_);
-    } else if (options_.mode == StashMode::sync_host) {
-      c10::NoGradGuard no_grad;
-      result = empty_like_original();
-      result.copy_(host_view_);
-      emit(EventKind::restore_end, label_, static_cast<std::int64_t>(bytes_));
     } else {
+      // Sync stashes start their copy back now; async ones normally had it started by the
+      // stash above them (StashStack::take), while that layer recomputed.
       begin_prefetch_locked();
       try {
-        prefetch_ticket_->make_compute_wait();
-        if (offload_ticket_) offload_ticket_->synchronize();  // done by now (FIFO); rethrows its failure
+        wait_for_compute(*prefetch_ticket_);
+        // Never waits: the prefetch followed the offload (stream order on CUDA, the worker's
+        // order on CPU). Only a failure of the offload is left to report.
+        if (offload_ticket_) offload_ticket_->rethrow_error();
       } catch (const std::exception& e) {
         release_host_locked();
         incoming_.reset();
@@ -134,6 +159,8 @@ class TensorStash final : public StackEntry {
                     "' between device and host memory failed: ", e.what());
       }
       result = std::move(incoming_);
+      record_on_consuming_stream(result);
+      if (checksum_) verify_checksum(result);
       emit(EventKind::restore_end, label_, static_cast<std::int64_t>(bytes_));
     }
     release_host_locked();
@@ -197,30 +224,116 @@ class TensorStash final : public StackEntry {
       return;
     }
     host_view_ = host_->view_as(sizes_, c10::typeMetaToScalarType(tensor_options_.dtype()), bytes_);
-    at::Tensor source = device_.is_contiguous() ? device_ : device_.contiguous();
+    const bool made_now = !device_.is_contiguous();
+    at::Tensor source = made_now ? device_.contiguous() : device_;
+    // A contiguous copy made here is written by the compute stream after the ready mark: its
+    // copy must wait for the compute stream as it is now.
+    if (made_now) ready_.reset();
     emit(EventKind::offload_begin, label_, static_cast<std::int64_t>(bytes_));
-    if (async) {
-      std::string label = label_;
-      const auto bytes = static_cast<std::int64_t>(bytes_);
-      offload_ticket_ = context_->engine().copy(host_view_, std::move(source), host_,
-                                                [label, bytes] { emit(EventKind::offload_end, label, bytes); });
-      fence_host_buffer(offload_ticket_);
-    } else {
-      c10::NoGradGuard no_grad;
-      host_view_.copy_(source);
-      source.reset();
-      emit(EventKind::offload_end, label_, static_cast<std::int64_t>(bytes_));
-    }
+    std::string label = label_;
+    const auto bytes = static_cast<std::int64_t>(bytes_);
+    offload_ticket_ = context_->engine().copy(host_view_, std::move(source), host_,
+                                              [label, bytes] { emit(EventKind::offload_end, label, bytes); },
+                                              CopyOptions{CopyDirection::device_to_host, label_, ready_, nullptr});
+    ready_.reset();
+    fence_host_buffer(offload_ticket_);
     device_.reset();
     location_ = Location::host;
+    if (!async) {
+      // Synchronous: the stash is on the host when the constructor returns, and the compute
+      // waited for all of it.
+      try {
+        wait_for_host(*offload_ticket_);
+      } catch (const std::exception& e) {
+        release_host_locked();
+        TORCH_CHECK(false, "actckpt: moving the stashed input of layer '", label_,
+                    "' to host memory failed: ", e.what());
+      }
+    }
   }
 
   void begin_prefetch_locked() {
     if (prefetch_ticket_) return;
     incoming_ = empty_like_original();
-    emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_));
-    prefetch_ticket_ = context_->engine().copy(incoming_, host_view_, host_);
+#if ACTCKPT_WITH_CUDA
+    if (incoming_.is_cuda()) incoming_stream_ = c10::cuda::getCurrentCUDAStream(incoming_.device().index());
+#endif
+    // Ahead of need only for async stashes; a sync stash's copy back is its restore.
+    if (options_.mode == StashMode::async_host) emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_));
+    prefetch_ticket_ = context_->engine().copy(incoming_, host_view_, host_, {},
+                                               CopyOptions{CopyDirection::host_to_device, label_, nullptr, offload_ticket_});
     fence_host_buffer(prefetch_ticket_);
+  }
+
+  /// The compute waits for `ticket`'s copy (CUDA: the compute stream, not the host), and the
+  /// telemetry learns how long.
+  void wait_for_compute(const CopyTicket& ticket) {
+#if ACTCKPT_WITH_CUDA
+    if (ticket.cuda_event()) {
+      auto need = TelemetryRecorder::timing_event();
+      need->record(c10::cuda::getCurrentCUDAStream(ticket.device_index()));
+      context_->engine().telemetry().add_cuda_stall(std::move(need), ticket.cuda_event());
+      ticket.make_compute_wait();
+      return;
+    }
+#endif
+    timed_host_wait(ticket);
+  }
+
+  /// The host waits for `ticket`'s copy (a synchronous offload). On CUDA the compute stream
+  /// idles while the copy runs (the host queues nothing meanwhile): that is the stall.
+  void wait_for_host(const CopyTicket& ticket) {
+#if ACTCKPT_WITH_CUDA
+    if (ticket.cuda_event()) {
+      context_->engine().telemetry().add_cuda_stall(ticket.cuda_start_event(), ticket.cuda_event());
+      ticket.synchronize();
+      return;
+    }
+#endif
+    timed_host_wait(ticket);
+  }
+
+  void timed_host_wait(const CopyTicket& ticket) {
+    const auto begin = std::chrono::steady_clock::now();
+    ticket.synchronize();
+    context_->engine().telemetry().add_stall(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin).count());
+  }
+
+  /// A prefetched tensor was allocated on the stream current when the prefetch began; when the
+  /// compute consumes it on another one, the allocator must not reuse its memory before that
+  /// stream is done with it.
+  void record_on_consuming_stream([[maybe_unused]] const at::Tensor& t) {
+#if ACTCKPT_WITH_CUDA
+    if (t.is_cuda() && incoming_stream_) {
+      const auto now = c10::cuda::getCurrentCUDAStream(t.device().index());
+      if (now != *incoming_stream_) t.record_stream(now);
+    }
+#endif
+  }
+
+  /// Two sums over the stash's bytes, one of them position-weighted (a swap or a shift of bytes
+  /// changes it); computed on the tensor's own device.
+  static std::pair<std::int64_t, std::int64_t> checksum_of(const at::Tensor& t) {
+    c10::NoGradGuard no_grad;
+    at::Tensor bytes = t.contiguous().reshape({-1}).view(at::kByte).to(at::kLong);
+    if (bytes.numel() == 0) return {0, 0};
+    at::Tensor weights = at::arange(bytes.numel(), bytes.options()).remainder(65521).add_(1);
+    return {bytes.sum().item<std::int64_t>(), bytes.mul(weights).sum().item<std::int64_t>()};
+  }
+
+  void take_checksum() {
+    if (!options_.verify_checksums && !checksums_forced_by_environment()) return;
+    checksum_ = checksum_of(device_);
+  }
+
+  void verify_checksum(const at::Tensor& restored) const {
+    const auto now = checksum_of(restored);
+    TORCH_CHECK(now == *checksum_, "actckpt: the stashed input of layer '", label_, "' (", bytes_,
+                " bytes) came back from host memory different from what left the device (checksums ",
+                checksum_->first, "/", checksum_->second, " then, ", now.first, "/", now.second,
+                " now): something wrote to its host buffer or to the device tensor while a copy was "
+                "in flight. Training on it would give wrong gradients.");
   }
 
   static bool is_cuda_ticket([[maybe_unused]] const CopyTicket& ticket) {
@@ -232,11 +345,20 @@ class TensorStash final : public StackEntry {
   }
 
   /// CUDA: the pool may hand the buffer out again only after this copy's event completed.
+  /// A wait there is a stall: the host buffer pool had to hand out a buffer whose copy was not
+  /// done; the telemetry counts it.
   void fence_host_buffer([[maybe_unused]] const std::shared_ptr<CopyTicket>& ticket) {
 #if ACTCKPT_WITH_CUDA
     if (ticket->cuda_event()) {
       auto event = ticket->cuda_event();
-      host_->set_reuse_fence([event] { event->synchronize(); });
+      std::weak_ptr<TelemetryRecorder> telemetry = context_->engine().telemetry_ptr();
+      host_->set_reuse_fence([event, telemetry] {
+        if (event->query()) return;
+        const auto begin = std::chrono::steady_clock::now();
+        event->synchronize();
+        if (auto t = telemetry.lock())
+          t->add_stall(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin).count());
+      });
     }
 #endif
   }
@@ -264,9 +386,14 @@ class TensorStash final : public StackEntry {
   bool on_stack_ = false;
   bool consumed_ = false;
   at::Tensor device_;                    // the data while on the device
+  std::shared_ptr<const ReadyMark> ready_;  // where device_'s data was complete (CUDA)
+  std::optional<std::pair<std::int64_t, std::int64_t>> checksum_;  // taken when it left the device
   std::shared_ptr<HostBuffer> host_;     // the data while on the host
   at::Tensor host_view_;                 // a CPU tensor over host_
   at::Tensor incoming_;                  // prefetch destination on the device
+#if ACTCKPT_WITH_CUDA
+  std::optional<c10::cuda::CUDAStream> incoming_stream_;  // the stream current when incoming_ was allocated
+#endif
   std::shared_ptr<CopyTicket> offload_ticket_;
   std::shared_ptr<CopyTicket> prefetch_ticket_;
 };

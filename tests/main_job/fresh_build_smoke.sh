@@ -62,6 +62,28 @@ events = trace["traceEvents"] if isinstance(trace, dict) else trace
 names = {e.get("name", "") for e in events}
 assert any(n.startswith("fwd ") for n in names) and any(n.startswith("bwd ") for n in names), \
     "no fwd/bwd phases in memory_timeline.json"
+# Offload telemetry: in the table, in results.json for the offloading modes only, and the copies
+# on their own track of the trace.
+assert "Offload pipeline" in table and "Overlap" in table, "no offload telemetry table in results.md"
+for m in ("ckpt_sync_offload", "ckpt_async_offload"):
+    t = modes[m].get("telemetry")
+    assert t, f"{m}: no telemetry in results.json"
+    assert t["d2h_bytes"] > 0 and t["h2d_bytes"] == t["d2h_bytes"], f"{m}: bytes moved {t}"
+    assert t["d2h_copies"] > 0 and t["copy_ms"] > 0 and t["d2h_GBps"] > 0, f"{m}: copies {t}"
+    assert 0.0 <= t["overlap"] <= 1.0 and t["stall_ms"] >= 0, f"{m}: overlap/stall {t}"
+for m in ("baseline", "ckpt_classic"):
+    assert "telemetry" not in modes[m], f"{m} moved stashes?"
+copies = [e for e in events if e.get("cat") == "copy"]
+assert any(e["name"].startswith("D2H ") for e in copies) and any(e["name"].startswith("H2D ") for e in copies), \
+    "no device<->host copies on the trace's copies track"
+# The allocator setting is printed and recorded.
+assert "Allocator: warm" in table and results["environment"]["allocator"].startswith("warm"), "allocator setting"
+import re
+log = (out.parent / "main-job.log").read_text()
+round_lines = re.findall(r"^\[rounds\s*\] round \d+/3:(.*) ms", log, re.M)
+assert len(round_lines) == 3, f"round-robin progress lines: {round_lines}"
+for line in round_lines:  # each names the mode it timed
+    assert all(m in line for m in want), f"a round's progress line does not name every mode: {line}"
 print(f"main-job smoke OK: peaks baseline {base:.2f} MB, classic {classic:.2f} MB, "
       f"sync {modes['ckpt_sync_offload']['peak_MB']:.2f} MB, async {modes['ckpt_async_offload']['peak_MB']:.2f} MB")
 PY
