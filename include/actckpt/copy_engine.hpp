@@ -1,6 +1,6 @@
 #pragma once
 /// \file copy_engine.hpp
-/// Runs stash copies off the compute path, and says when each is done (PITFALLS #9).
+/// Runs stash copies off the compute path, and says when each is done (docs/pitfalls.md#p9).
 ///
 /// CUDA tensors: the copy runs on a side stream of the device. Before it starts, the side
 /// stream waits for an event recorded on the compute stream (the source is written, the
