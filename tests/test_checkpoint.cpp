@@ -255,6 +255,33 @@ TEST_CASE_TEMPLATE("an input modified in place after it was stashed raises an er
                        c10::Error);
 }
 
+namespace {
+/// Writes to its own input during forward (allowed in the unwrapped layer, where autograd saw it).
+struct InputWritingBlockImpl : torch::nn::Module {
+  explicit InputWritingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  torch::Tensor forward(torch::Tensor x) {
+    x.mul_(2.0);
+    return fc(x);
+  }
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(InputWritingBlock);
+}  // namespace
+
+TEST_CASE_TEMPLATE("a layer that writes to its own input during forward raises an error naming it", Policy,
+                   ACTCKPT_POLICIES) {
+  InputWritingBlock block(4);
+  IsolatedOffload iso;
+  Checkpointed<InputWritingBlock, Policy> wrapped(block);
+  wrapped->set_offload_context(iso.context);
+  wrapped->set_label("writer");
+  auto x = torch::randn({3, 4}, torch::requires_grad()) * 1.0;  // not a leaf: in-place is legal
+  CHECK_THROWS_WITH_AS(wrapped(x), doctest::Contains("'writer' modified its input #0 in place during forward"),
+                       c10::Error);
+  CHECK(iso.context->stack().size() == 0);
+  CHECK(iso.pool->stats().live_bytes == 0);
+}
+
 TEST_CASE_TEMPLATE("a parameter changed in place between forward and backward raises an error", Policy, ACTCKPT_POLICIES) {
   MlpBlock block(4, 8);
   IsolatedOffload iso;

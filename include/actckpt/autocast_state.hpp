@@ -1,9 +1,9 @@
 #pragma once
 /// \file autocast_state.hpp
-/// The autocast state of the forward, replayed around the recompute (PITFALLS #2). Autocast is
-/// thread-local and backward runs under the caller's state, not the forward's, so the state is
-/// captured in forward and set explicitly (on or off) for the recompute, mirroring Python's
-/// `torch.autocast` enter/exit (nesting counter and cast cache).
+/// The autocast state of the forward, replayed around the recompute (docs/pitfalls.md#p2).
+/// Autocast is thread-local and backward runs under the caller's state, not the forward's, so the
+/// state is captured in forward and set explicitly (on or off) for the recompute, mirroring
+/// Python's `torch.autocast` enter/exit (nesting counter and cast cache).
 
 #include <ATen/autocast_mode.h>
 #include <c10/core/DeviceType.h>

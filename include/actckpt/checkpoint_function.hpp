@@ -7,9 +7,9 @@
 /// recomputes the layer with grad mode on and differentiates it with `torch::autograd::grad`
 /// with respect to the inputs and the parameters, which were passed to `apply` as explicit
 /// inputs. Because of that:
-///  - parameters get gradients even when no input requires grad (PITFALLS #3);
+///  - parameters get gradients even when no input requires grad (docs/pitfalls.md#p3);
 ///  - an outer `torch::autograd::grad(loss, params)` or `backward(inputs=...)` works, since the
-///    parameter gradients leave this node along ordinary graph edges (PITFALLS #8).
+///    parameter gradients leave this node along ordinary graph edges (docs/pitfalls.md#p8).
 
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/autograd/autograd.h>

@@ -30,8 +30,8 @@ namespace actckpt {
 
 namespace detail {
 
-/// A tensor's version counter and its value when stamped; detects in-place changes (PITFALLS #6)
-/// without keeping the tensor's memory alive.
+/// A tensor's version counter and its value when stamped; detects in-place changes
+/// (docs/pitfalls.md#p6) without keeping the tensor's memory alive.
 struct VersionStamp {
   c10::VariableVersion counter;
   std::uint32_t version = 0;
@@ -43,7 +43,8 @@ struct VersionStamp {
   std::uint32_t now() const { return counter.enabled() ? counter.current_version() : 0; }
 };
 
-/// Shape, dtype and device of a forward output, checked against the recompute (PITFALLS #5).
+/// Shape, dtype and device of a forward output, checked against the recompute
+/// (docs/pitfalls.md#p5).
 struct TensorMeta {
   std::vector<int64_t> sizes;
   c10::ScalarType dtype;
@@ -58,7 +59,7 @@ struct TensorMeta {
 };
 
 /// For the lifetime of the guard nothing the recompute does to the layer's buffers sticks:
-/// BatchNorm's running statistics change once per step, in the forward (PITFALLS #7).
+/// BatchNorm's running statistics change once per step, in the forward (docs/pitfalls.md#p7).
 class BufferRestoreGuard {
  public:
   explicit BufferRestoreGuard(std::vector<at::Tensor> buffers) : buffers_(std::move(buffers)) {

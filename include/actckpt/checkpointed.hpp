@@ -7,22 +7,27 @@
 ///   actckpt::Checkpointed<Block, actckpt::AsyncOffload> layer(block);  // shares block's parameters
 ///   torch::Tensor y = layer(x);                                        // Block::forward's signature
 /// \endcode
+/// Arguments the layer's forward has defaults for may be left out, as with the layer itself:
+/// `layer(x)` directly, and inside `torch::nn::Sequential` / `AnyModule` where the layer
+/// declares them with LibTorch's `FORWARD_HAS_DEFAULT_ARGS` (as LibTorch's own modules do).
 /// The wrapper registers the layer's children, parameters and buffers as its own, under the
 /// same names, so state dicts (`torch::save`/`torch::load`) move freely between wrapped and
-/// unwrapped models (PITFALLS #14). In eval mode or with grad mode off it calls the layer
-/// directly and stashes nothing (PITFALLS #15).
+/// unwrapped models (docs/pitfalls.md#p14). In eval mode or with grad mode off it calls the layer
+/// directly and stashes nothing (docs/pitfalls.md#p15).
 
 #include <c10/util/Optional.h>
 #include <c10/core/GradMode.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <cstddef>
 #include <memory>
 #include <ostream>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "actckpt/checkpoint_function.hpp"
 #include "actckpt/layer_traits.hpp"
@@ -55,6 +60,8 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
  public:
   using LayerImpl = typename Layer::ContainedType;
   using PolicyType = Policy;
+  /// How many arguments the layer's forward takes, defaulted ones included.
+  static constexpr std::size_t arity = sizeof...(Args);
 
   /// Wraps `layer`; the wrapper and `layer` share parameters and buffers.
   explicit CheckpointedImpl(Layer layer) : layer_(std::move(layer)), options_(Policy::options()) {
@@ -70,13 +77,31 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
   explicit CheckpointedImpl(A&&... args) : CheckpointedImpl(Layer(std::forward<A>(args)...)) {}
 
   /// Runs the layer, checkpointed when training with grad mode on.
-  R forward(Args... args) {
-    if (!is_training() || !c10::GradMode::is_enabled()) return layer_->forward(std::forward<Args>(args)...);
+  R forward(Args... args) { return run<Args...>(std::forward<Args>(args)...); }
 
-    using Record = TypedCheckpointRecord<LayerImpl, R, Args...>;
+  /// `forward` with trailing arguments left out where the layer's forward has defaults for them;
+  /// the layer's own defaults fill them in, in the forward and again in the recompute. The
+  /// holder's `operator()` (`layer(x)`) calls it. `forward` itself keeps one non-template
+  /// signature, which `torch::nn::Sequential` and `AnyModule` need.
+  template <class... Given>
+    requires(sizeof...(Given) < sizeof...(Args) && detail::accepts_leading_arguments<LayerImpl, Given...>)
+  R forward_with_defaults(Given&&... given) {
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return run<std::tuple_element_t<I, std::tuple<Args...>>...>(std::forward<Given>(given)...);
+    }(std::index_sequence_for<Given...>{});
+  }
+
+ private:
+  /// The call, with the first sizeof...(Params) of the forward's parameters; the record calls
+  /// the layer again with as many, so the layer's own defaults apply in the recompute too.
+  template <class... Params>
+  R run(Params... args) {
+    if (!is_training() || !c10::GradMode::is_enabled()) return layer_->forward(std::forward<Params>(args)...);
+
+    using Record = TypedCheckpointRecord<LayerImpl, R, Params...>;
     auto context = context_ ? context_ : OffloadContext::current();
     auto record = c10::make_intrusive<Record>(layer_.ptr(), label_, options_, std::move(context),
-                                              typename Record::Stored(std::forward<Args>(args)...));
+                                              typename Record::Stored(std::forward<Params>(args)...));
     // The inputs travel through autograd and the stash only: the record must not keep them.
     std::vector<at::Tensor> inputs = std::move(record->tensor_inputs());
     record->tensor_inputs().clear();
@@ -101,6 +126,7 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
     return result;
   }
 
+ public:
   /// The wrapped layer.
   Layer& layer() { return layer_; }
   const Layer& layer() const { return layer_; }
@@ -143,6 +169,18 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
     stream << ")";
   }
 
+ protected:
+  // `torch::nn::AnyModule` (so `Sequential`) asks a module for its forward's default arguments
+  // (FORWARD_HAS_DEFAULT_ARGS). The wrapper's forward takes the layer's arguments, so it answers
+  // with the layer's.
+  template <typename ModuleType, typename... ArgumentTypes>
+  friend struct torch::nn::AnyModuleHolder;
+  bool _forward_has_default_args() override { return detail::ForwardDefaults::has_defaults(*layer_); }
+  unsigned int _forward_num_required_args() override { return detail::ForwardDefaults::required_count(*layer_); }
+  std::vector<torch::nn::AnyValue> _forward_populate_default_args(std::vector<torch::nn::AnyValue>&& given) override {
+    return detail::ForwardDefaults::populate(*layer_, std::move(given));
+  }
+
  private:
   /// Registers the layer's children, own parameters and own buffers on the wrapper under their
   /// own names: `named_parameters()` of wrapper and layer are then identical.
@@ -168,6 +206,17 @@ class Checkpointed : public torch::nn::ModuleHolder<CheckpointedImpl<Layer, Poli
   using Impl = CheckpointedImpl<Layer, Policy>;
   using torch::nn::ModuleHolder<Impl>::ModuleHolder;
   Checkpointed(std::shared_ptr<Impl> impl) : torch::nn::ModuleHolder<Impl>(std::move(impl)) {}  // NOLINT
+
+  /// `layer(args...)`: the layer's forward with all its arguments, or with trailing ones left out
+  /// where the layer's forward has defaults for them.
+  template <class... Given>
+  decltype(auto) operator()(Given&&... given) {
+    if constexpr (sizeof...(Given) == Impl::arity) {
+      return (*this)->forward(std::forward<Given>(given)...);
+    } else {
+      return (*this)->forward_with_defaults(std::forward<Given>(given)...);
+    }
+  }
 };
 
 }  // namespace actckpt

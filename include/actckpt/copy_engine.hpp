@@ -1,6 +1,6 @@
 #pragma once
 /// \file copy_engine.hpp
-/// Runs stash copies off the compute path, and says when each is done (PITFALLS #9).
+/// Runs stash copies off the compute path, and says when each is done (docs/pitfalls.md#p9).
 ///
 /// CUDA tensors: the copy runs on a side stream of the device, one per direction, so that at the
 /// forward/backward turn a prefetch never queues behind pending offloads. Before it starts, the

@@ -1,6 +1,7 @@
 #pragma once
 /// \file host_buffer_pool.hpp
-/// A bounded, reusable pool of host buffers that offloaded stashes live in (PITFALLS #10, #11).
+/// A bounded, reusable pool of host buffers that offloaded stashes live in
+/// (docs/pitfalls.md#p10, #p11).
 ///
 /// Buffers for CUDA stashes are pinned (page-locked), because only pinned memory lets a copy run
 /// asynchronously; pinning costs milliseconds and synchronizes the device, so buffers are kept

@@ -13,6 +13,8 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/any_value.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/pimpl.h>
 
@@ -148,6 +150,28 @@ concept module_holder = requires { typename Layer::ContainedType; } &&
 
 template <class Impl>
 concept has_forward_signature = requires { typename forward_signature<Impl>::type; };
+
+/// The layer's forward takes `Given` as its leading arguments, its own default arguments filling
+/// in the rest. Only for a single non-template forward: were forward overloaded, a shorter call
+/// could pick another overload than the one wrapped.
+template <class Impl, class... Given>
+concept accepts_leading_arguments = has_single_forward<Impl> && requires(Impl& layer, Given&&... given) {
+  layer.forward(std::forward<Given>(given)...);
+};
+
+/// A module's `FORWARD_HAS_DEFAULT_ARGS` answers (how `torch::nn::AnyModule`, and so
+/// `Sequential`, learns the default arguments of a forward). LibTorch keeps these hooks
+/// protected, friends with AnyModuleHolder only; a member pointer formed through a class derived
+/// from `torch::nn::Module` may call them on any module ([class.protected]), virtually.
+struct ForwardDefaults : torch::nn::Module {
+  static bool has_defaults(torch::nn::Module& m) { return (m.*&ForwardDefaults::_forward_has_default_args)(); }
+  static unsigned int required_count(torch::nn::Module& m) {
+    return (m.*&ForwardDefaults::_forward_num_required_args)();
+  }
+  static std::vector<torch::nn::AnyValue> populate(torch::nn::Module& m, std::vector<torch::nn::AnyValue>&& given) {
+    return (m.*&ForwardDefaults::_forward_populate_default_args)(std::move(given));
+  }
+};
 }  // namespace detail
 
 /// A LibTorch module holder (`TORCH_MODULE(Block)` gives `Block`) whose forward actckpt can

@@ -1,7 +1,7 @@
 #pragma once
 /// \file rng_state.hpp
 /// Random number generator snapshots, so that a recompute draws the same dropout masks as the
-/// forward did (PITFALLS #1), and the caller's generators are left as they were.
+/// forward did (docs/pitfalls.md#p1), and the caller's generators are left as they were.
 
 #include <ATen/Context.h>
 #include <ATen/core/Generator.h>

@@ -2,7 +2,7 @@
 /// \file stash_stack.hpp
 /// The order in which asynchronous stashes were made, used twice:
 ///  - in forward, pushing a stash moves the one that just left the newest N to host memory
-///    (the newest N stay on the device because backward needs them at once, PITFALLS #13);
+///    (the newest N stay on the device because backward needs them at once, docs/pitfalls.md#p13);
 ///  - in backward, layers need their inputs in reverse order, so taking a stash starts the
 ///    prefetch of the one below it: while layer i recomputes, the input of layer i-1 is already
 ///    on its way back.

@@ -3,7 +3,7 @@
 /// One stashed tensor: a checkpointed layer's input kept until its backward, on the device or
 /// in a host buffer, according to `StashOptions`.
 ///
-/// Lifetime rules (PITFALLS #6, #9, #12):
+/// Lifetime rules (docs/pitfalls.md#p6, #p9, #p12):
 ///  - a device tensor being copied out stays referenced by the copy until the copy is done;
 ///  - a host buffer being read or written stays referenced by its copy (CPU) or fenced by the
 ///    copy's event (CUDA) before the pool hands it out again;
