@@ -6,8 +6,9 @@
 //       TORCHELASTIC_USE_AGENT_STORE=True, so the workers take the agent-store client path. It
 //       kills every worker (their whole process group) when S seconds pass, and fails unless each
 //       rank exits with its expected code and no process of the group is left.
-//   dist_worker SCENARIO [--device cpu|cuda]
-//       one worker; a scenario checks its own expectations and exits 0 when they hold.
+//   dist_worker SCENARIO[,SCENARIO...] [--device cpu|cuda]
+//       one worker; each scenario checks its own expectations, in order, in one process group
+//       (starting a process costs seconds on a loaded machine); exits 0 when all hold.
 //
 // Scenarios (under `launch`, unless said otherwise):
 //   parity           for baseline and every policy: 5 SGD-with-momentum steps on each rank's half
@@ -42,6 +43,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -316,8 +318,7 @@ void say(const actckpt::World& world, const std::string& text) {
 // ---------------------------------------------------------------------------------------------
 // Scenarios.
 
-void parity(c10::DeviceType device_type) {
-  const auto world = join(device_type);
+void parity(const actckpt::World& world) {
   expect(world.size <= 2, "parity compares bitwise against a 1-process reference: run it on 1 or 2 ranks");
   for (int micro_batches : {1, 2}) {
     torch::Tensor unwrapped;
@@ -351,8 +352,7 @@ struct BranchyImpl : torch::nn::Module {
 };
 TORCH_MODULE(Branchy);
 
-void unused(c10::DeviceType device_type) {
-  const auto world = join(device_type);
+void unused(const actckpt::World& world) {
   auto step = [&](auto& ddp, torch::optim::SGD& optimizer) {
     optimizer.zero_grad();
     ddp(torch::ones({4, 8}, world.device) * (world.rank + 1)).sum().backward();
@@ -391,9 +391,7 @@ void unused(c10::DeviceType device_type) {
   }
 }
 
-void rank_dies(c10::DeviceType device_type) {
-  const auto timeout = std::chrono::seconds(5);
-  const auto world = join(device_type, timeout);
+void rank_dies(const actckpt::World& world, std::chrono::milliseconds timeout) {
   GptModel model = tiny_gpt(StackMode::ckpt_async_offload);
   model->to(world.device);
   actckpt::DistributedDataParallel<GptModel> ddp(model, world);
@@ -421,8 +419,7 @@ void rank_dies(c10::DeviceType device_type) {
   throw Failure("the surviving rank finished every step although its peer died");
 }
 
-void model_mismatch(c10::DeviceType device_type) {
-  const auto world = join(device_type);
+void model_mismatch(const actckpt::World& world) {
   GptModel model = tiny_gpt(StackMode::ckpt_classic, world.rank == 0 ? 16 : 24);
   model->to(world.device);
   try {
@@ -450,7 +447,7 @@ void expect_refused(const std::vector<std::pair<const char*, std::string>>& vari
   }
   const auto started = Clock::now();
   try {
-    actckpt::init_process_group(actckpt::ProcessGroupOptions().timeout(std::chrono::seconds(2)));
+    actckpt::init_process_group(actckpt::ProcessGroupOptions().timeout(std::chrono::seconds(1)));
   } catch (const E& e) {
     const std::string what = e.what();
     expect(what.find(needle) != std::string::npos, described + ": the error does not mention '" + needle + "': " + what);
@@ -478,32 +475,47 @@ void bad_environment() {
       "could not reach the rendezvous store at MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port);
   // Rank 0 hosts the store, but rank 1 never comes.
   expect_refused<std::runtime_error>(
-      {{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}}, "within 2000 ms");
+      {{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}}, "within 1000 ms");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string scenario = argc > 1 ? argv[1] : "";
+  const std::string scenarios = argc > 1 ? argv[1] : "";
   c10::DeviceType device_type = c10::kCPU;
   if (argc > 3 && std::string(argv[2]) == "--device" && std::string(argv[3]) == "cuda") device_type = c10::kCUDA;
+  std::string scenario;
   try {
-    if (scenario == "launch") return launch(argc, argv);
-    if (scenario == "parity") {
-      parity(device_type);
-    } else if (scenario == "unused") {
-      unused(device_type);
-    } else if (scenario == "rank_dies") {
-      rank_dies(device_type);
-    } else if (scenario == "model_mismatch") {
-      model_mismatch(device_type);
-    } else if (scenario == "bad_environment") {
+    if (scenarios == "launch") return launch(argc, argv);
+    if (scenarios == "bad_environment") {
+      scenario = scenarios;
       bad_environment();
-    } else {
-      std::cerr << "usage: dist_worker launch [--nproc N] [--timeout S] [--expect-exit C,...] -- PROGRAM ARGS...\n"
-                   "       dist_worker parity|unused|rank_dies|model_mismatch|bad_environment [--device cpu|cuda]\n";
-      return 2;
+      std::printf("dist_worker %s OK\n", scenario.c_str());
+      return 0;
     }
+    // A rank that must die is given a short timeout: its peer's failure is what is measured.
+    const auto timeout = scenarios == "rank_dies" ? std::chrono::seconds(5) : std::chrono::seconds(20);
+    std::optional<actckpt::World> world;
+    std::stringstream list(scenarios);
+    while (std::getline(list, scenario, ',')) {
+      if (!world) world = join(device_type, timeout);
+      if (scenario == "parity") {
+        parity(*world);
+      } else if (scenario == "unused") {
+        unused(*world);
+      } else if (scenario == "rank_dies") {
+        rank_dies(*world, timeout);
+      } else if (scenario == "model_mismatch") {
+        model_mismatch(*world);
+      } else {
+        std::cerr << "usage: dist_worker launch [--nproc N] [--timeout S] [--expect-exit C,...] -- PROGRAM ARGS...\n"
+                     "       dist_worker parity|unused|rank_dies|model_mismatch[,...] [--device cpu|cuda]\n"
+                     "       dist_worker bad_environment\n";
+        return 2;
+      }
+      std::printf("dist_worker %s OK\n", scenario.c_str());
+    }
+    if (!world) return 2;
   } catch (const Failure& e) {
     std::cerr << "dist_worker " << scenario << ": FAILED: " << e.what() << "\n";
     return 1;
@@ -511,6 +523,5 @@ int main(int argc, char** argv) {
     std::cerr << "dist_worker " << scenario << ": unexpected error: " << first_line(e.what()) << "\n";
     return 1;
   }
-  std::printf("dist_worker %s OK\n", scenario.c_str());
   return 0;
 }
