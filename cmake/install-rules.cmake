@@ -13,6 +13,9 @@ install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/" DESTINATION "${CMAKE_INSTALL_
         COMPONENT actckpt_Development)
 
 install(TARGETS actckpt EXPORT actckptTargets)
+if(TARGET actckpt_distributed)
+  install(TARGETS actckpt_distributed EXPORT actckptTargets)
+endif()
 
 install(
   EXPORT actckptTargets

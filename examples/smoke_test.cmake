@@ -7,13 +7,17 @@
 #   modes_same_losses   train_gpt prints the same loss at every step in all four --mode values
 #   save_load_resumes   a run saved at step 15 and resumed (in another mode) repeats steps 16..30;
 #                       a size flag contradicting the checkpoint is refused in one line
+#   resume_across_world_sizes   (LAUNCH: the launcher command put before EXE) 2 ranks and 1
+#                       process give the same losses up to float reordering; a run saved by 2
+#                       ranks resumes in 1 process, and one saved by 1 process under 2 ranks,
+#                       with the same losses from step 11
 cmake_minimum_required(VERSION 3.21)
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 
 # Runs EXE with the given arguments; sets <prefix>_rc and <prefix>_out (stdout and stderr merged).
 function(run_example prefix)
-  execute_process(COMMAND "${EXE}" ${ARGN} WORKING_DIRECTORY "${WORK_DIR}"
+  execute_process(COMMAND ${RUN_PREFIX} "${EXE}" ${ARGN} WORKING_DIRECTORY "${WORK_DIR}"
                   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
   set(${prefix}_rc "${rc}" PARENT_SCOPE)
   set(${prefix}_out "${out}" PARENT_SCOPE)
@@ -41,6 +45,19 @@ function(run_losses prefix)
   set(${prefix}_losses "${losses}" PARENT_SCOPE)
   set(${prefix}_out "${run_out}" PARENT_SCOPE)
 endfunction()
+
+# CMake has integer math only: compare in millionths. Losses print as plain decimals (%.9g).
+macro(to_micro value out)
+  string(REGEX MATCH "^([0-9]+)(\\.([0-9]*))?$" _m "${value}")
+  if(_m STREQUAL "")
+    message(FATAL_ERROR "unexpected loss format '${value}'")
+  endif()
+  set(_int "${CMAKE_MATCH_1}")
+  set(_frac "${CMAKE_MATCH_3}000000")
+  string(SUBSTRING "${_frac}" 0 6 _frac)
+  string(REGEX REPLACE "^0+([0-9])" "\\1" _frac "${_frac}")
+  math(EXPR ${out} "${_int} * 1000000 + ${_frac}")
+endmacro()
 
 if(CASE STREQUAL "run")
   run_example(r ${ARGS})
@@ -70,18 +87,6 @@ elseif(CASE STREQUAL "loss_decreases")
   list(LENGTH r_losses n)
   list(GET r_losses 0 first)
   list(GET r_losses -1 last)
-  # CMake has integer math only: compare in millionths. Losses print as plain decimals (%.9g).
-  macro(to_micro value out)
-    string(REGEX MATCH "^([0-9]+)(\\.([0-9]*))?$" _m "${value}")
-    if(_m STREQUAL "")
-      message(FATAL_ERROR "unexpected loss format '${value}'")
-    endif()
-    set(_int "${CMAKE_MATCH_1}")
-    set(_frac "${CMAKE_MATCH_3}000000")
-    string(SUBSTRING "${_frac}" 0 6 _frac)
-    string(REGEX REPLACE "^0+([0-9])" "\\1" _frac "${_frac}")
-    math(EXPR ${out} "${_int} * 1000000 + ${_frac}")
-  endmacro()
   to_micro("${first}" first_micro)
   to_micro("${last}" last_micro)
   math(EXPR four_last "4 * ${last_micro}")
@@ -129,6 +134,45 @@ elseif(CASE STREQUAL "save_load_resumes")
     message(FATAL_ERROR "expected one line rejecting --hidden_dim 48 against the checkpoint, got ${clash_rc}:\n${clash_out}")
   endif()
   message(STATUS "exit ${clash_rc}: ${clash_text}")
+
+elseif(CASE STREQUAL "resume_across_world_sizes")
+  # Losses of ranks vs 1 process differ only by the order of float additions (a few 1e-7 per
+  # step): compared within 1e-3, far below what a wrong shard or a lost step changes.
+  function(expect_close label steps_a losses_a steps_b losses_b)
+    if(NOT "${steps_a}" STREQUAL "${steps_b}")
+      message(FATAL_ERROR "${label}: steps ${steps_a} vs ${steps_b}")
+    endif()
+    foreach(a b IN ZIP_LISTS losses_a losses_b)
+      to_micro("${a}" a_micro)
+      to_micro("${b}" b_micro)
+      math(EXPR diff "${a_micro} - ${b_micro}")
+      if(diff GREATER 1000 OR diff LESS -1000)
+        message(FATAL_ERROR "${label}: losses differ by more than 1e-3:\n${losses_a}\n${losses_b}")
+      endif()
+    endforeach()
+  endfunction()
+  # 1 process to step 10 (its save/resume equals an uninterrupted run bitwise: save_load_resumes).
+  run_losses(single ${ARGS} --steps 10 --save single.pt)
+  # 2 ranks to step 10: the same losses as 1 process, up to reordering.
+  set(RUN_PREFIX ${LAUNCH})
+  run_losses(ranks ${ARGS} --steps 10 --save ranks.pt)
+  if(NOT ranks_out MATCHES "data parallel: 2 ranks")
+    message(FATAL_ERROR "the launched run was not data parallel:\n${ranks_out}")
+  endif()
+  expect_close("2 ranks vs 1 process, steps 1..10" "${single_steps}" "${single_losses}" "${ranks_steps}" "${ranks_losses}")
+  # Saved by 1 process, resumed under 2 ranks; saved by 2 ranks, resumed in 1 process.
+  run_losses(one_to_two ${ARGS} --steps 20 --load single.pt)
+  set(RUN_PREFIX "")
+  run_losses(two_to_one ${ARGS} --steps 20 --load ranks.pt)
+  list(GET two_to_one_steps 0 first_step)
+  if(NOT first_step EQUAL 11)
+    message(FATAL_ERROR "the resumed run started at step ${first_step}, not 11:\n${two_to_one_out}")
+  endif()
+  expect_close("1 -> 2 ranks vs 2 ranks -> 1" "${one_to_two_steps}" "${one_to_two_losses}" "${two_to_one_steps}" "${two_to_one_losses}")
+  message(STATUS "steps 1..10, 1 process: ${single_losses}\n"
+                 "steps 1..10, 2 ranks:   ${ranks_losses}\n"
+                 "steps 11..20, saved by 1 process, resumed under 2 ranks: ${one_to_two_losses}\n"
+                 "steps 11..20, saved by 2 ranks, resumed in 1 process:    ${two_to_one_losses}")
 
 else()
   message(FATAL_ERROR "unknown CASE '${CASE}'")

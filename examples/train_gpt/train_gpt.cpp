@@ -6,10 +6,19 @@
 // The model is the benchmark's (actckpt/models/transformer_stack.hpp); --mode picks the
 // compile-time policy its blocks are wrapped with. Checkpointing does not change training: on
 // CPU in float32 every mode prints the same loss at every step.
+//
+// Data parallel under torchrun (where built with actckpt::distributed):
+//   torchrun --no_python --nproc_per_node=2 -r 1 -t 1 train_gpt --mode async --steps 300
+// Each rank trains on its own share of every batch (--batch_size is the global batch); the
+// gradients are averaged by actckpt::DistributedDataParallel; rank 0 alone prints and saves. A
+// checkpoint does not depend on the number of ranks, so it resumes under any other.
 
 #include <actckpt/actckpt.hpp>
 #include <actckpt/memory_meter.hpp>
 #include <actckpt/models/transformer_stack.hpp>
+#ifdef ACTCKPT_EXAMPLE_DISTRIBUTED
+#include <actckpt/distributed.hpp>
+#endif
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
@@ -158,7 +167,9 @@ std::optional<c10::ScalarType> autocast_dtype(const std::string& dtype) {
   return std::nullopt;
 }
 
-torch::Tensor loss_of(GptModel& model, const Batch& batch, const Settings& s, const torch::Device& device) {
+/// `model`: the GptModel, or the data-parallel wrapper around it.
+template <class Model>
+torch::Tensor loss_of(Model& model, const Batch& batch, const Settings& s, const torch::Device& device) {
   torch::Tensor logits;
   {
     AutocastScope autocast(device, autocast_dtype(s.dtype));
@@ -314,24 +325,60 @@ const char* policy_name(const std::string& mode) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// This process's share of the work: rank `rank` of `size` (1 without torchrun).
+struct Ranks {
+  int rank = 0, size = 1;
+  bool main() const { return rank == 0; }
+  /// Rows [rank * n / size, (rank + 1) * n / size) of a global batch.
+  Batch share(const Batch& batch) const {
+    const int64_t n = batch.inputs.size(0);
+    return {batch.inputs.slice(0, rank * n / size, (rank + 1) * n / size),
+            batch.targets.slice(0, rank * n / size, (rank + 1) * n / size)};
+  }
+};
+
 int train(Settings s, const CLI::App& app) {
-  const torch::Device device = [&] {
+  const torch::Device requested = [&] {
     try {
       return torch::Device(s.device);
     } catch (const c10::Error&) {
       throw UsageError("--device " + s.device + " is not a device (use cpu, cuda or cuda:N)");
     }
   }();
-  if (!device.is_cpu() && !device.is_cuda()) throw UsageError("--device must be cpu or cuda[:N], got " + s.device);
-  if (device.is_cuda()) {
+  if (!requested.is_cpu() && !requested.is_cuda()) throw UsageError("--device must be cpu or cuda[:N], got " + s.device);
+  if (requested.is_cuda()) {
     if (!ACTCKPT_WITH_CUDA || !torch::cuda::is_available()) {
       throw UsageError("--device " + s.device + ": this build has no CUDA GPU to use (LibTorch " TORCH_VERSION ")");
     }
-    if (device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count())) {
+    if (requested.has_index() && requested.index() >= static_cast<int>(torch::cuda::device_count())) {
       throw UsageError("--device " + s.device + ": there are only " + std::to_string(torch::cuda::device_count()) + " GPUs");
     }
   }
-  if (s.dtype == "float16" && !device.is_cuda()) throw UsageError("--dtype float16 needs a CUDA device; on CPU use bfloat16");
+  if (s.dtype == "float16" && !requested.is_cuda()) throw UsageError("--dtype float16 needs a CUDA device; on CPU use bfloat16");
+
+  // torchrun sets WORLD_SIZE for its workers: then this process is one rank of a data-parallel run.
+  Ranks ranks;
+#ifdef ACTCKPT_EXAMPLE_DISTRIBUTED
+  std::optional<actckpt::World> world;
+  if (std::getenv("WORLD_SIZE") != nullptr) {
+    world = actckpt::init_process_group(actckpt::ProcessGroupOptions().device_type(requested.type()));
+    ranks = {world->rank, world->size};
+  }
+  // On CUDA each rank uses the GPU numbered LOCAL_RANK.
+  const torch::Device device = world && requested.is_cuda() ? world->device : requested;
+#else
+  const torch::Device device = requested;
+  if (std::getenv("WORLD_SIZE") != nullptr) {
+    throw UsageError("WORLD_SIZE is set (torchrun?), but this train_gpt was built without data parallelism "
+                     "(no Gloo headers: install libgloo-dev and rebuild)");
+  }
+#endif
+  if (s.batch_size % ranks.size != 0) {
+    throw UsageError("--batch_size " + std::to_string(s.batch_size) + " must be a multiple of the " +
+                     std::to_string(ranks.size) + " ranks (it is the global batch, shared out among them)");
+  }
+  // Rank 0 alone reports; the others' stdout goes nowhere (errors still reach stderr).
+  if (!ranks.main() && std::freopen("/dev/null", "w", stdout) == nullptr) throw std::runtime_error("cannot silence stdout");
 
   torch::manual_seed(s.seed);
   const Corpus corpus = load_corpus(s.data, s.size.seq_len);
@@ -367,6 +414,14 @@ int train(Settings s, const CLI::App& app) {
     restore_checkpoint(*loaded, model, optimizer, device);
     step = loaded->step;
   }
+  // Every rank starts from rank 0's weights (the wrapper broadcasts them); dropout must draw
+  // other masks on other ranks, so ranks after 0 reseed their generator.
+  if (!ranks.main()) torch::manual_seed(s.seed + 7919u * static_cast<uint64_t>(ranks.rank) + static_cast<uint64_t>(step));
+#ifdef ACTCKPT_EXAMPLE_DISTRIBUTED
+  // Times every step (DataParallelOptions::stats_sample_rate), for the summary at the end.
+  std::optional<actckpt::DistributedDataParallel<GptModel>> ddp;
+  if (world) ddp.emplace(model, *world, actckpt::DataParallelOptions().stats_sample_rate(1));
+#endif
 
   int64_t parameters = 0;
   for (const auto& p : model->parameters()) parameters += p.numel();
@@ -380,6 +435,10 @@ int train(Settings s, const CLI::App& app) {
   std::printf("  data: %s, %lld training characters; batches of %lld x %lld tokens\n", s.data.c_str(),
               static_cast<long long>(corpus.train.size(0)), static_cast<long long>(s.batch_size),
               static_cast<long long>(s.size.seq_len));
+  if (ranks.size > 1 || std::getenv("WORLD_SIZE") != nullptr) {
+    std::printf("  data parallel: %d ranks (%s), %lld sequences each per step\n", ranks.size,
+                device.is_cpu() ? "gloo" : "nccl", static_cast<long long>(s.batch_size / ranks.size));
+  }
   if (loaded) std::printf("  resuming from %s at step %lld\n", s.load.c_str(), static_cast<long long>(step));
   std::fflush(stdout);
 
@@ -392,10 +451,22 @@ int train(Settings s, const CLI::App& app) {
   const double tokens_per_step = static_cast<double>(s.batch_size * s.size.seq_len);
   while (step < s.steps) {
     ++step;
-    const Batch batch = sample_batch(corpus.train, s.batch_size, s.size.seq_len, s.seed, step, device);
+    // The same global batch whatever the number of ranks; each rank takes its share.
+    const Batch batch = ranks.share(sample_batch(corpus.train, s.batch_size, s.size.seq_len, s.seed, step, device));
     optimizer.zero_grad();
-    auto loss = loss_of(model, batch, s, device);
-    loss.backward();
+    torch::Tensor loss;
+#ifdef ACTCKPT_EXAMPLE_DISTRIBUTED
+    if (ddp) {
+      loss = loss_of(*ddp, batch, s, device);
+      loss.backward();  // the gradients arrive averaged over all ranks
+      // The loss of the whole global batch (equal shares: the mean of the ranks' means).
+      loss = actckpt::average_across_ranks(*world, loss.detach().clone());
+    } else
+#endif
+    {
+      loss = loss_of(model, batch, s, device);
+      loss.backward();
+    }
     torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
     optimizer.step();
     last_loss = loss.item<double>();
@@ -420,8 +491,24 @@ int train(Settings s, const CLI::App& app) {
       interval_steps = 0;
     }
   }
+  if (step > first_step) {
+    const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    std::printf("time: %lld steps in %.1f s, %.1f ms per step\n", static_cast<long long>(step - first_step), seconds,
+                1000 * seconds / static_cast<double>(step - first_step));
+  }
   if (step == first_step) std::printf("already at step %lld of --steps %lld: nothing to train\n",
                                       static_cast<long long>(step), static_cast<long long>(s.steps));
+
+#ifdef ACTCKPT_EXAMPLE_DISTRIBUTED
+  if (ddp && step > first_step) {
+    const auto stats = ddp->comm_stats();
+    std::printf("data parallel: all-reduced %s per step in %zu buckets; Reducer's averages: forward %.1f ms, "
+                "backward compute %.1f ms, communication %.1f ms, %.0f%% of it hidden behind backward\n",
+                megabytes(stats.bytes_per_step).c_str(), stats.bucket_bytes.size(), stats.forward_compute_ns / 1e6,
+                stats.backward_compute_ns / 1e6, stats.backward_comm_ns / 1e6, 100 * stats.hidden_fraction());
+  }
+#endif
+  if (!ranks.main()) return 0;  // rank 0 saves, samples and evaluates: the weights are the same everywhere
 
   if (!s.save.empty()) {
     save_checkpoint(s.save, model, optimizer, step, corpus, device);
@@ -528,7 +615,9 @@ int main(int argc, char** argv) {
       "\nOn CPU in float32 all four modes print the same loss at every step: checkpointing changes\n"
       "memory and time, not training. On CPU, sync/async offload save no RAM (host and device are the\n"
       "same memory); the peak column then shows the compute-side bytes as a GPU would see them.\n"
-      "Threads: set OMP_NUM_THREADS.");
+      "Threads: set OMP_NUM_THREADS.\n"
+      "\nData parallel (each rank trains on its share of every batch; rank 0 prints and saves):\n"
+      "  torchrun --no_python --nproc_per_node=2 -r 1 -t 1 train_gpt --mode async --steps 300");
 
   try {
     app.parse(argc, argv);
