@@ -110,7 +110,8 @@ environment() {
   echo "ninja: $(command -v ninja || echo missing)"
   "${CXX:-c++}" --version | head -n 1
   if ((rehearse)); then
-    grep -h 'define TORCH_VERSION ' /usr/include/torch/version.h 2>/dev/null || echo "no /usr/include/torch/version.h"
+    grep -hE 'define TORCH_VERSION_(MAJOR|MINOR|PATCH)' /usr/include/torch/csrc/api/include/torch/version.h 2>/dev/null ||
+      echo "no Debian LibTorch headers under /usr/include/torch"
   else
     torch_py 'print("torch", torch.__version__, "cuda", torch.version.cuda, "cxx11abi", torch.compiled_with_cxx11_abi(), "prefix", torch.utils.cmake_prefix_path)' ||
       echo "python3 cannot import torch"
@@ -118,25 +119,35 @@ environment() {
   echo "packages: $debs_dir -> $deps; work: $work; out: $out; budget ${budget} s"
 }
 
-# The .deb files: DEBS_DIR, or (rehearsal only) fetched from this machine's Debian mirror.
+# The required packages missing from folder $1, by name.
+missing_debs() {
+  local p
+  for p in "${required_debs[@]}"; do compgen -G "$1/${p}_*.deb" >/dev/null || echo "$p"; done
+}
+
+# The .deb files: DEBS_DIR, or (rehearsal only, where DEBS_DIR lacks them) fetched from this
+# machine's Debian mirror into the scratch folder (decided before the steps, which run in
+# subshells).
+if ((rehearse)) && [[ -n $(missing_debs "$debs_dir") ]]; then
+  debs_dir=$work/debs
+  mkdir -p "$debs_dir"
+fi
 find_debs() {
-  local p missing=()
-  for p in "${required_debs[@]}"; do
-    compgen -G "$debs_dir/${p}_*.deb" >/dev/null || missing+=("$p")
-  done
-  ((${#missing[@]} == 0)) && return 0
+  local missing
+  missing=$(missing_debs "$debs_dir")
+  [[ -z $missing ]] && return 0
   if ((rehearse)); then
-    debs_dir=$work/debs
-    mkdir -p "$debs_dir"
     echo "fetching ${required_debs[*]} with apt-get download into $debs_dir"
-    (cd "$debs_dir" && apt-get download "${required_debs[@]}") && return 0
-    echo "apt-get download failed; trying /var/cache/apt/archives"
-    for p in "${required_debs[@]}"; do cp /var/cache/apt/archives/"${p}"_*.deb "$debs_dir"/ 2>/dev/null; done
-    missing=()
-    for p in "${required_debs[@]}"; do compgen -G "$debs_dir/${p}_*.deb" >/dev/null || missing+=("$p"); done
-    ((${#missing[@]} == 0)) && return 0
+    (cd "$debs_dir" && apt-get download "${required_debs[@]}") ||
+      {
+        echo "apt-get download failed; trying /var/cache/apt/archives"
+        local p
+        for p in "${required_debs[@]}"; do cp /var/cache/apt/archives/"${p}"_*.deb "$debs_dir"/ 2>/dev/null; done
+      }
+    missing=$(missing_debs "$debs_dir")
+    [[ -z $missing ]] && return 0
   fi
-  echo "missing .deb files in $debs_dir: ${missing[*]}"
+  echo "missing .deb files in $debs_dir: $(echo "$missing" | tr '\n' ' ')"
   echo "put them there first (Debian 12: cd $debs_dir && apt-get download ${required_debs[*]})"
   return 1
 }
