@@ -1,6 +1,7 @@
 // Compile check (never run) of the NCCL path of actckpt/distributed.hpp: init_process_group on
-// CUDA (ProcessGroupNCCL, the device set to LOCAL_RANK) and DistributedDataParallel over it. See
-// tests/cuda_check/CMakeLists.txt and scripts/cuda-compile-check.sh.
+// CUDA (ProcessGroupNCCL, the device set to LOCAL_RANK) and DistributedDataParallel over it,
+// together with the whole CUDA path of cuda_path.cpp (one parse of LibTorch's headers checks
+// both). See tests/cuda_check/CMakeLists.txt and scripts/cuda-compile-check.sh.
 
 // A CUDA LibTorch's CMake targets define these (USE_C10D_NCCL comes with torch_cuda); a CPU-only
 // LibTorch's headers are checked here as if they did.
@@ -16,6 +17,8 @@
 #include <actckpt/no_offload.hpp>
 
 #include <torch/nn/modules/linear.h>
+
+#include "cuda_path.cpp"
 
 #if !ACTCKPT_WITH_NCCL
 #error "ACTCKPT_WITH_NCCL is off: the NCCL path of distributed.hpp was not compiled"
