@@ -11,7 +11,8 @@
 # packages of doctest, Google Benchmark (and its runtime) are not installed there: put their .deb
 # files in DEBS_DIR (default .device/ in the checkout, ignored by git), which the run unpacks with
 # dpkg -x into a scratch folder (never into /). On Debian 12 get them with
-#   mkdir -p .device && (cd .device && apt-get download doctest-dev libbenchmark-dev libbenchmark1debian)
+#   mkdir -p .device && (cd .device && apt-get download doctest-dev libbenchmark-dev libbenchmark1debian libgloo-dev)
+# (libgloo-dev is optional: the Gloo headers actckpt::distributed needs, where the wheel lacks them.)
 # A missing package, a CPU-only torch, the wrong ABI or a missing nvcc stop the run at once, with
 # the reason, before anything is built.
 #
@@ -24,8 +25,10 @@
 #      device fails instead of skipping;
 #   5. the main job at the seed's configuration (12 layers, hidden 1024, ff 4096, 12k tokens,
 #      batch 48, fp16 autocast): table, telemetry, pictures;
-#   6. the rest of the unit suite (label `unit`), if the time budget (BUDGET_S) allows;
-#   7. OUT_DIR gets at most 8 files: summary.txt, results.md, results.json, the PNGs and
+#   6. one rank of data parallelism on NCCL (world size 1) through the same code path as
+#      torchrun's ranks (where actckpt::distributed was built: Gloo headers and nccl.h found);
+#   7. the rest of the unit suite (label `unit`), if the time budget (BUDGET_S) allows;
+#   8. OUT_DIR gets at most 8 files: summary.txt, results.md, results.json, the PNGs and
 #      logs.tgz (every log, ctest's JUnit XML, the main job's other outputs).
 #
 # --rehearse runs every step that needs no GPU, here: the packages (DEBS_DIR if it has them,
@@ -191,7 +194,7 @@ unpack_debs() {
 }
 
 configure() {
-  local prefix="$deps/usr/lib/x86_64-linux-gnu/cmake;$deps/usr/lib/cmake;$deps/usr/share/cmake"
+  local prefix="$deps/usr/lib/x86_64-linux-gnu/cmake;$deps/usr/lib/cmake;$deps/usr/share/cmake;$deps/usr"
   local args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DACTCKPT_BUILD_TESTS=ON
     -DACTCKPT_BUILD_BENCHMARKS=ON -DACTCKPT_BUILD_EXAMPLES=OFF -DACTCKPT_INSTALL=OFF)
   if ((rehearse)); then
@@ -202,6 +205,10 @@ configure() {
     prefix="$torch_prefix;$prefix"
     nvcc=$(command -v nvcc || echo "${CUDACXX:-/usr/local/cuda/bin/nvcc}")
     args+=(-DCMAKE_CUDA_ARCHITECTURES=90 "-DCMAKE_CUDA_COMPILER=$nvcc")
+    # nccl.h of the nvidia-nccl wheel, for actckpt::distributed's NCCL path.
+    local nccl
+    nccl=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "include"))' 2>/dev/null)
+    [[ -n $nccl && -f $nccl/nccl.h ]] && args+=("-DACTCKPT_NCCL_INCLUDE_DIR=$nccl")
   fi
   cmake "${args[@]}" "-DCMAKE_PREFIX_PATH=$prefix" >"$work/cmake.out" 2>&1
   local rc=$?
@@ -234,6 +241,15 @@ main_job() {
       --batch_size 48 --dtype fp16 --steps 3)
   fi
   BUILD_DIR=$build ACTCKPT_SKIP_DEPS=1 JOBS=$jobs OUT=$job_out "$root/scripts/main-job.sh" "${args[@]}"
+}
+
+# One rank on NCCL (CPU rehearsal: Gloo) through init_process_group and DistributedDataParallel,
+# running the parity and unused-parameter scenarios of the distributed tests.
+dist_worker=$build/tests/distributed/dist_worker
+one_rank() {
+  local device=cuda
+  ((rehearse)) && device=cpu
+  OMP_NUM_THREADS=1 "$dist_worker" launch --nproc 1 --timeout 120 -- "$dist_worker" parity,unused --device "$device"
 }
 
 unit_suite() {
@@ -285,9 +301,16 @@ step environment env.log environment
 step preflight env.log preflight || stop "preflight failed (see above): nothing was built"
 step unpack-debs env.log unpack_debs || stop "unpacking the packages failed"
 step configure configure.log configure || stop "configure failed"
-step build build.log cmake --build "$build" --target actckpt_tests actckpt_bench -j "$jobs" || stop "build failed"
+targets=(actckpt_tests actckpt_bench)
+grep -q '^build tests/distributed/dist_worker:' "$build/build.ninja" 2>/dev/null && targets+=(dist_worker)
+step build build.log cmake --build "$build" --target "${targets[@]}" -j "$jobs" || stop "build failed"
 step cuda-cases ctest-cuda.log cuda_cases
 step main-job main-job.log main_job
+if [[ -x $dist_worker ]]; then
+  step one-rank dist.log one_rank
+else
+  skip_step one-rank "actckpt::distributed not built (Gloo headers or nccl.h not found: see configure.log)"
+fi
 if ((SECONDS - start < budget)); then
   step unit-suite ctest-unit.log unit_suite
 else
