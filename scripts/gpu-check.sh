@@ -11,7 +11,8 @@
 #   JOBS          build and test parallelism (default: nproc)
 #   CTEST_TIMEOUT per-test limit in seconds (default 300)
 # Writes to OUT_DIR: env.log, configure.log, build.log, ctest.log, ctest-junit.xml, bench.log,
-# summary.txt, and the main job's results (scripts/main-job.sh) under OUT_DIR/main-job.
+# summary.txt, planned.log, the main job's results (scripts/main-job.sh) under OUT_DIR/main-job, and
+# a planned run at half classic's peak under OUT_DIR/planned.
 # A failed step is reported and the later steps still run, so one run yields all the logs; the
 # exit status is non-zero if any step failed. Budget: about 5 minutes on an H200.
 # shellcheck disable=SC2317  # the step functions are called through step()
@@ -93,11 +94,20 @@ configure() {
 run_benchmark() {
   local bench=$build/benchmarks/actckpt_bench
   if [[ -x $root/scripts/main-job.sh ]]; then
-    # The main job builds what it needs; it is handed this build tree and the output folder.
-    BUILD_DIR=$build OUT=$out/main-job "$root/scripts/main-job.sh" "${seed_args[@]}"
+    # The main job builds what it needs; it is handed this build tree and the output folder. Its
+    # planned mode runs at its default budget; the budget sweep is left to the CPU main job.
+    BUILD_DIR=$build OUT=$out/main-job "$root/scripts/main-job.sh" "${seed_args[@]}" --pareto_budgets=0
   else
     mkdir -p "$out/bench" && "$bench" --out="$out/bench" "${seed_args[@]}"
   fi
+}
+
+# The memory planner at the seed configuration, at half of classic checkpointing's peak (the
+# planner's profile measures that peak; offloading is what makes it feasible).
+run_planned() {
+  mkdir -p "$out/planned" &&
+    "$build/benchmarks/actckpt_bench" --out="$out/planned" "${seed_args[@]}" --memory_budget=0.5xclassic \
+      --benchmark_filter='ckpt_classic|ckpt_planned' --rounds=3
 }
 
 step environment env.log environment
@@ -115,6 +125,7 @@ if step configure configure.log configure; then
     --timeout "$ctest_timeout" --output-junit "$out/ctest-junit.xml"
   if [[ -x $root/scripts/main-job.sh || -x $build/benchmarks/actckpt_bench ]]; then
     step benchmark bench.log run_benchmark
+    step planned planned.log run_planned
   else
     skip_step benchmark "no scripts/main-job.sh and no $build/benchmarks/actckpt_bench"
   fi
