@@ -198,19 +198,26 @@ TEST_CASE("planner: with GPU-like costs it offloads the layers whose copies hide
   // Light and heavy blocks alternate: a copy of one block's input hides behind the next block's
   // compute when that block is heavy, not when it is light.
   PlannedStack s({8, 4096, 8, 4096, 8, 4096, 8});
-  const auto profile = s.profile();
-  const auto& L = profile.layers;
-  const auto n = L.size();
   // A bandwidth at which a stash copy takes the geometric mean of the slowest light and the
-  // fastest heavy block's forward and backward: hidden behind heavy blocks, exposed behind light ones.
-  double light = 0, heavy = std::numeric_limits<double>::infinity();
-  for (std::size_t k = 0; k < n; ++k) {
-    const double t = std::min(L[k].forward_ms[0], L[k].backward_ms[0]);
-    const double u = std::max(L[k].forward_ms[0], L[k].backward_ms[0]);
-    if (k % 2 == 1) heavy = std::min(heavy, t);
-    else light = std::max(light, u);
+  // fastest heavy block's forward and backward: hidden behind heavy blocks, exposed behind light
+  // ones. Times are measured (medians of 3 steps); on a machine so busy that a light block came
+  // out slower than a heavy one, the profile is taken again.
+  actckpt::StepProfile profile;
+  double light = 0, heavy = 0;
+  for (int attempt = 0; attempt < 3 && !(light < heavy); ++attempt) {
+    auto options = s.options();
+    options.profile_steps = 3;
+    profile = actckpt::profile_step(*s.model, [&] { s.step(); }, options);
+    light = 0, heavy = std::numeric_limits<double>::infinity();
+    for (std::size_t k = 0; k < profile.layers.size(); ++k) {
+      const auto& l = profile.layers[k];
+      if (k % 2 == 1) heavy = std::min({heavy, l.forward_ms[0], l.backward_ms[0]});
+      else light = std::max({light, l.forward_ms[0], l.backward_ms[0]});
+    }
   }
   REQUIRE(light < heavy);
+  const auto& L = profile.layers;
+  const auto n = L.size();
   const double copy_ms = std::sqrt(light * heavy);
   actckpt::OffloadCosts gpu_like;
   gpu_like.host_memory_separate = true;
