@@ -114,6 +114,16 @@ inline void use_predicted_floor(Floor& f, const actckpt::MemoryPlan& plan) {
   f.keep_formula = "the plan's predicted peak minus the other parts";
 }
 
+/// One letter per layer, forward order: K keep, C checkpoint, S sync offload, A async offload.
+inline std::string plan_code(const actckpt::MemoryPlan& plan) {
+  std::string code;
+  for (auto c : plan.choices)
+    code += c == actckpt::LayerChoice::keep ? 'K' : c == actckpt::LayerChoice::checkpoint ? 'C'
+          : c == actckpt::LayerChoice::sync_offload                                        ? 'S'
+                                                                                           : 'A';
+  return code;
+}
+
 /// One point of the budget sweep: a planned run at one budget, or a uniform mode.
 struct SweepPoint {
   std::string name;  // "planned @ 1.00xclassic", or the mode
@@ -213,7 +223,7 @@ inline void run_pareto(const BenchOptions& options, const PlanSummary& planned, 
           << fmt("%.4f", mib(p.plan->predicted_peak_bytes)) << ", \"predicted_ms\": "
           << fmt("%.4f", p.plan->predicted_step_ms) << ", \"fits\": "
           << (p.measured_peak_bytes <= p.plan->budget_bytes ? "true" : "false") << ", \"plan\": \""
-          << p.plan->describe() << "\"";
+          << p.plan->describe() << "\", \"code\": \"" << plan_code(*p.plan) << "\"";
     }
     out << "}";
     table += "| " + p.name + " | " + (planned_point ? fmt("%.2f", mib(p.plan->budget_bytes)) : "—") + " | " +

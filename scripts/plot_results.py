@@ -227,15 +227,18 @@ def plot_pareto(out_dir, path):
     for p in planned:
         ax.plot([p["budget_MB"], p["budget_MB"]], [p["ms_per_iter"] * 0.985, p["ms_per_iter"] * 1.015],
                 color=COLORS["ckpt_planned"], linestyle=":", linewidth=1.2)
-        ax.annotate(p["name"].replace("planned @ ", "") + f"\n{p['plan']}", (p["measured_peak_MB"], p["ms_per_iter"]),
-                    fontsize=7, xytext=(6, 6), textcoords="offset points", color="#4b2c6f")
+        ax.annotate(p["name"].replace("planned @ ", "") + " " + p.get("code", ""), (p["measured_peak_MB"], p["ms_per_iter"]),
+                    fontsize=8, xytext=(6, -3), textcoords="offset points", color="#4b2c6f", family="monospace")
     for p in uniform:
         ax.scatter([p["measured_peak_MB"]], [p["ms_per_iter"]], s=90, marker="s", color=COLORS.get(p["mode"], "black"),
                    zorder=3, label=f"{p['mode']} (uniform)")
     ax.set_xlabel("measured peak memory per step (MB = 2^20 bytes)")
     ax.set_ylabel(f"time per training step (ms, median of {sweep['rounds']} round-robin rounds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="upper right")
+    ax.legend(fontsize=9, loc="upper left")
+    ax.text(0.99, 0.02, "plan, one letter per layer (0 first):\nK keep, C checkpoint, S sync offload, A async offload",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=8, family="monospace",
+            bbox={"facecolor": "white", "edgecolor": "#cccccc"})
     ax.set_xlim(left=0)
     cfg = sweep["config"]
     ax.set_title("Fit a memory budget: the planner's plans from the smallest feasible budget to baseline's peak\n"
