@@ -232,14 +232,12 @@ def plot_pareto(out_dir, path):
     for p in uniform:
         ax.scatter([p["measured_peak_MB"]], [p["ms_per_iter"]], s=90, marker="s", color=COLORS.get(p["mode"], "black"),
                    zorder=3, label=f"{p['mode']} (uniform)")
-    ax.set_xlabel("measured peak memory per step (MB = 2^20 bytes)")
+    ax.set_xlabel("measured peak memory per step (MB = 2^20 bytes)\n"
+                  "plan: one letter per layer, layer 0 first: K keep, C checkpoint, S sync offload, A async offload")
     ax.set_ylabel(f"time per training step (ms, median of {sweep['rounds']} round-robin rounds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="upper left")
-    ax.text(0.99, 0.02, "plan, one letter per layer (0 first):\nK keep, C checkpoint, S sync offload, A async offload",
-            transform=ax.transAxes, ha="right", va="bottom", fontsize=8, family="monospace",
-            bbox={"facecolor": "white", "edgecolor": "#cccccc"})
-    ax.set_xlim(left=0)
+    ax.legend(fontsize=9, loc="best", framealpha=0.8)
+    ax.set_xlim(0, max(p["measured_peak_MB"] for p in points) * 1.25)
     cfg = sweep["config"]
     ax.set_title("Fit a memory budget: the planner's plans from the smallest feasible budget to baseline's peak\n"
                  f"{cfg['device']}, {cfg['dtype']}, {cfg['num_layers']} layers, hidden {cfg['hidden_dim']}, "

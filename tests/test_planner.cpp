@@ -278,6 +278,7 @@ TEST_CASE("planner: on a synthetic chain it offloads exactly where the copies hi
       l.forward_ms[m] = fwd;
       l.backward_ms[m] = 2 * fwd + (m == 0 ? 0.0 : fwd);  // checkpointed: + the recompute
     }
+    l.recompute_ms = fwd;
     l.held_bytes[0] = 50, l.held_bytes[1] = 10, l.held_bytes[2] = k == 0 ? 10 : 0;
     l.backward_peak_bytes[0] = 20, l.backward_peak_bytes[1] = l.backward_peak_bytes[2] = 25;
     p.layers.push_back(l);

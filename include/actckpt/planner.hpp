@@ -34,8 +34,9 @@
 ///  - `forward_peak_bytes` / `backward_peak_bytes`: the highest point during its forward / its
 ///    backward (from its `backward_begin` to the one of the layer below, or the end of the step)
 ///    above the level at its forward start;
-///  - `forward_ms`, `backward_ms` over the same spans; `stash_bytes` and the sync copy times of
-///    its stash each way, whose sums give the measured bandwidths.
+///  - `forward_ms`, `backward_ms` over the same spans; `recompute_ms` (checkpointed run: from its
+///    `backward_begin` to its `recompute_end`); `stash_bytes` and the sync copy times of its stash
+///    each way, whose sums give the measured bandwidths.
 /// Also: the level at the first layer's forward (`start_bytes`), the peak before it, the peak
 /// between the last forward and the last backward (loss and head, `tail_peak_bytes`) and the
 /// whole step's time and peak in each configuration.
@@ -56,8 +57,8 @@
 /// above k triggers that prefetch (the stash stack prefetches the stash below the one restored).
 ///
 /// Time: the kept run's step time plus, per layer, the extra of its choice:
-///  - checkpoint: (forward + backward, checkpointed) - (forward + backward, kept), at least 0
-///    (mostly the recompute);
+///  - checkpoint: its measured recompute (a direct measurement: differences of whole forward and
+///    backward spans between two runs drown in a busy machine's noise and can come out negative);
 ///  - sync offload: checkpoint's extra + stash/bandwidth_d2h + stash/bandwidth_h2d;
 ///  - async offload: checkpoint's extra + the copy time that does not hide: the device-to-host
 ///    copy behind the next layer's forward (the loss for the last layer), the host-to-device
@@ -139,6 +140,7 @@ struct LayerProfile {
   std::int64_t backward_peak_bytes[profiled_modes] = {};
   double forward_ms[profiled_modes] = {};
   double backward_ms[profiled_modes] = {};
+  double recompute_ms = 0;  ///< checkpointed: from its backward's start to the recompute's end
   double offload_ms = 0;  ///< the sync device-to-host copy of its stash
   double restore_ms = 0;  ///< the sync host-to-device copy back
 };
@@ -311,6 +313,7 @@ class StepRecorder final : public Observer {
       case EventKind::offload_begin:
       case EventKind::offload_end:
       case EventKind::restore_end: m.copy_bytes = e.bytes; break;
+      case EventKind::recompute_end: break;
       default: return;
     }
     marks_.push_back(m);
@@ -338,7 +341,7 @@ class StepRecorder final : public Observer {
 struct StepFigures {
   std::vector<std::size_t> order;  // modules() indices in forward order
   std::vector<std::int64_t> held, forward_peak, backward_peak, stash;
-  std::vector<double> forward_ms, backward_ms, offload_ms, restore_ms;
+  std::vector<double> forward_ms, backward_ms, recompute_ms, offload_ms, restore_ms;
   std::int64_t start_bytes = 0, head_peak = 0, tail_peak = 0, step_peak = 0;
   double tail_ms = 0, step_ms = 0;
 };
@@ -415,7 +418,8 @@ inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::in
   // Copies (sync run): offload_begin -> offload_end; backward_begin or the previous restore_end
   // -> restore_end.
   std::vector<std::int64_t> stash(n, 0);
-  std::vector<double> offload(n, 0), restore(n, 0), open_offload(n, -1), last_restore(n, -1);
+  std::vector<double> offload(n, 0), restore(n, 0), recompute(n, 0), open_offload(n, -1), last_restore(n, -1),
+      backward_start(n, -1);
   for (const auto& m : marks) {
     switch (m.kind) {
       case EventKind::offload_begin:
@@ -426,7 +430,10 @@ inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::in
         if (open_offload[m.layer] >= 0) offload[m.layer] += m.ms - open_offload[m.layer];
         open_offload[m.layer] = -1;
         break;
-      case EventKind::backward_begin: last_restore[m.layer] = m.ms; break;
+      case EventKind::backward_begin: last_restore[m.layer] = backward_start[m.layer] = m.ms; break;
+      case EventKind::recompute_end:
+        if (backward_start[m.layer] >= 0) recompute[m.layer] = m.ms - backward_start[m.layer];
+        break;
       case EventKind::restore_end:
         if (last_restore[m.layer] >= 0) restore[m.layer] += m.ms - last_restore[m.layer];
         last_restore[m.layer] = m.ms;
@@ -438,6 +445,7 @@ inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::in
     f.stash.push_back(stash[k]);
     f.offload_ms.push_back(offload[k]);
     f.restore_ms.push_back(restore[k]);
+    f.recompute_ms.push_back(recompute[k]);
   }
   return f;
 }
@@ -470,8 +478,7 @@ class CostModel {
   ChoiceCost cost(std::size_t k, LayerChoice c, bool prefetched_from_above) const {
     const auto& l = p_.layers[k];
     const auto K = idx(ProfiledMode::keep), C = idx(ProfiledMode::checkpoint), S = idx(ProfiledMode::sync_offload);
-    const double ckpt_extra =
-        std::max(0.0, l.forward_ms[C] + l.backward_ms[C] - l.forward_ms[K] - l.backward_ms[K]);
+    const double ckpt_extra = l.recompute_ms;
     const std::size_t mem = c == LayerChoice::keep ? K : (c == LayerChoice::checkpoint || !separate_) ? C : S;
     ChoiceCost r{l.held_bytes[mem], l.forward_peak_bytes[mem], l.backward_peak_bytes[mem], 0.0};
     const double out_ms = copy_ms(l.stash_bytes, d2h_), in_ms = copy_ms(l.stash_bytes, h2d_);
@@ -772,6 +779,7 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
       l.backward_ms[mode] = med(mode, &StepFigures::backward_ms, p);
     }
     const auto S = CostModel::idx(ProfiledMode::sync_offload);
+    l.recompute_ms = med(CostModel::idx(ProfiledMode::checkpoint), &StepFigures::recompute_ms, p);
     l.stash_bytes = med(S, &StepFigures::stash, p);
     l.offload_ms = med(S, &StepFigures::offload_ms, p);
     l.restore_ms = med(S, &StepFigures::restore_ms, p);
