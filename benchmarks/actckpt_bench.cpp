@@ -1,5 +1,6 @@
 // actckpt_bench: Google Benchmark fixtures, one per mode (baseline, ckpt_classic,
-// ckpt_sync_offload, ckpt_async_offload), templated on the checkpoint policy. One iteration is
+// ckpt_sync_offload, ckpt_async_offload, and ckpt_planned with --memory_budget: the memory
+// planner's plan, bench_planner.hpp), templated on the checkpoint policy. One iteration is
 // one full training step (forward, backward, SGD step), timed manually after a device sync.
 // Counters: ms_per_iter (median step), peak_MB, host_stash_MB, floor_MB, over_floor_pct and
 // the deltas against baseline. After the runs (and, with --rounds, round-robin rounds of all
@@ -15,10 +16,11 @@
 #include <benchmark/benchmark.h>
 #include <torch/version.h>
 
-#include <climits>
 #include <malloc.h>
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -28,6 +30,7 @@
 #include <string>
 
 #include "bench_options.hpp"
+#include "bench_planner.hpp"
 #include "bench_report.hpp"
 #include "train_session.hpp"
 
@@ -84,6 +87,15 @@ struct Run {
     }
     return *slot;
   }
+  /// Mode ckpt_planned: the first planned session is profiled and planned for --memory_budget;
+  /// every later one (repetitions, rounds) gets the same plan.
+  void apply_plan(TrainSession& s) {
+    if (!report.plan) {
+      progress(StackMode::ckpt_planned, "profiling for the memory plan");
+      report.plan = make_plan(s, options.memory_budget, options.plan_profile_steps);
+    }
+    report.plan->plan.apply(*s.model());
+  }
 };
 
 template <class Policy>
@@ -98,6 +110,7 @@ class TrainStep : public benchmark::Fixture {
       run.progress(mode, "building the model");
       session_.emplace(run.options.model, mode, run.options.model.num_layers, /*input_requires_grad=*/false,
                        run.options.seed);
+      if constexpr (mode == StackMode::ckpt_planned) run.apply_plan(*session_);
       for (int64_t i = 0; i < run.options.warmup; ++i) {
         run.progress(mode, "warmup " + std::to_string(i + 1) + "/" + std::to_string(run.options.warmup));
         session_->timed_step();
@@ -168,6 +181,7 @@ class TrainStep : public benchmark::Fixture {
     result.resident_bytes = meter.device_bytes();
     result.floor = analytic_floor(*session_, run.options.model, result.resident_bytes, run.probe(StackMode::baseline == mode ? StackMode::baseline : StackMode::ckpt_classic),
                                   run.probe(StackMode::ckpt_classic));
+    if constexpr (mode == StackMode::ckpt_planned) use_predicted_floor(result.floor, run.report.plan->plan);
 
     state.counters["ms_per_iter"] = this_run.median_ms();
     state.counters["peak_MB"] = mib(result.peak_bytes);
@@ -195,6 +209,9 @@ BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, baseline, NoCheckpoint)(benchmark::State&
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_classic, actckpt::NoOffload)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_sync_offload, actckpt::SyncOffload)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_async_offload, actckpt::AsyncOffload)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_planned, actckpt::models::PlannedCheckpoint)(benchmark::State& state) {
+  run(state);
+}
 
 /// --steps measured iterations each (0: Google Benchmark decides), timed manually.
 void configure(benchmark::internal::Benchmark* b) {
@@ -209,6 +226,7 @@ void register_fixtures() {
   BENCHMARK_REGISTER_F(TrainStep, ckpt_classic)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_sync_offload)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_async_offload)->Apply(configure);
+  if (!Run::get().options.memory_budget.empty()) BENCHMARK_REGISTER_F(TrainStep, ckpt_planned)->Apply(configure);
 }
 
 /// --rounds: every mode that ran gets a model of its own, all alive at once; then each round runs
@@ -229,6 +247,7 @@ void run_rounds(Run& run) {
       run.progress(mode, "building the model for the rounds");
       sessions.push_back(std::make_unique<TrainSession>(cfg, mode, cfg.num_layers, /*input_requires_grad=*/false,
                                                         run.options.seed));
+      if (mode == StackMode::ckpt_planned) run.apply_plan(*sessions.back());
       for (int64_t i = 0; i < std::max<int64_t>(run.options.warmup, 1); ++i) sessions.back()->timed_step();
     }
     const std::size_t n = modes.size();
@@ -330,6 +349,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (run.options.rounds > 0) bench::run_rounds(run);
+  int status = 0;
+  if (run.options.pareto_budgets > 0 && run.report.plan) {
+    try {
+      // Twelve-odd models per round: 3 to 5 rounds (--rounds, clamped) keep the sweep near a minute on CPU.
+      const int64_t sweep_rounds = std::clamp<int64_t>(run.options.rounds, 3, 5);
+      bench::run_pareto(run.options, *run.report.plan, run.options.pareto_budgets, sweep_rounds,
+                        run.options.out, [&](const std::string& what) { run.progress(bench::StackMode::ckpt_planned, what); });
+    } catch (const std::exception& e) {
+      std::cerr << "actckpt_bench: the memory-budget sweep failed: " << e.what() << "\n";
+      status = 1;
+    }
+  }
   if (run.options.table) {
     std::cout << "\n";
     run.report.write_table(std::cout, info);
@@ -342,5 +373,5 @@ int main(int argc, char** argv) {
     std::cerr << "actckpt_bench: writing results to " << run.options.out << " failed: " << e.what() << "\n";
     return 1;
   }
-  return 0;
+  return status;
 }

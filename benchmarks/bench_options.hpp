@@ -27,6 +27,9 @@ struct BenchOptions {
   bool quiet = false;         // no per-step progress lines
   bool table = true;          // print the results table at the end
   bool warm_allocator = true; // time every mode on warm host memory (mallopt; see actckpt_bench.cpp)
+  std::string memory_budget;  // mode ckpt_planned's budget (bench_planner.hpp's MemoryBudget); empty: no such mode
+  int64_t pareto_budgets = 0;  // the budget sweep of pareto.json (0: none)
+  int64_t plan_profile_steps = 2;  // measured sample steps per configuration of the planner's profile
 };
 
 namespace detail {
@@ -109,6 +112,21 @@ inline std::vector<Flag> flags(BenchOptions& o) {
            "                              returning them to the kernel (true/false; false: malloc defaults)",
            [&o](const std::string& v) { o.warm_allocator = to_bool("warm_allocator", v); },
            [&o] { return std::string(o.warm_allocator ? "true" : "false"); }},
+      str_flag("memory_budget",
+               "adds mode ckpt_planned: the memory planner's fastest plan under this budget. MB (512),\n"
+               "                              a multiple of the planner's measured classic or baseline peak\n"
+               "                              (0.5xclassic, 0.8xbaseline), or mid:F = classic + F x (baseline - classic)",
+               o.memory_budget),
+      Flag{"memory_budget_mb", "the same as --memory_budget=N (MB = 2^20 bytes)",
+           [&o](const std::string& v) { o.memory_budget = std::to_string(to_double("memory_budget_mb", v)); },
+           [&o] { return o.memory_budget.empty() ? std::string("0") : o.memory_budget; }},
+      int_flag("pareto_budgets",
+               "with --memory_budget: then the planner at N budgets from its smallest feasible one to\n"
+               "                              baseline's peak (plus classic's peak and mid:0.5) and the uniform modes,\n"
+               "                              peaks measured alone, times in 3-5 round-robin rounds (--rounds clamped):\n"
+               "                              pareto.json, pareto.md (0: none)",
+               o.pareto_budgets),
+      int_flag("plan_profile_steps", "measured sample steps per configuration of the planner's profile", o.plan_profile_steps),
   };
 }
 
@@ -124,7 +142,8 @@ inline void print_usage(std::ostream& out) {
   BenchOptions defaults;
   out << "actckpt_bench: one training step (forward, backward, SGD step) per iteration of a stack of\n"
          "pre-norm transformer blocks, in four modes: baseline, ckpt_classic, ckpt_sync_offload,\n"
-         "ckpt_async_offload. Prints the results table and writes it, with memory timelines, to --out.\n\n"
+         "ckpt_async_offload, and ckpt_planned with --memory_budget (the memory planner's plan).\n"
+         "Prints the results table and writes it, with memory timelines, to --out.\n\n"
          "Model and output flags (--name=value or --name value; default also from $ACTCKPT_<NAME>):\n";
   for (const auto& f : detail::flags(defaults)) {
     std::string lhs = "  --" + f.name + "=" + f.show();
@@ -167,6 +186,11 @@ inline BenchOptions parse_options(int argc, char** argv) {
   o.model.validate();
   if (o.warmup < 0) throw std::invalid_argument("--warmup must not be negative");
   if (o.rounds < 0) throw std::invalid_argument("--rounds must not be negative");
+  if (o.pareto_budgets < 0 || o.pareto_budgets == 1)
+    throw std::invalid_argument("--pareto_budgets must be 0 (none) or at least 2 (the floor and baseline's peak)");
+  if (o.pareto_budgets > 0 && o.memory_budget.empty())
+    throw std::invalid_argument("--pareto_budgets needs --memory_budget (the sweep reuses mode ckpt_planned's profile)");
+  if (o.plan_profile_steps < 1) throw std::invalid_argument("--plan_profile_steps must be at least 1");
   return o;
 }
 

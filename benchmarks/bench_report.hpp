@@ -5,6 +5,7 @@
 
 #include <actckpt/memory_timeline.hpp>
 #include <actckpt/models/transformer_stack.hpp>
+#include <actckpt/planner.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -97,6 +98,14 @@ inline std::string pad(const std::string& s, std::size_t width, bool right = tru
   return right ? fill + s : s + fill;
 }
 
+/// The plan of mode ckpt_planned and what it was made from (bench_planner.hpp).
+struct PlanSummary {
+  std::string budget_text;
+  actckpt::MemoryPlan plan;
+  actckpt::StepProfile profile;
+  std::int64_t floor_bytes = 0;  // smallest feasible budget, by the cost model
+};
+
 struct RunInfo {
   BenchOptions options;
   int intra_op_threads = 0;
@@ -178,7 +187,8 @@ class Report {
           << pad(fmt("%.2f", r->table_ms()), 14) << " | " << pad(fmt_delta(time_vs(mode, StackMode::baseline)), 13)
           << " | " << pad(fmt("%.2f", mib(r->peak_bytes)), 9) << " | "
           << pad(fmt_delta(peak_vs(mode, StackMode::baseline)), 13) << " | "
-          << pad(offload ? fmt_delta(peak_vs(mode, StackMode::ckpt_classic)) : "—", 17) << " | "
+          << pad(offload || mode == StackMode::ckpt_planned ? fmt_delta(peak_vs(mode, StackMode::ckpt_classic)) : "—", 17)
+          << " | "
           << pad(fmt("%.2f", mib(r->host_stash_peak_bytes)), 15) << " | " << pad(fmt("%.2f", mib(r->floor.total())), 10)
           << " | " << pad(fmt("%+.2f%%", r->over_floor_pct()), 15) << " |\n";
     }
@@ -195,6 +205,7 @@ class Report {
       out << "\nTime between checkpointed modes (" << (rounds() ? "median of per-round ratios" : "ratio of medians")
           << "): " << pairs << ".\n";
     write_telemetry_table(out);
+    write_plan_lines(out);
     out << "\nMB = 2^20 bytes. Peak: " << (m.torch_device().is_cuda()
                                              ? "CUDA caching allocator's active bytes (what the device holds, "
                                                "including sources of copies still in flight; results.json also has "
@@ -205,6 +216,9 @@ class Report {
         << ". Floor: weights + grads + optimizer state + data + what the mode must keep + one block's measured"
            " working set (see results.json).\n";
   }
+
+  /// Set when mode ckpt_planned ran (--memory_budget).
+  std::optional<PlanSummary> plan;
 
   void write_files(const std::string& dir, const RunInfo& info) const {
     std::filesystem::create_directories(dir);
@@ -225,6 +239,24 @@ class Report {
   }
 
  private:
+  /// The plan of ckpt_planned, predicted against measured (peak and time, also relative to classic).
+  void write_plan_lines(std::ostream& out) const {
+    const auto* r = find(StackMode::ckpt_planned);
+    if (!plan || !r) return;
+    const auto& p = *plan;
+    const double predicted_vs_classic = 100.0 * (p.plan.predicted_step_ms / p.profile.step_ms[1] - 1.0);
+    out << "\nMemory plan of ckpt_planned, budget " << p.budget_text << " = " << fmt("%.2f", mib(p.plan.budget_bytes))
+        << " MB (the planner's profile measured classic " << fmt("%.2f", mib(p.profile.step_peak_bytes[1]))
+        << " MB, baseline " << fmt("%.2f", mib(p.profile.step_peak_bytes[0])) << " MB; smallest feasible budget "
+        << fmt("%.2f", mib(p.floor_bytes)) << " MB): " << p.plan.describe() << ".\nPredicted peak "
+        << fmt("%.2f", mib(p.plan.predicted_peak_bytes)) << " MB, measured " << fmt("%.2f", mib(r->peak_bytes))
+        << " MB (" << fmt_delta(delta_pct(static_cast<double>(p.plan.predicted_peak_bytes), static_cast<double>(r->peak_bytes)))
+        << "); predicted time " << fmt("%.2f", p.plan.predicted_step_ms) << " ms, measured " << fmt("%.2f", r->table_ms())
+        << " ms (" << fmt_delta(delta_pct(p.plan.predicted_step_ms, r->table_ms())) << "); vs classic: predicted "
+        << fmt("%+.2f%%", predicted_vs_classic) << ", measured " << fmt_delta(time_vs(StackMode::ckpt_planned, StackMode::ckpt_classic))
+        << ". Fits the budget: " << (r->peak_bytes <= p.plan.budget_bytes ? "yes" : "NO") << ".\n";
+  }
+
   std::size_t steps_measured() const {
     std::size_t n = 0;
     for (const auto& [m, r] : results_) n = std::max(n, r.step_ms.size());
@@ -346,7 +378,24 @@ class Report {
       }
       out << "}";
     }
-    out << "\n  ]\n}\n";
+    out << "\n  ]";
+    if (const auto* r = find(StackMode::ckpt_planned); plan && r) {
+      const auto& p = *plan;
+      out << ",\n  \"memory_plan\": {\"budget\": \"" << p.budget_text << "\", \"budget_MB\": "
+          << fmt("%.4f", mib(p.plan.budget_bytes)) << ", \"plan\": \"" << p.plan.describe() << "\", \"choices\": [";
+      for (std::size_t i = 0; i < p.plan.choices.size(); ++i)
+        out << (i ? ", " : "") << "\"" << actckpt::to_string(p.plan.choices[i]) << "\"";
+      out << "],\n    \"predicted_peak_MB\": " << fmt("%.4f", mib(p.plan.predicted_peak_bytes))
+          << ", \"measured_peak_MB\": " << fmt("%.4f", mib(r->peak_bytes)) << ", \"fits\": "
+          << (r->peak_bytes <= p.plan.budget_bytes ? "true" : "false") << ", \"predicted_ms\": "
+          << fmt("%.4f", p.plan.predicted_step_ms) << ", \"measured_ms\": " << fmt("%.4f", r->table_ms())
+          << ",\n    \"profile_classic_peak_MB\": " << fmt("%.4f", mib(p.profile.step_peak_bytes[1]))
+          << ", \"profile_baseline_peak_MB\": " << fmt("%.4f", mib(p.profile.step_peak_bytes[0]))
+          << ", \"smallest_feasible_MB\": " << fmt("%.4f", mib(p.floor_bytes)) << ", \"profile_classic_ms\": "
+          << fmt("%.4f", p.profile.step_ms[1]) << ", \"profile_baseline_ms\": " << fmt("%.4f", p.profile.step_ms[0])
+          << "}";
+    }
+    out << "\n}\n";
   }
 
   std::map<StackMode, ModeResult> results_;

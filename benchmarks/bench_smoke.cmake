@@ -43,3 +43,48 @@ if(NOT out MATCHES "\\| ckpt_async_offload")
   message(FATAL_ERROR "no results table on stdout:\n${out}")
 endif()
 message(STATUS "actckpt_bench with Google Benchmark flags OK: ${seen}")
+
+# Mode ckpt_planned: --memory_budget relative to the planner's measured classic peak; the plan is
+# printed, the mode has its Google Benchmark entry, and results.json its memory_plan.
+file(MAKE_DIRECTORY ${WORK_DIR}/planned)
+execute_process(
+  COMMAND ${BENCH} --num_layers=3 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=128
+          --batch_size=2 --steps=1 --quiet=true --out=${WORK_DIR}/planned --memory_budget=1.5xclassic
+          --benchmark_filter=ckpt_classic|ckpt_planned
+          --benchmark_out=${WORK_DIR}/planned/gb.json --benchmark_out_format=json
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "actckpt_bench --memory_budget exited with ${rc}\n${out}\n${err}")
+endif()
+if(NOT out MATCHES "memory plan for ckpt_planned: budget 1.5xclassic" OR NOT out MATCHES "\\| ckpt_planned"
+   OR NOT out MATCHES "Memory plan of ckpt_planned")
+  message(FATAL_ERROR "no plan or no ckpt_planned row on stdout:\n${out}")
+endif()
+file(READ ${WORK_DIR}/planned/gb.json json)
+string(JSON n LENGTH "${json}" benchmarks)
+set(planned_seen FALSE)
+math(EXPR last "${n} - 1")
+foreach(i RANGE ${last})
+  string(JSON name GET "${json}" benchmarks ${i} name)
+  if(name MATCHES "ckpt_planned")
+    string(JSON peak GET "${json}" benchmarks ${i} peak_MB)
+    set(planned_seen TRUE)
+  endif()
+endforeach()
+file(READ ${WORK_DIR}/planned/results.json results)
+string(JSON fits GET "${results}" memory_plan fits)
+string(JSON plan GET "${results}" memory_plan plan)
+if(NOT planned_seen OR NOT fits)
+  message(FATAL_ERROR "ckpt_planned missing from Google Benchmark's JSON, or its measured peak does not fit the "
+                      "budget (fits: ${fits})")
+endif()
+# A budget under the smallest feasible one is refused with the minimum named.
+execute_process(
+  COMMAND ${BENCH} --num_layers=2 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=128
+          --batch_size=2 --steps=1 --quiet=true --out=${WORK_DIR}/planned --memory_budget=0.01xclassic
+          --benchmark_filter=ckpt_planned
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out2 ERROR_VARIABLE err2)
+if(NOT "${out2}${err2}" MATCHES "smallest feasible budget")
+  message(FATAL_ERROR "an infeasible budget did not name the smallest feasible one:\n${out2}\n${err2}")
+endif()
+message(STATUS "actckpt_bench --memory_budget OK: ${plan}, peak ${peak} MB")

@@ -61,6 +61,14 @@ class TrainSession {
   /// One training step. Gradients are zeroed in place (LibTorch 1.13's `zero_grad()`), so they
   /// stay allocated from step to step, on 1.13 and 2.x alike; the floor counts them.
   void step(actckpt::MemoryTimeline* timeline = nullptr) {
+    forward_backward(timeline);
+    if (timeline) timeline->mark("optimizer");
+    optimizer_->step();
+    if (timeline) timeline->mark("end");
+  }
+
+  /// The step without the optimizer: what the memory planner profiles (planner.hpp).
+  void forward_backward(actckpt::MemoryTimeline* timeline = nullptr) {
     // Sessions alive at once (the rounds) keep their stashes, pools and telemetry apart.
     actckpt::OffloadContextScope scope(context_);
     {
@@ -77,10 +85,6 @@ class TrainSession {
       loss = y.to(torch::kFloat).pow(2).mean();
     }
     loss.backward();
-    if (timeline) timeline->mark("optimizer");
-    optimizer_->step();
-    loss.reset();
-    if (timeline) timeline->mark("end");
   }
 
   /// The probe's input gradient belongs to one step: drop it before the next.
@@ -222,6 +226,11 @@ inline Floor analytic_floor(TrainSession& s, const StackConfig& cfg, int64_t res
     case StackMode::ckpt_async_offload:
       f.keep = std::min<int64_t>(L, 2) * stash;
       f.keep_formula = "2 x stash (kept + prefetched)";
+      f.working_set = checkpointed.working_set_bytes;
+      break;
+    case StackMode::ckpt_planned:  // what it keeps is the plan's; results.json's memory_plan predicts its peak
+      f.keep = 0;
+      f.keep_formula = "per layer as planned (see memory_plan)";
       f.working_set = checkpointed.working_set_bytes;
       break;
   }

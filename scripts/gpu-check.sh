@@ -24,7 +24,9 @@
 #   4. the CUDA test cases (ctest label `cuda`) with ACTCKPT_REQUIRE_CUDA=1: a case that finds no
 #      device fails instead of skipping;
 #   5. the main job at the seed's configuration (12 layers, hidden 1024, ff 4096, 12k tokens,
-#      batch 48, fp16 autocast): table, telemetry, pictures;
+#      batch 48, fp16 autocast): table, telemetry, the planner at its default budget, pictures
+#      (the planner's budget sweep is left to the CPU main job); then the planner at half classic
+#      checkpointing's peak (`--memory_budget=0.5xclassic`, against classic, 3 rounds);
 #   6. one rank of data parallelism on NCCL (world size 1) through the same code path as
 #      torchrun's ranks (where actckpt::distributed was built: Gloo headers and nccl.h found);
 #   7. the rest of the unit suite (label `unit`), if the time budget (BUDGET_S) allows;
@@ -233,16 +235,37 @@ cuda_cases() {
     --output-on-failure -j "$jobs" --timeout 300 --output-junit "$logs/ctest-cuda.xml"
 }
 
+seed_args=(--device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64 --ff_dim 4096
+  --batch_size 48 --dtype fp16 --steps 3)
+tiny_args=(--num_layers=3 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=256 --batch_size=4 --steps=1)
+
 main_job() {
   local args
   if ((rehearse)); then
-    args=(--num_layers=3 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=256 --batch_size=4 --steps=1)
+    args=("${tiny_args[@]}")
     export REPETITIONS=1 ROUNDS=2 OMP_NUM_THREADS=1
   else
-    args=(--device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64 --ff_dim 4096
-      --batch_size 48 --dtype fp16 --steps 3)
+    args=("${seed_args[@]}")
   fi
-  BUILD_DIR=$build ACTCKPT_SKIP_DEPS=1 JOBS=$jobs OUT=$job_out "$root/scripts/main-job.sh" "${args[@]}"
+  BUILD_DIR=$build ACTCKPT_SKIP_DEPS=1 JOBS=$jobs OUT=$job_out "$root/scripts/main-job.sh" "${args[@]}" --pareto_budgets=0
+}
+
+# The planner at half classic checkpointing's peak, against classic, at the main job's configuration.
+# Where no plan fits that budget (weights and gradients alone may exceed it), the planner's error
+# names the smallest feasible budget: that is reported, and the run is repeated at that budget.
+planned() {
+  local args=("${seed_args[@]}") floor
+  ((rehearse)) && args=("${tiny_args[@]}")
+  run_planned_at() {
+    OMP_WAIT_POLICY=PASSIVE "$build/benchmarks/actckpt_bench" --out="$work/planned" "${args[@]}" \
+      --memory_budget="$1" --benchmark_filter='ckpt_classic|ckpt_planned' --rounds=3 2>&1 | tee "$work/planned.out"
+    return "${PIPESTATUS[0]}"
+  }
+  run_planned_at 0.5xclassic && return 0
+  floor=$(grep -oE 'smallest feasible budget for this model and step is [0-9.]+' "$work/planned.out" | grep -oE '[0-9.]+$' | head -n 1)
+  [[ -n $floor ]] || return 1
+  echo "0.5 x classic's peak is infeasible (smallest feasible budget: $floor MB): running the planner at that budget"
+  run_planned_at "$(awk -v f="$floor" 'BEGIN { printf "%.2f", f + 0.01 }')"
 }
 
 # One rank on NCCL (CPU rehearsal: Gloo) through init_process_group and DistributedDataParallel,
@@ -270,6 +293,7 @@ pack_out() {
   done
   local parts=(logs)
   [[ -d $job_out ]] && parts+=(main-job)
+  [[ -d $work/planned ]] && parts+=(planned)
   tar -czf "$out/logs.tgz" -C "$work" "${parts[@]}" || return 1
   ls -l "$out"
 }
@@ -292,11 +316,20 @@ finish() {
     for i in "${!names[@]}"; do printf '%-12s %-24s %6s\n' "${names[$i]}" "${statuses[$i]}" "${seconds[$i]}"; done
     grep -hE '^[0-9]+% tests passed|^The following tests|^[[:space:]]+[0-9]+ - ' "$logs"/ctest-*.log 2>/dev/null
     if [[ -f $job_out/results.md ]]; then echo; cat "$job_out/results.md"; fi
+    if [[ -f $work/planned/results.md ]]; then echo; echo "== planned at 0.5 x classic's peak"; cat "$work/planned/results.md"; fi
   } >"$out/summary.txt"
   pack_out >>"$logs/pack.log" 2>&1 || failed=1
   check_out | tee -a "$out/summary.txt" || failed=1
   cat "$out/summary.txt"
   exit "$failed"
+}
+
+# The memory planner at the seed configuration, at half of classic checkpointing's peak (the
+# planner's profile measures that peak; offloading is what makes it feasible).
+run_planned() {
+  mkdir -p "$out/planned" &&
+    "$build/benchmarks/actckpt_bench" --out="$out/planned" "${seed_args[@]}" --memory_budget=0.5xclassic \
+      --benchmark_filter='ckpt_classic|ckpt_planned' --rounds=3
 }
 
 step environment env.log environment
@@ -308,6 +341,7 @@ grep -q '^build tests/distributed/dist_worker:' "$build/build.ninja" 2>/dev/null
 step build build.log cmake --build "$build" --target "${targets[@]}" -j "$jobs" || stop "build failed"
 step cuda-cases ctest-cuda.log cuda_cases
 step main-job main-job.log main_job
+step planned planned.log planned
 if [[ -x $dist_worker ]]; then
   step one-rank dist.log one_rank
 else

@@ -4,8 +4,8 @@
 #   scripts/main-job.sh [--out DIR] [actckpt_bench flags...]
 #
 # Installs the Debian packages it needs (scripts/install-deps.sh), builds actckpt_bench,
-# runs the four modes (baseline, ckpt_classic, ckpt_sync_offload, ckpt_async_offload) on the
-# embedded CPU default (or the flags given, e.g. the seed's GPU configuration:
+# runs the four modes (baseline, ckpt_classic, ckpt_sync_offload, ckpt_async_offload) and the
+# memory planner's mode ckpt_planned on the embedded CPU default (or the flags given, e.g. the seed's GPU configuration:
 #   --device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64
 #   --ff_dim 4096 --batch_size 48 --dtype fp16 --steps 3),
 # prints the results table and writes to the output folder (default: out/main-job):
@@ -15,6 +15,12 @@
 #   memory_timeline.json                        the same as a Perfetto trace (ui.perfetto.dev)
 #   activation_ckpt_benchmark.png               bars: time and peak memory per mode
 #   memory_timeline.png                         one memory timeline per mode
+#   pareto.json|md, memory_budget_pareto.png    the planner at several budgets (time vs peak)
+#
+# The planner: ckpt_planned runs the fastest plan under --memory_budget (default mid:0.5, halfway
+# between classic's and baseline's peaks); --pareto_budgets (default 6) sweeps budgets from the
+# smallest feasible one to baseline's peak, with classic's peak and mid:0.5 added. Pass
+# --pareto_budgets=0 to skip the sweep.
 #
 # Timing: Google Benchmark runs each mode REPETITIONS times (default 3) in random interleaved
 # order, STEPS measured steps each after one warmup step (its JSON and the memory figures come
@@ -81,7 +87,7 @@ cmake --build "$build" --target actckpt_bench -j "$jobs" ||
 build_seconds=$((SECONDS - build_start))
 bench=$build/benchmarks/actckpt_bench
 
-# 3. Run the four modes.
+# 3. Run the four modes, the planned one and the budget sweep.
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
@@ -97,13 +103,18 @@ fi
 # The CPU default measures 2 steps per repetition unless --steps is given.
 steps=(--steps=2)
 rounds_arg=(--rounds="$rounds")
+budget=(--memory_budget=mid:0.5)
+pareto=(--pareto_budgets=6)
 for a in "${bench_args[@]}"; do
   [[ $a == --steps || $a == --steps=* ]] && steps=()
   [[ $a == --rounds || $a == --rounds=* ]] && rounds_arg=()
+  [[ $a == --memory_budget* ]] && budget=()
+  [[ $a == --pareto_budgets || $a == --pareto_budgets=* ]] && pareto=()
 done
 run_start=$SECONDS
 stamp "run: $bench (OMP_NUM_THREADS=$OMP_NUM_THREADS OMP_WAIT_POLICY=$OMP_WAIT_POLICY, $repetitions repetitions per mode, $rounds rounds) -> $out"
-"$bench" --out="$out" --table=false "${steps[@]}" "${rounds_arg[@]}" "${bench_args[@]}" "${interleave[@]}" \
+"$bench" --out="$out" --table=false "${steps[@]}" "${rounds_arg[@]}" "${budget[@]}" "${pareto[@]}" "${bench_args[@]}" \
+  "${interleave[@]}" \
   --benchmark_out="$out/benchmark.json" --benchmark_out_format=json | tee "$out/benchmark.log"
 run_seconds=$((SECONDS - run_start))
 
@@ -120,5 +131,6 @@ fi
 
 echo
 cat "$out/results.md"
+if [[ -f $out/pareto.md ]]; then echo; cat "$out/pareto.md"; fi
 echo
 stamp "done: build ${build_seconds} s, benchmark ${run_seconds} s; results in $out"

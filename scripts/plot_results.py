@@ -7,6 +7,9 @@ that the C++ side did not measure):
   memory_timeline.png            one memory timeline per mode: device MB and host stash MB over
                                  one training step, forward / backward phases shaded
                                  (timeline_<mode>.csv)
+  memory_budget_pareto.png       the memory planner at several budgets: measured time per step
+                                 against measured peak, the uniform modes as points (pareto.json,
+                                 written by actckpt_bench --memory_budget=... --pareto_budgets=N)
 
     /usr/bin/python3 scripts/plot_results.py OUT_DIR
 
@@ -26,12 +29,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-MODES = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload"]
+MODES = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload", "ckpt_planned"]
 COLORS = {
     "baseline": "#7f7f7f",
     "ckpt_classic": "#1f77b4",
     "ckpt_sync_offload": "#ff7f0e",
     "ckpt_async_offload": "#2ca02c",
+    "ckpt_planned": "#9467bd",
 }
 MB = 1048576.0
 FWD_COLOR = "#dbe9f6"
@@ -206,6 +210,44 @@ def plot_timelines(results, out_dir, path):
     return True
 
 
+def plot_pareto(out_dir, path):
+    """Measured time against measured peak: the planner's points joined in budget order, each
+    with its budget as a dotted vertical line segment, the uniform modes as single markers."""
+    source = os.path.join(out_dir, "pareto.json")
+    if not os.path.exists(source):
+        return False
+    with open(source) as f:
+        sweep = json.load(f)
+    points = sweep["points"]
+    planned = sorted((p for p in points if "budget_MB" in p), key=lambda p: p["budget_MB"])
+    uniform = [p for p in points if "budget_MB" not in p]
+    fig, ax = plt.subplots(figsize=(10, 6))
+    ax.plot([p["measured_peak_MB"] for p in planned], [p["ms_per_iter"] for p in planned], color=COLORS["ckpt_planned"],
+            marker="o", linewidth=1.5, label="planner: measured peak and time at each budget")
+    for p in planned:
+        ax.plot([p["budget_MB"], p["budget_MB"]], [p["ms_per_iter"] * 0.985, p["ms_per_iter"] * 1.015],
+                color=COLORS["ckpt_planned"], linestyle=":", linewidth=1.2)
+        ax.annotate(p["name"].replace("planned @ ", "") + " " + p.get("code", ""), (p["measured_peak_MB"], p["ms_per_iter"]),
+                    fontsize=8, xytext=(6, -3), textcoords="offset points", color="#4b2c6f", family="monospace")
+    for p in uniform:
+        ax.scatter([p["measured_peak_MB"]], [p["ms_per_iter"]], s=90, marker="s", color=COLORS.get(p["mode"], "black"),
+                   zorder=3, label=f"{p['mode']} (uniform)")
+    ax.set_xlabel("measured peak memory per step (MB = 2^20 bytes)\n"
+                  "plan: one letter per layer, layer 0 first: K keep, C checkpoint, S sync offload, A async offload")
+    ax.set_ylabel(f"time per training step (ms, median of {sweep['rounds']} round-robin rounds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="best", framealpha=0.8)
+    ax.set_xlim(0, max(p["measured_peak_MB"] for p in points) * 1.25)
+    cfg = sweep["config"]
+    ax.set_title("Fit a memory budget: the planner's plans from the smallest feasible budget to baseline's peak\n"
+                 f"{cfg['device']}, {cfg['dtype']}, {cfg['num_layers']} layers, hidden {cfg['hidden_dim']}, "
+                 f"ff {cfg['ff_dim']}, {cfg['total_tokens']} tokens; dotted tick: the budget", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -221,6 +263,9 @@ def main():
         print(f"wrote {timeline_png}")
     else:
         print("no timeline_<mode>.csv files (run with --timeline=true): memory_timeline.png not drawn")
+    pareto_png = os.path.join(out_dir, "memory_budget_pareto.png")
+    if plot_pareto(out_dir, pareto_png):
+        print(f"wrote {pareto_png}")
     return 0
 
 

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "actckpt/checkpoint_function.hpp"
+#include "actckpt/checkpointed_layer.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/no_offload.hpp"
 #include "actckpt/observer.hpp"
@@ -56,7 +57,7 @@ template <CheckpointableLayer Layer, OffloadPolicy Policy = NoOffload,
 class CheckpointedImpl;
 
 template <CheckpointableLayer Layer, OffloadPolicy Policy, class R, class... Args>
-class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
+class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module, public CheckpointedLayer {
  public:
   using LayerImpl = typename Layer::ContainedType;
   using PolicyType = Policy;
@@ -97,6 +98,7 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
   template <class... Params>
   R run(Params... args) {
     if (!is_training() || !c10::GradMode::is_enabled()) return layer_->forward(std::forward<Params>(args)...);
+    if (!options_.checkpoint) return run_kept<Params...>(std::forward<Params>(args)...);
 
     using Record = TypedCheckpointRecord<LayerImpl, R, Params...>;
     auto context = context_ ? context_ : OffloadContext::current();
@@ -133,8 +135,8 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
 
   /// How this layer's inputs are kept until backward; starts as `Policy::options()` and may be
   /// changed at run time (a memory planner choosing per layer, say).
-  const StashOptions& stash_options() const { return options_; }
-  void set_stash_options(const StashOptions& options) { options_ = options; }
+  const StashOptions& stash_options() const override { return options_; }
+  void set_stash_options(const StashOptions& options) override { options_ = options; }
 
   /// The offload context (pool, copy engine, stash stack); null means the calling thread's
   /// current one (`OffloadContext::current()`).
@@ -142,8 +144,8 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
   void set_offload_context(std::shared_ptr<OffloadContext> context) { context_ = std::move(context); }
 
   /// The name used in error messages and observer events; defaults to the layer's type name.
-  const std::string& label() const { return label_; }
-  void set_label(std::string label) { label_ = std::move(label); }
+  const std::string& label() const override { return label_; }
+  void set_label(std::string label) override { label_ = std::move(label); }
 
   /// Passes the mode on to the layer, which is not a registered child (see adopt_layer_members).
   void train(bool on = true) override {
@@ -182,6 +184,25 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module {
   }
 
  private:
+  /// Not checkpointed (`StashOptions::checkpoint == false`): the layer runs directly and autograd
+  /// keeps its activations. While an observer listens, the layer still announces its phases
+  /// like a checkpointed one (forward_begin/forward_end, and backward_begin when the gradient of
+  /// its first differentiable output arrives), so timelines and the memory planner see it.
+  template <class... Params>
+  R run_kept(Params... args) {
+    if (!observing()) return layer_->forward(std::forward<Params>(args)...);
+    emit(EventKind::forward_begin, label_);
+    R result = layer_->forward(std::forward<Params>(args)...);
+    emit(EventKind::forward_end, label_);
+    bool hooked = false;
+    detail::for_each_result_tensor(result, [&](at::Tensor& t) {
+      if (hooked || !t.defined() || !t.requires_grad()) return;
+      t.register_hook([label = label_](const at::Tensor&) { emit(EventKind::backward_begin, label); });
+      hooked = true;
+    });
+    return result;
+  }
+
   /// Registers the layer's children, own parameters and own buffers on the wrapper under their
   /// own names: `named_parameters()` of wrapper and layer are then identical.
   void adopt_layer_members() {

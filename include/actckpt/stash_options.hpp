@@ -29,6 +29,9 @@ struct StashOptions {
   /// next to nothing). Empty stashes always stay.
   std::size_t min_offload_bytes = 1024;
   PoolExhaustion on_exhausted = PoolExhaustion::keep_on_device;
+  /// false: the layer is not checkpointed at all; it runs directly and autograd keeps its
+  /// activations (a memory planner's "keep"). The fields above then do not matter.
+  bool checkpoint = true;
   /// Debug: checksum every offloaded stash when it leaves the device and verify it when it is
   /// back, failing the backward with a message naming the layer if they differ (a race that
   /// corrupted the stash). Costs two reductions and a device sync per stash each way; off by

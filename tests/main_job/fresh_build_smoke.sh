@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's main-job command as a fresh clone runs it: scripts/main-job.sh configures its own
 # build tree (here one whose parent folders do not exist yet, as build/ in a fresh clone), builds
-# actckpt_bench, runs the four modes on a tiny model and draws the pictures. Then checks every
-# file the README promises and that the table has the four modes with consistent memory figures.
+# actckpt_bench, runs the four modes, the planned mode and the budget sweep on a tiny model and
+# draws the pictures. Then checks every file the README promises, that the table has the five modes
+# with consistent memory figures, and that every planned run's measured peak fits its budget.
 #
 #   fresh_build_smoke.sh SOURCE_DIR WORK_DIR
 set -euo pipefail
@@ -20,13 +21,13 @@ ACTCKPT_SKIP_DEPS=1 REPETITIONS=2 ROUNDS=3 JOBS=${JOBS:-2} OMP_NUM_THREADS=1 \
   >"$work/main-job.log" 2>&1 || { cat "$work/main-job.log"; echo "FAIL: scripts/main-job.sh exited non-zero"; exit 1; }
 
 fail=0
-for f in results.md results.json results.csv benchmark.json memory_timeline.json \
+for f in results.md results.json results.csv benchmark.json memory_timeline.json pareto.json pareto.md \
   timeline_baseline.csv timeline_ckpt_classic.csv timeline_ckpt_sync_offload.csv timeline_ckpt_async_offload.csv; do
   [[ -s $work/out/$f ]] || { echo "FAIL: $f missing or empty"; fail=1; }
 done
 # The pictures need matplotlib (installed by scripts/install-deps.sh); without it the job says so.
 if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
-  for f in activation_ckpt_benchmark.png memory_timeline.png; do
+  for f in activation_ckpt_benchmark.png memory_timeline.png memory_budget_pareto.png; do
     # A PNG starts with \x89PNG.
     [[ $(head -c 4 "$work/out/$f" 2>/dev/null | od -An -c | tr -d ' ') == '211PNG' ]] ||
       { echo "FAIL: $f missing or not a PNG"; fail=1; }
@@ -42,7 +43,7 @@ import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 results = json.loads((out / "results.json").read_text())
 modes = {m["mode"]: m for m in results["modes"]}
-want = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload"]
+want = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload", "ckpt_planned"]
 assert sorted(modes) == sorted(want), f"modes in results.json: {sorted(modes)}"
 table = (out / "results.md").read_text()
 for m in want:
@@ -57,6 +58,18 @@ assert classic < base, f"classic peak {classic} MB not below baseline {base} MB"
 for m in ("ckpt_sync_offload", "ckpt_async_offload"):
     assert modes[m]["peak_MB"] <= classic, f"{m} peak {modes[m]['peak_MB']} MB above classic {classic} MB"
     assert modes[m]["host_stash_MB"] > 0, f"{m} stashed nothing on the host"
+plan = results["memory_plan"]
+assert plan["budget"] == "mid:0.5" and plan["plan"], f"memory_plan: {plan}"
+assert plan["fits"] and modes["ckpt_planned"]["peak_MB"] <= plan["budget_MB"], f"planned peak over budget: {plan}"
+assert classic <= plan["budget_MB"] < base, f"the main job's budget is not between classic's and baseline's peaks: {plan}"
+assert "Memory plan of ckpt_planned" in table, "no plan line under the table"
+sweep = json.loads((out / "pareto.json").read_text())
+planned = [p for p in sweep["points"] if "budget_MB" in p]
+assert len(planned) >= 6, f"{len(planned)} planned budgets in pareto.json"
+assert {p["mode"] for p in sweep["points"] if "budget_MB" not in p} == set(want[:4]), "uniform modes missing from pareto.json"
+for p in planned:
+    assert p["fits"] and p["measured_peak_MB"] <= p["budget_MB"], f"{p['name']}: measured peak over budget: {p}"
+    assert len(p["round_ms"]) == sweep["rounds"] and p["ms_per_iter"] > 0, f"{p['name']}: no times"
 trace = json.loads((out / "memory_timeline.json").read_text())
 events = trace["traceEvents"] if isinstance(trace, dict) else trace
 names = {e.get("name", "") for e in events}
@@ -85,5 +98,7 @@ assert len(round_lines) == 3, f"round-robin progress lines: {round_lines}"
 for line in round_lines:  # each names the mode it timed
     assert all(m in line for m in want), f"a round's progress line does not name every mode: {line}"
 print(f"main-job smoke OK: peaks baseline {base:.2f} MB, classic {classic:.2f} MB, "
-      f"sync {modes['ckpt_sync_offload']['peak_MB']:.2f} MB, async {modes['ckpt_async_offload']['peak_MB']:.2f} MB")
+      f"sync {modes['ckpt_sync_offload']['peak_MB']:.2f} MB, async {modes['ckpt_async_offload']['peak_MB']:.2f} MB, "
+      f"planned {modes['ckpt_planned']['peak_MB']:.2f} MB under {plan['budget_MB']:.2f} MB ({plan['plan']}); "
+      f"{len(planned)} budgets swept, all fit")
 PY

@@ -60,10 +60,12 @@ enum class StackMode {
   ckpt_classic,        ///< Checkpointed<Block, NoOffload>
   ckpt_sync_offload,   ///< Checkpointed<Block, SyncOffload>
   ckpt_async_offload,  ///< Checkpointed<Block, AsyncOffload>
+  ckpt_planned,        ///< Checkpointed<Block, NoOffload>, each layer's choice set by a MemoryPlan (planner.hpp)
 };
 
 inline constexpr StackMode all_stack_modes[] = {StackMode::baseline, StackMode::ckpt_classic,
-                                                StackMode::ckpt_sync_offload, StackMode::ckpt_async_offload};
+                                                StackMode::ckpt_sync_offload, StackMode::ckpt_async_offload,
+                                                StackMode::ckpt_planned};
 
 constexpr std::string_view to_string(StackMode mode) noexcept {
   switch (mode) {
@@ -71,6 +73,7 @@ constexpr std::string_view to_string(StackMode mode) noexcept {
     case StackMode::ckpt_classic: return "ckpt_classic";
     case StackMode::ckpt_sync_offload: return "ckpt_sync_offload";
     case StackMode::ckpt_async_offload: return "ckpt_async_offload";
+    case StackMode::ckpt_planned: return "ckpt_planned";
   }
   return "unknown";
 }
@@ -87,10 +90,17 @@ struct NoCheckpoint {
   static constexpr std::string_view name = "NoCheckpoint";
 };
 
-/// The mode a policy type gives: NoCheckpoint, NoOffload, SyncOffload, AsyncOffload.
+/// Stands for "checkpointed, each layer as a memory plan chooses" (benchmark fixtures): the stack
+/// is built as ckpt_classic's and the plan sets each layer's StashOptions at run time.
+struct PlannedCheckpoint {
+  static constexpr std::string_view name = "PlannedCheckpoint";
+};
+
+/// The mode a policy type gives: NoCheckpoint, NoOffload, SyncOffload, AsyncOffload, PlannedCheckpoint.
 template <class Policy>
 constexpr StackMode stack_mode_of() {
   if constexpr (std::is_same_v<Policy, NoCheckpoint>) return StackMode::baseline;
+  else if constexpr (std::is_same_v<Policy, PlannedCheckpoint>) return StackMode::ckpt_planned;
   else if constexpr (std::is_same_v<Policy, NoOffload>) return StackMode::ckpt_classic;
   else if constexpr (std::is_same_v<Policy, SyncOffload>) return StackMode::ckpt_sync_offload;
   else {
@@ -197,7 +207,8 @@ class TransformerStackImpl : public torch::nn::Module {
           blocks_list_->push_back(b.ptr());
           calls_.emplace_back([b](const torch::Tensor& x) mutable { return b(x); });
           break;
-        case StackMode::ckpt_classic: add_checkpointed<NoOffload>(b); break;
+        case StackMode::ckpt_classic:
+        case StackMode::ckpt_planned: add_checkpointed<NoOffload>(b); break;
         case StackMode::ckpt_sync_offload: add_checkpointed<SyncOffload>(b); break;
         case StackMode::ckpt_async_offload: add_checkpointed<AsyncOffload>(b); break;
       }

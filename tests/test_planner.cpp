@@ -1,0 +1,437 @@
+// The memory-budget planner (planner.hpp): the run-time "keep" choice, profiling, the cost model
+// against MemoryMeter measurements, the search (feasibility, budgets respected as measured,
+// monotone, offload only where copies hide), errors that name the smallest budget, bitwise
+// gradients whatever the plan, and bad input that leaves the model as it was.
+
+#include "test_models.hpp"
+
+#include <cmath>
+
+using namespace test_models;
+using actckpt::Checkpointed;
+using actckpt::EventKind;
+using actckpt::LayerChoice;
+using actckpt::NoOffload;
+
+namespace {
+
+/// A chain of MLP blocks (one hidden width per layer) wrapped in Checkpointed<MlpBlock, NoOffload>
+/// in a Sequential, with its own pool and a meter that starts before the model (so that weights
+/// and gradients are in every figure, as in a budget).
+struct PlannedStack {
+  explicit PlannedStack(const std::vector<int64_t>& hidden, double dropout = 0.0, int64_t dim = 64, int64_t batch = 256) {
+    torch::manual_seed(0);
+    for (auto h : hidden) blocks.emplace_back(dim, h, dropout);
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      Checkpointed<MlpBlock, NoOffload> layer(blocks[i]);
+      layer->set_offload_context(iso.context);
+      layer->set_label("block " + std::to_string(i));
+      model->push_back(layer);
+    }
+    model->train();
+    x = torch::randn({batch, dim});
+  }
+
+  /// Forward, loss, backward; gradients zeroed in place first (they stay allocated).
+  void step() {
+    for (auto& p : model->parameters())
+      if (p.grad().defined()) p.mutable_grad().zero_();
+    torch::manual_seed(1);
+    model->forward(x).pow(2).mean().backward();
+    wait_until_idle(*iso.context);
+  }
+
+  /// The measured peak of one step (after one step that warms up), as a budget is meant.
+  std::int64_t measured_peak() {
+    step();
+    meter.reset_peak();
+    step();
+    return meter.device_peak_bytes();
+  }
+
+  actckpt::PlannerOptions options() {
+    actckpt::PlannerOptions o;
+    o.meter = &meter;
+    return o;
+  }
+
+  actckpt::StepProfile profile() {
+    return actckpt::profile_step(*model, [this] { step(); }, options());
+  }
+
+  std::vector<actckpt::StashOptions> stash_options() {
+    std::vector<actckpt::StashOptions> out;
+    for (auto* l : actckpt::detail::planner::find_layers(*model)) out.push_back(l->stash_options());
+    return out;
+  }
+  std::vector<std::string> labels() {
+    std::vector<std::string> out;
+    for (auto* l : actckpt::detail::planner::find_layers(*model)) out.push_back(l->label());
+    return out;
+  }
+
+  IsolatedOffload iso;
+  actckpt::MemoryMeter meter{torch::kCPU, iso.pool};  // before the model: it counts the weights
+  std::vector<MlpBlock> blocks;
+  torch::nn::Sequential model;
+  torch::Tensor x;
+};
+
+bool same_options(const std::vector<actckpt::StashOptions>& a, const std::vector<actckpt::StashOptions>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i].mode != b[i].mode || a[i].checkpoint != b[i].checkpoint || a[i].keep_on_device != b[i].keep_on_device ||
+        a[i].min_offload_bytes != b[i].min_offload_bytes)
+      return false;
+  }
+  return true;
+}
+
+actckpt::MemoryPlan plan_of(const actckpt::StepProfile& profile, std::vector<LayerChoice> choices) {
+  actckpt::MemoryPlan plan;
+  plan.choices = std::move(choices);
+  for (const auto& l : profile.layers) {
+    plan.labels.push_back(l.label);
+    plan.module_index.push_back(l.module_index);
+  }
+  return plan;
+}
+
+double relative_error(double predicted, double measured) { return std::abs(predicted - measured) / measured; }
+
+}  // namespace
+
+TEST_CASE("planner: a layer told not to checkpoint runs directly and keeps its activations") {
+  PlannedStack s({256, 256});
+  auto* layer = actckpt::detail::planner::find_layers(*s.model)[0];
+  auto options = layer->stash_options();
+  options.checkpoint = false;
+  layer->set_stash_options(options);
+  auto listening = std::make_shared<EventLog>();
+  {
+    actckpt::ObserverScope scope(listening);
+    s.step();
+  }
+  // The kept layer announces its phases like a checkpointed one (backward from a gradient hook)
+  // and never recomputes; the checkpointed one does.
+  CHECK(listening->index_of(EventKind::forward_begin, "block 0") >= 0);
+  CHECK(listening->index_of(EventKind::backward_begin, "block 0") > listening->index_of(EventKind::backward_begin, "block 1"));
+  CHECK(listening->index_of(EventKind::recompute_end, "block 0") == -1);
+  CHECK(listening->index_of(EventKind::recompute_end, "block 1") >= 0);
+}
+
+TEST_CASE("planner: the profile's prediction of uniform plans matches the MemoryMeter's measurement") {
+  PlannedStack s({256, 256, 256, 256, 256, 256});
+  const auto profile = s.profile();
+  REQUIRE(profile.layers.size() == 6);
+  CHECK(profile.layers[0].label == "block 0");
+  CHECK(profile.layers[5].label == "block 5");
+  CHECK_FALSE(profile.host_memory_separate);
+  for (const auto& l : profile.layers) {
+    CHECK(l.stash_bytes == 256 * 64 * 4);  // each block's input
+    // Kept, a block holds its activations (fc1's output, GELU's, its own output): more than
+    // checkpointed, which holds its output only.
+    CHECK(l.held_bytes[0] > l.held_bytes[1]);
+  }
+  CHECK(profile.d2h_bytes_per_s > 0);
+  CHECK(profile.h2d_bytes_per_s > 0);
+  const auto n = profile.layers.size();
+  for (auto choice : {LayerChoice::keep, LayerChoice::checkpoint}) {
+    const std::string name(actckpt::to_string(choice));
+    CAPTURE(name);
+    const auto plan = plan_of(profile, std::vector<LayerChoice>(n, choice));
+    const auto predicted = actckpt::evaluate_plan(profile, plan.choices);
+    plan.apply(*s.model);
+    const auto measured = s.measured_peak();
+    CHECK(relative_error(static_cast<double>(predicted.peak_bytes), static_cast<double>(measured)) < 0.10);
+    CHECK(predicted.peak_bytes ==
+          profile.step_peak_bytes[choice == LayerChoice::keep ? 0 : 1]);  // the run it was measured in
+  }
+}
+
+TEST_CASE("planner: every budget it calls feasible is respected as measured, and a larger one is never slower") {
+  PlannedStack s({256, 512, 256, 512, 256, 512});
+  const auto profile = s.profile();
+  const auto floor = actckpt::smallest_feasible_budget(profile);
+  const auto top = profile.step_peak_bytes[0];
+  REQUIRE(floor < top);
+  double previous_ms = std::numeric_limits<double>::infinity();
+  for (int i = 0; i <= 5; ++i) {
+    const auto budget = floor + (top - floor) * i / 5;
+    CAPTURE(budget);
+    const auto plan = actckpt::plan_for_budget(profile, budget);
+    const auto described = plan.describe();
+    CAPTURE(described);
+    CHECK(plan.predicted_peak_bytes <= budget);
+    CHECK(plan.predicted_step_ms <= previous_ms);  // monotone
+    previous_ms = plan.predicted_step_ms;
+    // On CPU offloading saves nothing, so a CPU plan never offloads.
+    for (auto c : plan.choices) CHECK((c == LayerChoice::keep || c == LayerChoice::checkpoint));
+    plan.apply(*s.model);
+    const auto measured = s.measured_peak();
+    CHECK(measured <= budget);
+    CHECK(relative_error(static_cast<double>(plan.predicted_peak_bytes), static_cast<double>(measured)) < 0.10);
+  }
+  // The whole budget: nothing to save, so nothing that costs time (a layer whose measured
+  // recompute cost came out as 0 on a noisy machine may still be checkpointed: it is free).
+  const auto roomy = actckpt::plan_for_budget(profile, top);
+  CHECK(roomy.predicted_step_ms == doctest::Approx(profile.step_ms[0]));
+  CHECK(actckpt::evaluate_plan(profile, std::vector<LayerChoice>(profile.layers.size(), LayerChoice::keep)).peak_bytes ==
+        top);
+  // Monotone on a finer grid too, with offload choices open (injected separate host memory).
+  actckpt::OffloadCosts gpu_like;
+  gpu_like.host_memory_separate = true;
+  gpu_like.d2h_bytes_per_s = gpu_like.h2d_bytes_per_s = 1e9;
+  const auto low = actckpt::smallest_feasible_budget(profile, gpu_like);
+  CHECK(low < floor);  // offloading lowers the floor where host memory is separate
+  previous_ms = std::numeric_limits<double>::infinity();
+  for (int i = 0; i <= 40; ++i) {
+    const auto plan = actckpt::plan_for_budget(profile, low + (top - low) * i / 40, gpu_like);
+    CHECK(plan.predicted_step_ms <= previous_ms + 1e-9);
+    previous_ms = plan.predicted_step_ms;
+    const auto again = actckpt::evaluate_plan(profile, plan.choices, gpu_like);
+    CHECK(again.peak_bytes == plan.predicted_peak_bytes);
+  }
+}
+
+TEST_CASE("planner: with GPU-like costs it offloads the layers whose copies hide behind compute") {
+  // Light and heavy blocks alternate: a copy of one block's input hides behind the next block's
+  // compute when that block is heavy, not when it is light.
+  PlannedStack s({8, 4096, 8, 4096, 8, 4096, 8});
+  // A bandwidth at which a stash copy takes the geometric mean of the slowest light and the
+  // fastest heavy block's forward and backward: hidden behind heavy blocks, exposed behind light
+  // ones. Times are measured (medians of 3 steps); on a machine so busy that a light block came
+  // out slower than a heavy one, the profile is taken again.
+  actckpt::StepProfile profile;
+  double light = 0, heavy = 0;
+  for (int attempt = 0; attempt < 3 && !(light < heavy); ++attempt) {
+    auto options = s.options();
+    options.profile_steps = 3;
+    profile = actckpt::profile_step(*s.model, [&] { s.step(); }, options);
+    light = 0, heavy = std::numeric_limits<double>::infinity();
+    for (std::size_t k = 0; k < profile.layers.size(); ++k) {
+      const auto& l = profile.layers[k];
+      if (k % 2 == 1) heavy = std::min({heavy, l.forward_ms[0], l.backward_ms[0]});
+      else light = std::max({light, l.forward_ms[0], l.backward_ms[0]});
+    }
+  }
+  REQUIRE(light < heavy);
+  const auto& L = profile.layers;
+  const auto n = L.size();
+  const double copy_ms = std::sqrt(light * heavy);
+  actckpt::OffloadCosts gpu_like;
+  gpu_like.host_memory_separate = true;
+  gpu_like.d2h_bytes_per_s = gpu_like.h2d_bytes_per_s = static_cast<double>(L[0].stash_bytes) / (copy_ms / 1e3);
+  auto hides = [&](std::size_t k) { return k + 1 < n && k % 2 == 0; };  // the next block is heavy
+
+  // A budget that needs offloading: checkpointing every layer does not fit it.
+  const auto all_checkpoint = actckpt::evaluate_plan(profile, std::vector<LayerChoice>(n, LayerChoice::checkpoint), gpu_like);
+  std::vector<LayerChoice> hidden_async(n, LayerChoice::checkpoint);
+  for (std::size_t k = 0; k < n; ++k)
+    if (hides(k)) hidden_async[k] = LayerChoice::async_offload;
+  const auto target = actckpt::evaluate_plan(profile, hidden_async, gpu_like);
+  REQUIRE(target.peak_bytes < all_checkpoint.peak_bytes);
+  const auto plan = actckpt::plan_for_budget(profile, target.peak_bytes, gpu_like);
+  const auto described = plan.describe();
+  CAPTURE(described);
+  CHECK(plan.predicted_step_ms <= target.step_ms);
+  // Its async layers are layers whose copies hide, except possibly the highest one, whose
+  // prefetch nothing triggers early. (Blocking offloads may appear: trading a copy for keeping a
+  // heavy layer unrecomputed can pay; the exact trade is tested on a synthetic profile below.)
+  std::size_t async_layers = 0, highest_async = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    if (plan.choices[k] != LayerChoice::async_offload) continue;
+    ++async_layers;
+    highest_async = k;
+  }
+  CHECK(async_layers >= 1);
+  for (std::size_t k = 0; k < highest_async; ++k) {
+    CAPTURE(k);
+    if (plan.choices[k] == LayerChoice::async_offload) CHECK(hides(k));
+  }
+  // The plan runs: on CPU the pool is outside the meter, so host memory is separate in fact.
+  plan.apply(*s.model);
+  CHECK(s.measured_peak() <= target.peak_bytes);
+}
+
+TEST_CASE("planner: on a synthetic chain it offloads exactly where the copies hide, asynchronously") {
+  // Six layers whose forward alternates light (1 ms) and heavy (10 ms); a stash copy takes 5 ms
+  // each way, so it hides behind a heavy next layer (forward 10 ms, backward 20 ms) and not behind
+  // a light one. Keeping a layer costs 50 bytes, far over any budget below: the choice is between
+  // checkpointing (holds its 10-byte input) and offloading it (holds nothing; layer 0's input is
+  // the data, which stays).
+  actckpt::StepProfile p;
+  p.start_bytes = p.head_peak_bytes = 100;
+  p.tail_peak_bytes = 5;
+  p.tail_ms = 0.5;
+  for (auto& ms : p.step_ms) ms = 100;
+  p.d2h_bytes_per_s = p.h2d_bytes_per_s = 2000;  // 10 bytes in 5 ms
+  p.host_memory_separate = true;
+  for (std::size_t k = 0; k < 6; ++k) {
+    actckpt::LayerProfile l;
+    l.label = std::to_string(k);
+    l.module_index = k;
+    l.stash_bytes = 10;
+    const double fwd = k % 2 ? 10.0 : 1.0;
+    for (std::size_t m = 0; m < actckpt::profiled_modes; ++m) {
+      l.forward_peak_bytes[m] = 5;
+      l.forward_ms[m] = fwd;
+      l.backward_ms[m] = 2 * fwd + (m == 0 ? 0.0 : fwd);  // checkpointed: + the recompute
+    }
+    l.recompute_ms = fwd;
+    l.held_bytes[0] = 50, l.held_bytes[1] = 10, l.held_bytes[2] = k == 0 ? 10 : 0;
+    l.backward_peak_bytes[0] = 20, l.backward_peak_bytes[1] = l.backward_peak_bytes[2] = 25;
+    p.layers.push_back(l);
+  }
+  const std::vector<LayerChoice> all_checkpoint(6, LayerChoice::checkpoint);
+  const auto classic = actckpt::evaluate_plan(p, all_checkpoint);
+  CHECK(classic.peak_bytes == 100 + 50 + 25);       // layer 5's backward, five inputs held below it
+  CHECK(classic.step_ms == doctest::Approx(100 + 1 + 10 + 1 + 10 + 1 + 10));  // + every recompute
+  // 10 bytes under that: one input above layer 0 must leave. Layers 2 and 4 hide their copies;
+  // the highest async layer's prefetch starts at its own backward, so 5 ms of its copy back show.
+  const auto plan = actckpt::plan_for_budget(p, classic.peak_bytes - 10);
+  const auto described = plan.describe();
+  CAPTURE(described);
+  CHECK(plan.predicted_step_ms == doctest::Approx(classic.step_ms + 5));
+  bool offloads = false;
+  for (std::size_t k = 0; k < 6; ++k) {
+    CAPTURE(k);
+    CHECK(plan.choices[k] != LayerChoice::keep);
+    CHECK(plan.choices[k] != LayerChoice::sync_offload);
+    if (plan.choices[k] == LayerChoice::async_offload) {
+      CHECK(k % 2 == 0);  // only where the next layer is heavy
+      CHECK(k != 5);
+      offloads = true;
+    }
+  }
+  CHECK(offloads);
+  // The same budget with host and device memory shared (CPU): offloading frees nothing.
+  actckpt::OffloadCosts cpu;
+  cpu.host_memory_separate = false;
+  CHECK_THROWS_WITH_AS(actckpt::plan_for_budget(p, classic.peak_bytes - 10, cpu),
+                       doctest::Contains("offloading saves nothing"), c10::Error);
+}
+
+TEST_CASE("planner: an infeasible budget's error names the smallest feasible one") {
+  PlannedStack s({256, 256, 256, 256});
+  const auto profile = s.profile();
+  const auto floor = actckpt::smallest_feasible_budget(profile);
+  CHECK_NOTHROW(actckpt::plan_for_budget(profile, floor));
+  try {
+    actckpt::plan_for_budget(profile, floor - 1);
+    FAIL("an infeasible budget was accepted");
+  } catch (const c10::Error& e) {
+    const std::string what = e.what();
+    CHECK(what.find("smallest feasible budget") != std::string::npos);
+    CHECK(what.find("(" + std::to_string(floor) + " bytes)") != std::string::npos);
+  }
+  // At most what checkpointing every layer costs (keeping the last layer can cost less: its
+  // backward needs no recompute), far under keeping every layer.
+  const auto all_checkpoint = actckpt::evaluate_plan(profile, std::vector<LayerChoice>(4, LayerChoice::checkpoint));
+  CHECK(floor <= all_checkpoint.peak_bytes);
+  CHECK(floor < profile.step_peak_bytes[0]);
+}
+
+TEST_CASE("planner: a planned model's gradients are bitwise those of the unwrapped model") {
+  PlannedStack s({64, 128, 64, 128, 64, 128}, /*dropout=*/0.2);
+  auto unwrapped_grads = [&] {
+    for (auto& b : s.blocks) b->zero_grad(/*set_to_none=*/true);
+    torch::manual_seed(1);
+    chain(s.blocks, s.x).pow(2).mean().backward();
+    std::vector<torch::Tensor> g;
+    for (auto& b : s.blocks) {
+      auto one = take_grads(*b);
+      g.insert(g.end(), one.begin(), one.end());
+    }
+    return g;
+  };
+  auto planned_grads = [&] {
+    for (auto& b : s.blocks) b->zero_grad(/*set_to_none=*/true);
+    s.step();
+    std::vector<torch::Tensor> g;
+    for (auto& b : s.blocks) {
+      auto one = take_grads(*b);
+      g.insert(g.end(), one.begin(), one.end());
+    }
+    return g;
+  };
+  const auto profile = s.profile();
+  const auto reference = unwrapped_grads();
+  SUBCASE("every choice at once") {
+    plan_of(profile, {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload,
+                      LayerChoice::async_offload, LayerChoice::keep})
+        .apply(*s.model);
+    check_bitwise_equal(reference, planned_grads());
+  }
+  SUBCASE("the planner's plan halfway between the floor and the unwrapped peak") {
+    const auto floor = actckpt::smallest_feasible_budget(profile);
+    const auto plan = actckpt::plan_for_budget(profile, (floor + profile.step_peak_bytes[0]) / 2);
+    plan.apply(*s.model);
+    check_bitwise_equal(reference, planned_grads());
+  }
+}
+
+TEST_CASE("planner: bad input gets a clear error and leaves the model as it was") {
+  PlannedStack s({128, 128, 128});
+  const auto options_before = s.stash_options();
+  const auto labels_before = s.labels();
+  auto unchanged = [&] {
+    CHECK(same_options(s.stash_options(), options_before));
+    CHECK(s.labels() == labels_before);
+  };
+  auto error_of = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const c10::Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  SUBCASE("a negative budget") {
+    const auto what = error_of([&] { actckpt::plan_memory(*s.model, [&] { s.step(); }, -5, s.options()); });
+    CHECK(what.find("budget must be positive") != std::string::npos);
+    unchanged();
+  }
+  SUBCASE("a model with no Checkpointed layers") {
+    torch::nn::Sequential plain(MlpBlock(64, 128), MlpBlock(64, 128));
+    const auto what = error_of([&] { actckpt::plan_memory(*plain, [] {}, 1 << 30); });
+    CHECK(what.find("no Checkpointed layers") != std::string::npos);
+  }
+  SUBCASE("a sample step that throws") {
+    int calls = 0;
+    const auto what = error_of([&] {
+      actckpt::plan_memory(*s.model, [&] {
+        if (++calls == 3) throw std::runtime_error("the data loader ran dry");
+        s.step();
+      }, 1 << 30, s.options());
+    });
+    CHECK(what.find("sample step threw") != std::string::npos);
+    CHECK(what.find("the data loader ran dry") != std::string::npos);
+    unchanged();
+  }
+  SUBCASE("a step that skips a layer's backward") {
+    const auto what = error_of([&] { actckpt::plan_memory(*s.model, [&] { s.model->forward(s.x); }, 1 << 30, s.options()); });
+    CHECK(what.find("did not run its backward") != std::string::npos);
+    unchanged();
+  }
+  SUBCASE("a model in eval mode") {
+    s.model->eval();
+    const auto what = error_of([&] { actckpt::plan_memory(*s.model, [&] { s.step(); }, 1 << 30, s.options()); });
+    CHECK(what.find("eval mode") != std::string::npos);
+    unchanged();
+  }
+  SUBCASE("a plan for another model") {
+    PlannedStack other({128, 128});
+    const auto plan = actckpt::plan_memory(*other.model, [&] { other.step(); }, 1 << 30, other.options());
+    const auto what = error_of([&] { plan.apply(*s.model); });
+    CHECK(what.find("the plan is for 2 Checkpointed layers, the model has 3") != std::string::npos);
+    unchanged();
+  }
+}
+
+TEST_CASE("planner: describe() names runs of layers") {
+  actckpt::MemoryPlan plan;
+  plan.choices = {LayerChoice::checkpoint, LayerChoice::checkpoint, LayerChoice::checkpoint, LayerChoice::async_offload,
+                  LayerChoice::keep, LayerChoice::keep};
+  CHECK(plan.describe() == "layers 0-2 checkpoint, layer 3 async offload, layers 4-5 keep");
+}
