@@ -482,11 +482,8 @@ TEST_CASE_TEMPLATE("[cuda] gradients on CUDA are equal to the unwrapped model's,
 TEST_CASE_TEMPLATE("[cuda] offload telemetry and the memory meter on CUDA", Policy, SyncOffload, AsyncOffload) {
   if (!cuda_or_skip()) return;
   torch::manual_seed(0);
-  std::vector<MlpBlock> layers;
-  for (int i = 0; i < 6; ++i) {
-    layers.emplace_back(256, 1024);
-    layers.back()->to(torch::kCUDA);
-  }
+  auto layers = mlp_stack(6, 256, 1024);
+  for (auto& l : layers) l->to(torch::kCUDA);
   IsolatedOffload iso;
   auto wrapped = wrap_stack<Policy>(layers, iso);
   auto x = torch::randn({512, 256}, torch::kCUDA);
@@ -521,11 +518,8 @@ TEST_CASE_TEMPLATE("[cuda] offload telemetry and the memory meter on CUDA", Poli
 TEST_CASE("[cuda] async offload under fp16 autocast matches the unwrapped model and frees device memory") {
   if (!cuda_or_skip()) return;
   torch::manual_seed(1);
-  std::vector<MlpBlock> layers;
-  for (int i = 0; i < 6; ++i) {
-    layers.emplace_back(256, 1024);
-    layers.back()->to(torch::kCUDA);
-  }
+  auto layers = mlp_stack(6, 256, 1024);
+  for (auto& l : layers) l->to(torch::kCUDA);
   IsolatedOffload iso;
   auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
   actckpt::AutocastState fp16;
