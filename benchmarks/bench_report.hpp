@@ -54,12 +54,25 @@ struct ModeResult {
       if (t.copies() > 0) return true;
     return false;
   }
-  /// The median over the measured steps of one telemetry figure.
-  template <class F>
-  double telemetry_median(F figure) const {
-    std::vector<double> v;
-    for (const auto& t : telemetry) v.push_back(static_cast<double>(figure(t)));
-    return median_of(v);
+  /// Each telemetry figure's median over the measured steps (the table and results.json).
+  struct TelemetryMedians {
+    double d2h_bytes, h2d_bytes, d2h_copies, h2d_copies, copies, d2h_ms, h2d_ms, copy_ms, stall_ms, stalls,
+        overlap, d2h_gbps, h2d_gbps;
+  };
+  TelemetryMedians telemetry_medians() const {
+    auto median = [&](auto figure) {
+      std::vector<double> v;
+      for (const auto& t : telemetry) v.push_back(static_cast<double>(figure(t)));
+      return median_of(v);
+    };
+    using T = actckpt::OffloadTelemetry;
+    return {median([](const T& t) { return t.d2h_bytes; }),  median([](const T& t) { return t.h2d_bytes; }),
+            median([](const T& t) { return t.d2h_copies; }), median([](const T& t) { return t.h2d_copies; }),
+            median([](const T& t) { return t.copies(); }),   median([](const T& t) { return t.d2h_ms; }),
+            median([](const T& t) { return t.h2d_ms; }),     median([](const T& t) { return t.copy_ms(); }),
+            median([](const T& t) { return t.stall_ms; }),   median([](const T& t) { return t.stalls; }),
+            median([](const T& t) { return t.overlap(); }),  median([](const T& t) { return t.d2h_gbps(); }),
+            median([](const T& t) { return t.h2d_gbps(); })};
   }
 
   double median_ms() const { return median_of(step_ms); }
@@ -280,17 +293,13 @@ class Report {
                "|---------:|\n";
         any = true;
       }
-      using T = actckpt::OffloadTelemetry;
+      const auto t = r->telemetry_medians();
       out << "| " << pad(std::string(actckpt::models::to_string(mode)), 18, false) << " | "
-          << pad(fmt("%.2f", mib(static_cast<int64_t>(r->telemetry_median([](const T& t) { return t.d2h_bytes; })))), 8)
-          << " | "
-          << pad(fmt("%.2f", mib(static_cast<int64_t>(r->telemetry_median([](const T& t) { return t.h2d_bytes; })))), 8)
-          << " | " << pad(fmt("%.0f", r->telemetry_median([](const T& t) { return t.copies(); })), 6) << " | "
-          << pad(fmt("%.2f", r->telemetry_median([](const T& t) { return t.copy_ms(); })), 9) << " | "
-          << pad(fmt("%.2f", r->telemetry_median([](const T& t) { return t.stall_ms; })), 10) << " | "
-          << pad(fmt("%.1f%%", 100.0 * r->telemetry_median([](const T& t) { return t.overlap(); })), 7) << " | "
-          << pad(fmt("%.2f", r->telemetry_median([](const T& t) { return t.d2h_gbps(); })), 8) << " | "
-          << pad(fmt("%.2f", r->telemetry_median([](const T& t) { return t.h2d_gbps(); })), 8) << " |\n";
+          << pad(fmt("%.2f", mib(static_cast<int64_t>(t.d2h_bytes))), 8) << " | "
+          << pad(fmt("%.2f", mib(static_cast<int64_t>(t.h2d_bytes))), 8) << " | " << pad(fmt("%.0f", t.copies), 6)
+          << " | " << pad(fmt("%.2f", t.copy_ms), 9) << " | " << pad(fmt("%.2f", t.stall_ms), 10) << " | "
+          << pad(fmt("%.1f%%", 100.0 * t.overlap), 7) << " | " << pad(fmt("%.2f", t.d2h_gbps), 8) << " | "
+          << pad(fmt("%.2f", t.h2d_gbps), 8) << " |\n";
     }
   }
 
@@ -360,20 +369,14 @@ class Report {
           << "\", \"block_working_set_MB\": " << fmt("%.4f", mib(f.working_set)) << "}, \"peak_over_floor_pct\": "
           << fmt("%.4f", r->over_floor_pct());
       if (r->moved_anything()) {
-        using T = actckpt::OffloadTelemetry;
+        const auto t = r->telemetry_medians();
         out << ",\n     \"telemetry\": {\"per\": \"step, median of the measured steps\", \"d2h_bytes\": "
-            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.d2h_bytes; })) << ", \"h2d_bytes\": "
-            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.h2d_bytes; })) << ", \"d2h_copies\": "
-            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.d2h_copies; })) << ", \"h2d_copies\": "
-            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.h2d_copies; })) << ", \"d2h_ms\": "
-            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.d2h_ms; })) << ", \"h2d_ms\": "
-            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.h2d_ms; })) << ", \"copy_ms\": "
-            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.copy_ms(); })) << ", \"stall_ms\": "
-            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.stall_ms; })) << ", \"stalls\": "
-            << fmt("%.0f", r->telemetry_median([](const T& t) { return t.stalls; })) << ", \"overlap\": "
-            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.overlap(); })) << ", \"d2h_GBps\": "
-            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.d2h_gbps(); })) << ", \"h2d_GBps\": "
-            << fmt("%.4f", r->telemetry_median([](const T& t) { return t.h2d_gbps(); })) << ", \"steps\": "
+            << fmt("%.0f", t.d2h_bytes) << ", \"h2d_bytes\": " << fmt("%.0f", t.h2d_bytes) << ", \"d2h_copies\": "
+            << fmt("%.0f", t.d2h_copies) << ", \"h2d_copies\": " << fmt("%.0f", t.h2d_copies) << ", \"d2h_ms\": "
+            << fmt("%.4f", t.d2h_ms) << ", \"h2d_ms\": " << fmt("%.4f", t.h2d_ms) << ", \"copy_ms\": "
+            << fmt("%.4f", t.copy_ms) << ", \"stall_ms\": " << fmt("%.4f", t.stall_ms) << ", \"stalls\": "
+            << fmt("%.0f", t.stalls) << ", \"overlap\": " << fmt("%.4f", t.overlap) << ", \"d2h_GBps\": "
+            << fmt("%.4f", t.d2h_gbps) << ", \"h2d_GBps\": " << fmt("%.4f", t.h2d_gbps) << ", \"steps\": "
             << r->telemetry.size() << "}";
       }
       out << "}";
