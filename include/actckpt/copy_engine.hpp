@@ -365,7 +365,7 @@ class CopyEngine {
     ticket.event_->record(side);
     ticket.device_index_ = index;
     telemetry_->add_cuda_copy(options.direction, static_cast<std::int64_t>(src.nbytes()), options.label, index,
-                              ticket.start_event_, ticket.event_, nullptr);
+                              ticket.start_event_, ticket.event_);
   }
 
   std::map<std::pair<c10::DeviceIndex, CopyDirection>, c10::cuda::CUDAStream> side_streams_;

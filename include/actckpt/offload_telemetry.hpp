@@ -139,15 +139,13 @@ class TelemetryRecorder {
   /// An event that can be timed against others (LibTorch's default CUDA events cannot).
   static EventPtr timing_event() { return std::make_shared<at::cuda::CUDAEvent>(cudaEventDefault); }
 
-  /// A copy on a CUDA stream between `start` and `end` (timing events). `stall_from`, when set, is
-  /// an event on the compute stream recorded where the compute started waiting for this copy: the
-  /// wait lasted from there to `end`.
+  /// A copy on a CUDA stream between `start` and `end` (timing events); the compute's waits for
+  /// it are reported separately (`add_cuda_stall`).
   void add_cuda_copy(CopyDirection direction, std::int64_t bytes, std::string_view label, c10::DeviceIndex device,
-                     EventPtr start, EventPtr end, EventPtr stall_from) {
+                     EventPtr start, EventPtr end) {
     std::lock_guard<std::mutex> lock(mutex_);
     ensure_reference_locked(device);
-    pending_.push_back(PendingCopy{direction, bytes, std::string(label), device, std::move(start), std::move(end),
-                                   std::move(stall_from)});
+    pending_.push_back(PendingCopy{direction, bytes, std::string(label), device, std::move(start), std::move(end)});
   }
 
   /// The compute stream waited from `from` until `until` (both timing events).
@@ -179,7 +177,7 @@ class TelemetryRecorder {
     std::int64_t bytes;
     std::string label;
     c10::DeviceIndex device;
-    EventPtr start, end, stall_from;
+    EventPtr start, end;
   };
   /// Where device time meets host time: an event on the device's current stream and the host
   /// clock when it was recorded (exact when the device was idle then: the bench synchronizes
@@ -210,7 +208,7 @@ class TelemetryRecorder {
   void resolve_locked() {
     std::vector<PendingCopy> still;
     for (auto& p : pending_) {
-      if (!p.end->query() || !p.start->query() || (p.stall_from && !p.stall_from->query())) {
+      if (!p.end->query() || !p.start->query()) {
         still.push_back(std::move(p));
         continue;
       }
@@ -223,13 +221,6 @@ class TelemetryRecorder {
       }
       add_copy_locked(p.direction, p.bytes, p.label, begin,
                       begin + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(ms)));
-      if (p.stall_from) {
-        const double waited = elapsed_ms(p.stall_from, p.end);
-        if (waited > 0) {
-          totals_.stall_ms += waited;
-          totals_.stalls += 1;
-        }
-      }
     }
     pending_ = std::move(still);
     std::vector<std::pair<EventPtr, EventPtr>> waiting;
