@@ -1,0 +1,262 @@
+// The planner's search at depth (planner.hpp, issue 20): on synthetic profiles built by hand, the
+// bounded search against brute force over every plan (small chains) and against the exact search
+// (medium ones), with its approximation forced on; the smallest feasible budget exact; deep
+// chains (128 and 512 layers, unlike and uniform) planned in bounded time and memory.
+
+#include <actckpt/planner.hpp>
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+using actckpt::LayerChoice;
+
+namespace {
+
+constexpr double MiB = 1048576.0;
+
+/// A chain as issue 20 describes one: per-layer bytes 1-64 MiB, times 0.5-8 ms, a GPU-like
+/// 20 GB/s link, host memory separate. Unlike: every layer drawn anew (a CNN's stages, a U-Net);
+/// uniform: the same bytes for every layer and times within 5%.
+actckpt::StepProfile chain(std::uint64_t seed, std::size_t n, bool uniform) {
+  std::mt19937_64 rng(seed);
+  auto U = [&](double a, double b) { return std::uniform_real_distribution<double>(a, b)(rng); };
+  auto bytes = [](double mib) { return static_cast<std::int64_t>(mib * MiB); };
+  actckpt::StepProfile p;
+  p.start_bytes = bytes(U(100, 1000));  // weights, gradients, the batch
+  p.head_peak_bytes = p.start_bytes + bytes(U(1, 64));
+  p.tail_peak_bytes = bytes(U(1, 64));
+  p.tail_ms = U(0.5, 8);
+  p.d2h_bytes_per_s = p.h2d_bytes_per_s = 20e9;
+  p.host_memory_separate = true;
+  const double same_stash = U(1, 64), same_activations = U(1, 64), same_forward = U(0.5, 8);
+  std::vector<double> stash(n + 1);  // layer k's input; layer k + 1's input is k's output
+  for (auto& s : stash) s = uniform ? same_stash : U(1, 64);
+  double kept_step = p.tail_ms;
+  for (std::size_t k = 0; k < n; ++k) {
+    actckpt::LayerProfile l;
+    l.label = "layer " + std::to_string(k);
+    l.module_index = k;
+    l.stash_bytes = bytes(stash[k]);
+    const double out = stash[k + 1], activations = uniform ? same_activations : 2 * U(1, 64);
+    const double gradients = uniform ? same_stash : U(1, 64), scratch = uniform ? 8 : U(0, 16);
+    l.held_bytes[0] = bytes(out + activations);                  // kept
+    l.held_bytes[1] = bytes(out);                                // checkpointed
+    l.held_bytes[2] = bytes(out - (k == 0 ? 0 : stash[k]));      // offloaded: its input left
+    for (std::size_t m = 0; m < actckpt::profiled_modes; ++m) l.forward_peak_bytes[m] = l.held_bytes[m] + bytes(scratch);
+    l.backward_peak_bytes[0] = l.held_bytes[0] + bytes(gradients);
+    l.backward_peak_bytes[1] = l.held_bytes[1] + bytes(activations + gradients);
+    l.backward_peak_bytes[2] = l.held_bytes[2] + bytes(activations + gradients) + (k == 0 ? 0 : bytes(stash[k]));
+    const double jitter = uniform ? U(0.95, 1.05) : 1.0;
+    const double forward = (uniform ? same_forward : U(0.5, 8)) * jitter;
+    const double backward = forward * (uniform ? 2.0 : U(1.5, 2.5)) * jitter;
+    for (std::size_t m = 0; m < actckpt::profiled_modes; ++m) {
+      l.forward_ms[m] = forward;
+      l.backward_ms[m] = backward + (m == 0 ? 0.0 : forward);
+    }
+    l.recompute_ms = forward * U(0.9, 1.1);
+    kept_step += forward + backward;
+    p.layers.push_back(l);
+  }
+  for (auto& ms : p.step_ms) ms = kept_step;
+  return p;
+}
+
+/// The fastest predicted step time that fits each budget, over every plan (infinity: none fits).
+/// `choices`: 4, or 2 (keep and checkpoint) where the costs allow no offload.
+std::vector<double> brute_force(const actckpt::StepProfile& p, const std::vector<std::int64_t>& budgets,
+                                const actckpt::OffloadCosts& costs, unsigned choices) {
+  const std::size_t n = p.layers.size();
+  std::vector<double> best(budgets.size(), std::numeric_limits<double>::infinity());
+  std::vector<LayerChoice> plan(n);
+  std::size_t plans = 1;
+  for (std::size_t k = 0; k < n; ++k) plans *= choices;
+  for (std::size_t code = 0; code < plans; ++code) {
+    for (std::size_t k = 0, rest = code; k < n; ++k, rest /= choices) plan[k] = static_cast<LayerChoice>(rest % choices);
+    const auto e = actckpt::evaluate_plan(p, plan, costs);
+    for (std::size_t b = 0; b < budgets.size(); ++b)
+      if (e.peak_bytes <= budgets[b]) best[b] = std::min(best[b], e.step_ms);
+  }
+  return best;
+}
+
+/// Budgets from the smallest feasible one to the peak of keeping every layer.
+std::vector<std::int64_t> budgets_between(std::int64_t floor, std::int64_t top, int count) {
+  std::vector<std::int64_t> out;
+  for (int i = 0; i < count; ++i) out.push_back(floor + (top - floor) * i / (count - 1));
+  return out;
+}
+
+std::int64_t keep_all_peak(const actckpt::StepProfile& p, const actckpt::OffloadCosts& costs = {}) {
+  return actckpt::evaluate_plan(p, std::vector<LayerChoice>(p.layers.size(), LayerChoice::keep), costs).peak_bytes;
+}
+
+/// The search with its approximation forced on at every layer: no exact layers, a beam of 4.
+std::optional<std::vector<LayerChoice>> bounded(const actckpt::StepProfile& p, std::int64_t budget,
+                                                const actckpt::OffloadCosts& costs = {}) {
+  const actckpt::detail::planner::CostModel model(p, costs);
+  actckpt::detail::planner::SearchLimits forced;
+  forced.exact_up_to = 0;
+  forced.beam = 4;
+  return actckpt::detail::planner::search(model, budget, actckpt::detail::planner::plan_time_tolerance, forced);
+}
+
+constexpr double tolerance = 0.005;  // the planner's promise: within 0.5% of the fastest plan that fits
+
+/// The process's peak resident KiB since the last reset_peak_rss() (Linux), or -1.
+long peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+long rss_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+bool reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";  // resets VmHWM to the current RSS (Linux 4.0+)
+  return static_cast<bool>(clear);
+}
+
+}  // namespace
+
+TEST_CASE("planner depth: random chains of 4-8 layers, every budget against brute force over all 4^n plans") {
+  int compared = 0;
+  for (std::uint64_t seed = 1; seed <= 40; ++seed) {
+    const std::size_t n = 4 + seed % 5;
+    const auto p = chain(seed, n, /*uniform=*/seed % 4 == 0);
+    CAPTURE(seed);
+    CAPTURE(n);
+    const auto floor = actckpt::smallest_feasible_budget(p);
+    auto budgets = budgets_between(floor, keep_all_peak(p), 7);
+    budgets.push_back(floor - 1);
+    const auto fastest = brute_force(p, budgets, {}, 4);
+    // The smallest feasible budget is exact: a plan fits it, none fits a byte less.
+    CHECK(fastest[0] < std::numeric_limits<double>::infinity());
+    CHECK(fastest.back() == std::numeric_limits<double>::infinity());
+    CHECK_THROWS_AS(actckpt::plan_for_budget(p, floor - 1), c10::Error);
+    for (std::size_t b = 0; b + 1 < budgets.size(); ++b) {
+      CAPTURE(b);
+      // What users get (exact at this size), and the bounded search forced on.
+      const auto plan = actckpt::plan_for_budget(p, budgets[b]);
+      CHECK(plan.predicted_peak_bytes <= budgets[b]);
+      CHECK(plan.predicted_step_ms <= fastest[b] * (1 + tolerance));
+      const auto choices = bounded(p, budgets[b]);
+      REQUIRE(choices.has_value());
+      const auto e = actckpt::evaluate_plan(p, *choices);
+      CHECK(e.peak_bytes <= budgets[b]);
+      CHECK(e.step_ms >= fastest[b] * (1 - 1e-12));
+      CHECK(e.step_ms <= fastest[b] * (1 + tolerance));
+      ++compared;
+    }
+  }
+  CHECK(compared == 40 * 7);
+}
+
+TEST_CASE("planner depth: random chains of 9-12 layers without offload, against brute force over all 2^n plans") {
+  // Host memory shared and no copy bandwidth: each layer is kept or checkpointed.
+  actckpt::OffloadCosts no_offload;
+  no_offload.host_memory_separate = false;
+  no_offload.d2h_bytes_per_s = no_offload.h2d_bytes_per_s = 0.0;
+  for (std::uint64_t seed = 100; seed < 116; ++seed) {
+    const std::size_t n = 9 + seed % 4;
+    const auto p = chain(seed, n, /*uniform=*/false);
+    CAPTURE(seed);
+    const auto floor = actckpt::smallest_feasible_budget(p, no_offload);
+    auto budgets = budgets_between(floor, keep_all_peak(p, no_offload), 6);
+    budgets.push_back(floor - 1);
+    const auto fastest = brute_force(p, budgets, no_offload, 2);
+    CHECK(fastest[0] < std::numeric_limits<double>::infinity());
+    CHECK(fastest.back() == std::numeric_limits<double>::infinity());
+    for (std::size_t b = 0; b + 1 < budgets.size(); ++b) {
+      CAPTURE(b);
+      const auto plan = actckpt::plan_for_budget(p, budgets[b], no_offload);
+      CHECK(plan.predicted_peak_bytes <= budgets[b]);
+      CHECK(plan.predicted_step_ms <= fastest[b] * (1 + tolerance));
+      const auto choices = bounded(p, budgets[b], no_offload);
+      REQUIRE(choices.has_value());
+      const auto e = actckpt::evaluate_plan(p, *choices, no_offload);
+      CHECK(e.peak_bytes <= budgets[b]);
+      CHECK(e.step_ms <= fastest[b] * (1 + tolerance));
+    }
+  }
+}
+
+TEST_CASE("planner depth: chains of 12-14 layers, the bounded search against the exact one") {
+  for (std::uint64_t seed = 200; seed < 206; ++seed) {
+    const std::size_t n = 12 + seed % 3;
+    const auto p = chain(seed, n, /*uniform=*/false);
+    CAPTURE(seed);
+    const actckpt::detail::planner::CostModel model(p, {});
+    const auto floor = actckpt::smallest_feasible_budget(p);
+    for (auto budget : budgets_between(floor, keep_all_peak(p), 4)) {
+      CAPTURE(budget);
+      const auto exact = actckpt::detail::planner::search(model, budget, /*tolerance=*/0.0);
+      REQUIRE(exact.has_value());
+      const double optimum = actckpt::evaluate_plan(p, *exact).step_ms;
+      const auto plan = actckpt::plan_for_budget(p, budget);
+      CHECK(plan.predicted_peak_bytes <= budget);
+      CHECK(plan.predicted_step_ms <= optimum * (1 + tolerance));
+      const auto choices = bounded(p, budget);
+      REQUIRE(choices.has_value());
+      const auto e = actckpt::evaluate_plan(p, *choices);
+      CHECK(e.peak_bytes <= budget);
+      CHECK(e.step_ms <= optimum * (1 + tolerance));
+    }
+  }
+}
+
+TEST_CASE("planner depth: 128 and 512 layers plan in bounded time and memory, unlike and uniform") {
+  // Targets on an idle 2-core machine: 128 unlike layers under 100 ms, 512 under 1 s, the
+  // search's memory under 256 MB. The limits here are generous: test machines are busy.
+  const bool can_measure_memory = reset_peak_rss() && peak_rss_kib() > 0;
+  for (std::size_t n : {128, 512}) {
+    for (bool uniform : {false, true}) {
+      const auto p = chain(7 + n, n, uniform);
+      CAPTURE(n);
+      CAPTURE(uniform);
+      const auto floor_start = std::chrono::steady_clock::now();
+      const auto floor = actckpt::smallest_feasible_budget(p);
+      const double floor_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - floor_start).count();
+      CHECK(floor_s < 5.0);
+      CHECK_NOTHROW(actckpt::plan_for_budget(p, floor));
+      CHECK_THROWS_AS(actckpt::plan_for_budget(p, floor - 1), c10::Error);
+      const auto top = keep_all_peak(p);
+      for (double at : {0.3, 0.7}) {
+        const auto budget = floor + static_cast<std::int64_t>(static_cast<double>(top - floor) * at);
+        CAPTURE(at);
+        const long rss_before = rss_kib();
+        if (can_measure_memory) reset_peak_rss();
+        const auto start = std::chrono::steady_clock::now();
+        const auto plan = actckpt::plan_for_budget(p, budget);
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const long grew_kib = can_measure_memory ? peak_rss_kib() - rss_before : -1;
+        const std::string measured = std::to_string(n) + (uniform ? " uniform" : " unlike") + " layers, budget at " +
+                                     std::to_string(at) + ": planned in " + std::to_string(seconds * 1e3) +
+                                     " ms, peak resident memory +" + std::to_string(grew_kib / 1024) + " MiB";
+        MESSAGE(measured);
+        CHECK(seconds < (n == 128 ? 2.0 : 10.0));
+        if (can_measure_memory) CHECK(grew_kib < 256 * 1024);
+        CHECK(plan.predicted_peak_bytes <= budget);
+        // No uniform plan that fits is faster (beyond the tolerance).
+        for (auto c : {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload}) {
+          const auto simple = actckpt::evaluate_plan(p, std::vector<LayerChoice>(n, c));
+          if (simple.peak_bytes <= budget) CHECK(plan.predicted_step_ms <= simple.step_ms * (1 + tolerance));
+        }
+      }
+    }
+  }
+}
