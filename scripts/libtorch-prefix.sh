@@ -7,6 +7,6 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$("$root/scripts/install-libtorch.sh")
 shopt -s nullglob
-prefixes=("$venv"/lib/python3*/site-packages/torch/share/cmake)
-((${#prefixes[@]} == 1)) || { echo "libtorch-prefix: no single torch/share/cmake in $venv" >&2; exit 1; }
+prefixes=("$venv"/lib/python3*/site-packages/torch)
+((${#prefixes[@]} == 1)) || { echo "libtorch-prefix: no single torch package in $venv" >&2; exit 1; }
 echo "${prefixes[0]}"
