@@ -184,7 +184,7 @@ class Report {
   /// The seed's table plus host stash and the analytic floor, as a Markdown table.
   void write_table(std::ostream& out, const RunInfo& info) const {
     const auto& m = info.options.model;
-    out << "Benchmark (" << m.device << ", " << m.dtype << ", " << m.total_tokens << " tokens, " << m.num_layers
+    out << "Benchmark (LibTorch " << info.torch_version << ", " << m.device << ", " << m.dtype << ", " << m.total_tokens << " tokens, " << m.num_layers
         << " layers, hidden=" << m.hidden_dim << ", heads=" << m.num_heads() << ", ff=" << m.ff_dim
         << ", batch=" << m.batch_size << ", seq=" << m.seq_len() << "; " << info.intra_op_threads
         << " intra-op threads)\nTime: " << time_method() << ".\nAllocator: " << info.allocator << ".\n\n";

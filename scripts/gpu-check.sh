@@ -3,7 +3,7 @@
 # H200 with 16 cores), and its rehearsal on a machine without a GPU.
 #
 #   scripts/gpu-check.sh [OUT_DIR]              # on the GPU machine; OUT_DIR default: $OUT, else ./gpu-out
-#   scripts/gpu-check.sh --rehearse [OUT_DIR]   # here, against Debian's CPU LibTorch
+#   scripts/gpu-check.sh --rehearse [OUT_DIR]   # here, without a GPU (LibTorch: ACTCKPT_LIBTORCH)
 #
 # What it needs on the GPU machine: CUDA (nvcc), CMake, Ninja, and `python3 -c 'import torch'`
 # giving a CUDA LibTorch (a PyTorch wheel: its torch.utils.cmake_prefix_path is the LibTorch used,
@@ -35,7 +35,9 @@
 #
 # --rehearse runs every step that needs no GPU, here: the packages (DEBS_DIR if it has them,
 # else fetched with apt-get download) are unpacked into a scratch folder as on the GPU machine,
-# Debian's LibTorch stands in for the wheel, CUDA is not required (the CUDA cases skip), the
+# the project's pinned torch 2.x wheel (ACTCKPT_LIBTORCH=wheel, the default: a CUDA build, so the
+# configure step checks 'with CUDA' as on the GPU) or Debian's LibTorch 1.13
+# (ACTCKPT_LIBTORCH=system) stands in for python3's torch, no device is required (the CUDA cases skip), the
 # unit tests built are only test_memory.cpp (it holds a CUDA case; the whole suite is built and
 # run by the test command anyway), and the main job runs a tiny model. It fails if the output
 # folder breaks the 8-file rule. ctest runs it (label gpu-rehearsal).
@@ -46,6 +48,7 @@
 #              (default: /tmp/actckpt-gpu-check, or /tmp/actckpt-gpu-rehearsal)
 #   JOBS       build and test parallelism (default: nproc)
 #   BUDGET_S   seconds after which the unit suite is skipped (default 330; rehearsal: 3600)
+#   ACTCKPT_LIBTORCH  rehearsal only: wheel (default; scripts/libtorch-prefix.sh) or system (Debian's)
 # shellcheck disable=SC2317  # the step functions are called through step()
 set -u
 set -o pipefail
@@ -75,6 +78,8 @@ jobs=${JOBS:-$(nproc)}
 # The GPU run must leave time for a second try; the rehearsal runs every step whatever it costs.
 budget=${BUDGET_S:-330}
 ((rehearse)) && budget=${BUDGET_S:-3600}
+libtorch=${ACTCKPT_LIBTORCH:-wheel}
+[[ $libtorch == wheel || $libtorch == system ]] || { echo "gpu-check: ACTCKPT_LIBTORCH must be wheel or system" >&2; exit 2; }
 deps=$work/deps
 build=$work/build
 logs=$work/logs
@@ -116,9 +121,11 @@ environment() {
   cmake --version | head -n 1
   echo "ninja: $(command -v ninja || echo missing)"
   "${CXX:-c++}" --version | head -n 1
-  if ((rehearse)); then
+  if ((rehearse)) && [[ $libtorch == system ]]; then
     grep -hE 'define TORCH_VERSION_(MAJOR|MINOR|PATCH)' /usr/include/torch/csrc/api/include/torch/version.h 2>/dev/null ||
       echo "no Debian LibTorch headers under /usr/include/torch"
+  elif ((rehearse)); then
+    echo "LibTorch: the project's torch wheel ($(grep -m1 '^torch==' "$root/scripts/libtorch-requirements.txt"), scripts/install-libtorch.sh)"
   else
     torch_py 'print("torch", torch.__version__, "cuda", torch.version.cuda, "cxx11abi", torch.compiled_with_cxx11_abi(), "prefix", torch.utils.cmake_prefix_path)' ||
       echo "python3 cannot import torch"
@@ -203,9 +210,12 @@ configure() {
     -DACTCKPT_BUILD_BENCHMARKS=ON -DACTCKPT_BUILD_EXAMPLES=OFF -DACTCKPT_INSTALL=OFF)
   if ((rehearse)); then
     args+=(-DACTCKPT_TEST_FILES=test_memory.cpp)
+    [[ $libtorch == wheel ]] && args+=(-DACTCKPT_LIBTORCH=wheel)
   else
     local torch_prefix nvcc
-    torch_prefix=$(torch_py 'print(torch.utils.cmake_prefix_path)') || return 1
+    # The torch package's folder (its lib/ must come before any system libtorch.so) and its
+    # share/cmake (torch.utils.cmake_prefix_path).
+    torch_prefix=$(torch_py 'import os; print(os.path.dirname(torch.__file__) + ";" + torch.utils.cmake_prefix_path)') || return 1
     prefix="$torch_prefix;$prefix"
     nvcc=$(command -v nvcc || echo "${CUDACXX:-/usr/local/cuda/bin/nvcc}")
     args+=(-DCMAKE_CUDA_ARCHITECTURES=90 "-DCMAKE_CUDA_COMPILER=$nvcc")
@@ -222,7 +232,7 @@ configure() {
   grep -E '^(doctest|benchmark)_DIR' "$build/CMakeCache.txt"
   grep -q "^doctest_DIR:PATH=$deps" "$build/CMakeCache.txt" || { echo "doctest was not found in $deps"; return 1; }
   grep -q "^benchmark_DIR:PATH=$deps" "$build/CMakeCache.txt" || { echo "Google Benchmark was not found in $deps"; return 1; }
-  if ((!rehearse)); then
+  if ((!rehearse)) || [[ $libtorch == wheel ]]; then
     grep -q 'actckpt: LibTorch .* with CUDA (ACTCKPT_WITH_CUDA=1)' "$work/cmake.out" ||
       { echo "the configure log does not say 'with CUDA': the LibTorch found has no CUDA"; return 1; }
   fi

@@ -36,6 +36,8 @@
 #   OMP_WAIT_POLICY   default PASSIVE (idle OpenMP threads sleep; robust on a shared machine)
 #   REPETITIONS       repetitions per mode (default 3; 1 runs the modes one after another)
 #   ROUNDS            round-robin rounds after them (default 8; 0: the table uses the repetitions)
+#   ACTCKPT_LIBTORCH  wheel (default): the pinned torch 2.x wheel (scripts/install-libtorch.sh
+#                     installs it into .venv on first use); system: Debian's LibTorch 1.13
 #   ACTCKPT_SKIP_DEPS=1  do not run scripts/install-deps.sh
 set -euo pipefail
 
@@ -45,6 +47,7 @@ build_given=${BUILD_DIR:+1}
 build=${BUILD_DIR:-$root/build/main-job}
 jobs=${JOBS:-$(nproc)}
 repetitions=${REPETITIONS:-3}
+libtorch=${ACTCKPT_LIBTORCH:-wheel}
 rounds=${ROUNDS:-8}
 bench_args=()
 
@@ -74,11 +77,11 @@ fi
 # 2. Build only the benchmark (tests and examples have their own commands).
 build_start=$SECONDS
 if [[ ! -f $build/CMakeCache.txt ]]; then
-  stamp "configure: $build"
+  stamp "configure: $build (LibTorch: $libtorch)"
   # The log sits beside the build tree, whose parent a fresh clone does not have yet.
   mkdir -p "$(dirname "$build")"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DACTCKPT_BUILD_TESTS=OFF \
-    -DACTCKPT_BUILD_EXAMPLES=OFF -DACTCKPT_INSTALL=OFF >"$build.configure.log" 2>&1 ||
+    -DACTCKPT_BUILD_EXAMPLES=OFF -DACTCKPT_INSTALL=OFF -DACTCKPT_LIBTORCH="$libtorch" >"$build.configure.log" 2>&1 ||
     { cat "$build.configure.log" >&2; exit 1; }
 fi
 stamp "build: actckpt_bench (-j $jobs)"

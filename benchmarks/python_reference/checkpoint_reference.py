@@ -7,6 +7,12 @@ Measures, on CPU, for one network and one LibTorch (Debian python3-torch 1.13):
   * ckpt               - every block wrapped in
                          torch.utils.checkpoint.checkpoint(block, x, use_reentrant=True)
   * ckpt_nonreentrant  - same with use_reentrant=False
+  * save_on_cpu        - no checkpointing: each block runs under
+                         torch.autograd.graph.save_on_cpu(), whose hooks move every
+                         tensor autograd saves to host memory and back in backward (the
+                         Python counterpart of actckpt's SyncOffload). On CPU its pack
+                         hook is tensor.cpu(), the tensor itself: the hooks' cost alone,
+                         no memory saved (as actckpt's offload saves no RAM on CPU)
 
 and reports median ms per training step (forward + backward + SGD step +
 zero_grad(set_to_none=True)) and the peak growth of live CPU tensor memory
@@ -117,12 +123,15 @@ class Net(nn.Module):
                 x = tuc.checkpoint(blk, x, use_reentrant=True)
             elif self.mode == "ckpt_nonreentrant":
                 x = tuc.checkpoint(blk, x, use_reentrant=False)
+            elif self.mode == "save_on_cpu":
+                with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+                    x = blk(x)
             else:
                 raise ValueError(self.mode)
         return x
 
 
-MODES = ("baseline", "ckpt", "ckpt_nonreentrant")
+MODES = ("baseline", "ckpt", "ckpt_nonreentrant", "save_on_cpu")
 
 
 def make_step(model, opt, x, mode, set_to_none=True):

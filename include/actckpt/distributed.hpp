@@ -455,10 +455,32 @@ struct DataParallelState {
     std::reverse(bucket_limits.begin(), bucket_limits.end());
     std::unordered_map<std::size_t, std::string> name_of;
     for (std::size_t i = 0; i < names.size(); ++i) name_of[i] = names[i];
+    // The Reducer's constructor changed three times in 2.x (read from each release's reducer.hpp):
+    // 2.7 dropped the per-bucket size limits (the Reducer derives them itself), 2.8 added
+    // skip_all_reduce_unused_params and use_python_reducer, 2.11 a per-bucket cap list (empty:
+    // bucket_bytes_cap and first_bucket_bytes_cap as before). Built and run here: 1.13 and 2.15.
+    std::vector<bool> sparse(params.size(), false);
+    const auto cap = options.bucket_cap_bytes(), first_cap = options.first_bucket_cap_bytes();
+    const bool unused = options.find_unused_parameters(), as_view = options.gradient_as_bucket_view();
+#if ACTCKPT_TORCH_AT_LEAST(2, 11)
+    reducer = std::make_shared<c10d::Reducer>(params, std::move(bucket_indices), world.group, std::move(sparse), cap,
+                                              unused, as_view, std::move(name_of), first_cap,
+                                              /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false,
+                                              /*bucket_bytes_cap_list=*/std::vector<int64_t>{});
+#elif ACTCKPT_TORCH_AT_LEAST(2, 8)
+    reducer = std::make_shared<c10d::Reducer>(params, std::move(bucket_indices), world.group, std::move(sparse), cap,
+                                              unused, as_view, std::move(name_of), first_cap,
+                                              /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false);
+#elif ACTCKPT_TORCH_AT_LEAST(2, 7)
+    reducer = std::make_shared<c10d::Reducer>(params, std::move(bucket_indices), world.group, std::move(sparse), cap,
+                                              unused, as_view, std::move(name_of), first_cap);
+#else
     reducer = std::make_shared<c10d::Reducer>(params, std::move(bucket_indices), std::move(bucket_limits), world.group,
-                                              std::vector<bool>(params.size(), false), options.bucket_cap_bytes(),
-                                              options.find_unused_parameters(), options.gradient_as_bucket_view(),
-                                              std::move(name_of), options.first_bucket_cap_bytes());
+                                              std::move(sparse), cap, unused, as_view, std::move(name_of), first_cap);
+#endif
+#if ACTCKPT_TORCH_AT_LEAST(2, 7)
+    (void)bucket_limits;
+#endif
     logger = std::make_shared<c10d::Logger>(reducer);
     reducer->set_logger(logger);
     logger->set_construction_data_and_log("actckpt::DistributedDataParallel", {}, -1, options.broadcast_buffers(),

@@ -22,8 +22,10 @@
 #include <c10/util/Exception.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -77,8 +79,9 @@ class TensorStash final : public StackEntry {
         strides_(tensor.strides().vec()),
         expanded_sizes_(tensor.sizes() == expanded_sizes ? std::vector<int64_t>{} : expanded_sizes.vec()),
         tensor_options_(tensor.options()),
-        dense_(tensor.is_non_overlapping_and_dense()),
+        dense_(tensor.is_non_overlapping_and_dense() || strides_worth_keeping(tensor)),
         bytes_(static_cast<std::size_t>(tensor.numel()) * tensor.element_size()),
+        misalignment_(tensor.numel() > 0 ? reinterpret_cast<std::uintptr_t>(tensor.data_ptr()) % kLine : 0),
         device_(tensor.detach()),
         ready_(std::move(ready)) {
     switch (options_.mode) {
@@ -204,8 +207,50 @@ class TensorStash final : public StackEntry {
     return compact;
   }
 
+  /// A view with gaps between its elements (a slice of a wider tensor) is restored with its own
+  /// strides, gaps included, when they cost at most as many bytes again as its elements and no
+  /// two elements share memory; other views are restored contiguous.
+  static bool strides_worth_keeping(const at::Tensor& t) {
+    if (t.numel() == 0) return false;
+    std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of the dimensions of size > 1
+    for (int64_t d = 0; d < t.dim(); ++d)
+      if (t.size(d) > 1) dims.emplace_back(t.stride(d), t.size(d));
+    std::sort(dims.begin(), dims.end());
+    int64_t reach = 1;  // elements spanned by the dimensions so far
+    for (const auto& [stride, size] : dims) {
+      if (stride < reach) return false;  // overlapping (or stride 0)
+      reach = stride * (size - 1) + reach;
+    }
+    return reach <= 2 * t.numel();
+  }
+
+  /// Where a restored copy goes: the original's sizes and strides (contiguous for a view whose
+  /// strides are not kept, see above), with its data starting at the same offset within a
+  /// 64-byte line as the original's did. BLAS kernels round differently for different row
+  /// strides and alignments (MKL does, which the PyPI wheel's LibTorch uses on CPU: a sliced
+  /// input restored contiguous gave recomputed gradients 1-2 ULP off), so the recompute must
+  /// see the forward's input laid out as in the forward to be bitwise.
   at::Tensor empty_like_original() const {
-    return dense_ ? at::empty_strided(sizes_, strides_, tensor_options_) : at::empty(sizes_, tensor_options_);
+    if (misalignment_ == 0) {
+      return dense_ ? at::empty_strided(sizes_, strides_, tensor_options_) : at::empty(sizes_, tensor_options_);
+    }
+    std::vector<int64_t> strides = strides_;
+    if (!dense_) {  // contiguous
+      int64_t stride = 1;
+      for (auto d = static_cast<int64_t>(sizes_.size()) - 1; d >= 0; --d) {
+        strides[d] = stride;
+        stride *= std::max<int64_t>(sizes_[d], 1);
+      }
+    }
+    int64_t span = 1;  // elements from the first to the last one addressed (numel > 0 here)
+    for (std::size_t d = 0; d < sizes_.size(); ++d) span += (sizes_[d] - 1) * strides[d];
+    const auto element = static_cast<std::int64_t>(tensor_options_.dtype().itemsize());
+    const auto line = static_cast<std::int64_t>(kLine);
+    at::Tensor base = at::empty({span + line / element}, tensor_options_);
+    const auto have = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(base.data_ptr()) % kLine);
+    const std::int64_t shift = (static_cast<std::int64_t>(misalignment_) - have + line) % line;
+    const std::int64_t offset = shift % element == 0 ? shift / element : 0;
+    return base.as_strided(sizes_, strides, base.storage_offset() + offset);
   }
 
   /// Copies the device tensor into a pool buffer (asynchronously through the engine, or
@@ -377,8 +422,10 @@ class TensorStash final : public StackEntry {
   const std::vector<int64_t> strides_;
   const std::vector<int64_t> expanded_sizes_;  // the sizes to expand to on restore; empty: none
   const at::TensorOptions tensor_options_;
-  const bool dense_;
+  const bool dense_;  // restored with the original strides (dense, or a view whose strides are kept)
   const std::size_t bytes_;
+  static constexpr std::size_t kLine = 64;
+  const std::size_t misalignment_;  // the original's data address modulo kLine
 
   mutable std::mutex mutex_;
   Location location_ = Location::device;

@@ -39,7 +39,7 @@ grep -q 'done: build' "$work/main-job.log" || { echo "FAIL: no closing line in t
 # The table and the JSON behind it: four modes, every checkpointed one below baseline's peak,
 # the offload ones at or below classic's, and the Perfetto trace valid JSON with layer phases.
 /usr/bin/python3 - "$work/out" <<'PY'
-import json, sys, pathlib
+import json, re, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 results = json.loads((out / "results.json").read_text())
 modes = {m["mode"]: m for m in results["modes"]}
@@ -89,6 +89,10 @@ for m in ("baseline", "ckpt_classic"):
 copies = [e for e in events if e.get("cat") == "copy"]
 assert any(e["name"].startswith("D2H ") for e in copies) and any(e["name"].startswith("H2D ") for e in copies), \
     "no device<->host copies on the trace's copies track"
+# The LibTorch version is named in the table's header and in results.json.
+torch_version = results["environment"]["torch_version"]
+assert re.match(r"^[12]\.[0-9]+\.[0-9]+", torch_version), f"torch_version in results.json: {torch_version!r}"
+assert table.startswith(f"Benchmark (LibTorch {torch_version}, "), f"table header: {table.splitlines()[0]}"
 # The allocator setting is printed and recorded.
 assert "Allocator: warm" in table and results["environment"]["allocator"].startswith("warm"), "allocator setting"
 import re
