@@ -19,6 +19,7 @@
 #include "actckpt/offload_context.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/checkpointed_layer.hpp"
+#include "actckpt/saved_tensor_hooks.hpp"
 #include "actckpt/checkpointed.hpp"
 #include "actckpt/wrap_every.hpp"
 #include "actckpt/memory_meter.hpp"
