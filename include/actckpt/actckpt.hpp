@@ -21,6 +21,7 @@
 #include "actckpt/checkpointed_layer.hpp"
 #include "actckpt/saved_tensor_hooks.hpp"
 #include "actckpt/checkpointed.hpp"
+#include "actckpt/functional.hpp"
 #include "actckpt/wrap_every.hpp"
 #include "actckpt/memory_meter.hpp"
 #include "actckpt/memory_timeline.hpp"
