@@ -59,7 +59,7 @@ struct StashOptions {
 };
 
 /// The form `process_default` stands for when ACTCKPT_CHECKPOINT_FORM is not set.
-inline constexpr CheckpointForm built_in_default_form = CheckpointForm::reentrant;
+inline constexpr CheckpointForm built_in_default_form = CheckpointForm::non_reentrant;
 
 /// `form`, with process_default replaced by the process's default (ACTCKPT_CHECKPOINT_FORM,
 /// read once; any other value than "reentrant" or "non_reentrant" is an error).
