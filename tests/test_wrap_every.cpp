@@ -120,3 +120,54 @@ TEST_CASE("wrap_every rejects k = 0 and empty holders with a clear message") {
   blocks.push_back(WrapBlock(nullptr));
   CHECK_THROWS_WITH(actckpt::wrap_every<actckpt::NoOffload>(blocks, 1), doctest::Contains("layer 2 is an empty holder"));
 }
+
+TEST_CASE_TEMPLATE("wrap_every over Sequential blocks, k = 1, 2, 3: names kept, gradients bitwise", Policy,
+                   actckpt::NoOffload, actckpt::SyncOffload, actckpt::AsyncOffload) {
+  // torch::nn::Sequential cannot hold a Sequential (its forward is a template): the blocks left
+  // unwrapped go in as actckpt::Plain, which runs them directly.
+  torch::manual_seed(11);
+  std::vector<torch::nn::Sequential> blocks;
+  for (int i = 0; i < 4; ++i)
+    blocks.emplace_back(torch::nn::Linear(8, 8), torch::nn::Tanh(), torch::nn::Dropout(0.25), torch::nn::Linear(8, 8));
+  torch::nn::ModuleList reference;  // the unwrapped stack's names: "0.0.weight", "0.3.bias", ...
+  for (auto& b : blocks) reference->push_back(b);
+  const auto x = torch::randn({5, 8}, torch::requires_grad());
+
+  auto run = [&](auto&& forward) {
+    for (auto& b : blocks)
+      for (auto& p : b->parameters()) p.mutable_grad().reset();
+    x.mutable_grad().reset();
+    torch::manual_seed(3);  // the dropout masks
+    auto y = forward(x);
+    y.pow(2).sum().backward();
+    std::vector<torch::Tensor> grads{y.detach(), x.grad().clone()};
+    for (auto& b : blocks)
+      for (auto& p : b->parameters()) grads.push_back(p.grad().clone());
+    return grads;
+  };
+  const auto expected = run([&](torch::Tensor h) {
+    for (auto& b : blocks) h = b->forward(h);
+    return h;
+  });
+
+  for (std::size_t k : {1, 2, 3}) {
+    CAPTURE(k);
+    auto stack = actckpt::wrap_every<Policy>(blocks, k);
+    REQUIRE(stack->size() == blocks.size());
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      CHECK(is_wrapped<Policy, torch::nn::Sequential>(stack, i) == (i % k == 0));
+      if (i % k != 0) CHECK(std::dynamic_pointer_cast<actckpt::PlainImpl<torch::nn::Sequential>>(stack->ptr(i)) != nullptr);
+    }
+    CHECK(stack->named_parameters().keys() == reference->named_parameters().keys());
+    const auto got = run([&](torch::Tensor h) { return stack->forward(h); });
+    REQUIRE(got.size() == expected.size());
+    for (std::size_t j = 0; j < got.size(); ++j) {
+      CAPTURE(j);
+      CHECK(torch::equal(got[j], expected[j]));
+    }
+    stack->eval();  // train/eval reaches the blocks through Plain and Checkpointed
+    for (auto& b : blocks) CHECK_FALSE(b->is_training());
+    stack->train();
+    for (auto& b : blocks) CHECK(b->is_training());
+  }
+}

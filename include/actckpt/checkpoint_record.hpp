@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "actckpt/argument_storage.hpp"
 #include "actckpt/autocast_state.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/rng_state.hpp"
@@ -212,16 +213,24 @@ class CheckpointRecord : public torch::CustomClassHolder {
 };
 
 /// The typed part: the layer, its non-tensor arguments, and the shape of its result.
+/// `Args` are the forward's parameter types; each argument is kept in an owning form
+/// (argument_storage.hpp) and handed back to the layer as the type its forward takes, so the
+/// recompute never reads the caller's memory after the call returned.
 template <class Impl, class R, class... Args>
 class TypedCheckpointRecord final : public CheckpointRecord {
- public:
-  using Stored = std::tuple<std::decay_t<Args>...>;
+  static_assert((check_argument<Args>() && ...));
 
-  /// Takes the call's arguments; their tensors are moved out to `tensor_inputs()` (they travel
+ public:
+  using Stored = std::tuple<stored_argument_t<Args>...>;
+
+  /// Keeps the call's arguments; their tensors are moved out to `tensor_inputs()` (they travel
   /// through autograd and the stash, not through this record).
+  template <class... Given>
   TypedCheckpointRecord(std::shared_ptr<Impl> layer, std::string label, StashOptions options,
-                        std::shared_ptr<OffloadContext> context, Stored args)
-      : CheckpointRecord(std::move(label), options, std::move(context)), layer_(std::move(layer)), args_(std::move(args)) {
+                        std::shared_ptr<OffloadContext> context, Given&&... args)
+      : CheckpointRecord(std::move(label), options, std::move(context)),
+        layer_(std::move(layer)),
+        args_(store_argument<Args>(std::forward<Given>(args))...) {
     std::apply([&](auto&... slot) { (take_tensor(slot), ...); }, args_);
   }
 
@@ -231,7 +240,7 @@ class TypedCheckpointRecord final : public CheckpointRecord {
     Stored call = args_;
     std::size_t next = 0, slot_index = 0;
     std::apply([&](auto&... slot) { (put_tensor(slot, inputs, next, slot_index), ...); }, call);
-    R result = std::apply([&](auto&... a) -> R { return layer_->forward(static_cast<Args&&>(a)...); }, call);
+    R result = std::apply([&](auto&... a) -> R { return layer_->forward(pass_argument<Args>(a)...); }, call);
     std::vector<at::Tensor> tensors;
     const bool first = !result_.has_value();
     detail::for_each_result_tensor(result, [&](at::Tensor& t) {

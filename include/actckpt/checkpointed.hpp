@@ -11,9 +11,9 @@
 /// `layer(x)` directly, and inside `torch::nn::Sequential` / `AnyModule` where the layer
 /// declares them with LibTorch's `FORWARD_HAS_DEFAULT_ARGS` (as LibTorch's own modules do).
 /// The wrapper registers the layer's children, parameters and buffers as its own, under the
-/// same names, so state dicts (`torch::save`/`torch::load`) move freely between wrapped and
-/// unwrapped models (docs/pitfalls.md#p14). In eval mode or with grad mode off it calls the layer
-/// directly and stashes nothing (docs/pitfalls.md#p15).
+/// same names (detail::LayerStandIn), so state dicts (`torch::save`/`torch::load`) move freely
+/// between wrapped and unwrapped models (docs/pitfalls.md#p14). In eval mode or with grad mode
+/// off it calls the layer directly and stashes nothing (docs/pitfalls.md#p15).
 
 #include <c10/util/Optional.h>
 #include <c10/core/GradMode.h>
@@ -31,6 +31,7 @@
 
 #include "actckpt/checkpoint_function.hpp"
 #include "actckpt/checkpointed_layer.hpp"
+#include "actckpt/layer_stand_in.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/no_offload.hpp"
 #include "actckpt/non_reentrant.hpp"
@@ -58,7 +59,11 @@ template <CheckpointableLayer Layer, OffloadPolicy Policy = NoOffload,
 class CheckpointedImpl;
 
 template <CheckpointableLayer Layer, OffloadPolicy Policy, class R, class... Args>
-class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module, public CheckpointedLayer {
+class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn, public CheckpointedLayer {
+  // Each non-tensor argument must be one actckpt can keep for the recompute; the failing check
+  // says what to pass instead (argument_storage.hpp).
+  static_assert((check_argument<Args>() && ...));
+
  public:
   using LayerImpl = typename Layer::ContainedType;
   using PolicyType = Policy;
@@ -66,8 +71,8 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module, pu
   static constexpr std::size_t arity = sizeof...(Args);
 
   /// Wraps `layer`; the wrapper and `layer` share parameters and buffers.
-  explicit CheckpointedImpl(Layer layer) : layer_(std::move(layer)), options_(Policy::options()) {
-    TORCH_CHECK(!layer_.is_empty(), "actckpt: Checkpointed was given an empty layer holder (nullptr)");
+  explicit CheckpointedImpl(Layer layer)
+      : detail::LayerStandIn(checked_ptr(layer)), layer_(std::move(layer)), options_(Policy::options()) {
     label_ = layer_->name();
     adopt_layer_members();
   }
@@ -112,7 +117,7 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module, pu
     using Record = TypedCheckpointRecord<LayerImpl, R, Params...>;
     auto context = context_ ? context_ : OffloadContext::current();
     auto record = c10::make_intrusive<Record>(layer_.ptr(), label_, options_, std::move(context),
-                                              typename Record::Stored(std::forward<Params>(args)...));
+                                              std::forward<Params>(args)...);
     // The inputs travel through autograd and the stash only: the record must not keep them.
     std::vector<at::Tensor> inputs = std::move(record->tensor_inputs());
     record->tensor_inputs().clear();
@@ -164,12 +169,6 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module, pu
   const std::string& label() const override { return label_; }
   void set_label(std::string label) override { label_ = std::move(label); }
 
-  /// Passes the mode on to the layer, which is not a registered child (see adopt_layer_members).
-  void train(bool on = true) override {
-    torch::nn::Module::train(on);
-    layer_->train(on);
-  }
-
   /// A deep copy: the layer is cloned; the options, label and context are kept.
   std::shared_ptr<torch::nn::Module> clone(const c10::optional<c10::Device>& device = c10::nullopt) const override {
     auto layer_copy = std::dynamic_pointer_cast<LayerImpl>(layer_->clone(device));
@@ -186,18 +185,6 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module, pu
     stream << "actckpt::Checkpointed<" << Policy::name << ">(";
     layer_->pretty_print(stream);
     stream << ")";
-  }
-
- protected:
-  // `torch::nn::AnyModule` (so `Sequential`) asks a module for its forward's default arguments
-  // (FORWARD_HAS_DEFAULT_ARGS). The wrapper's forward takes the layer's arguments, so it answers
-  // with the layer's.
-  template <typename ModuleType, typename... ArgumentTypes>
-  friend struct torch::nn::AnyModuleHolder;
-  bool _forward_has_default_args() override { return detail::ForwardDefaults::has_defaults(*layer_); }
-  unsigned int _forward_num_required_args() override { return detail::ForwardDefaults::required_count(*layer_); }
-  std::vector<torch::nn::AnyValue> _forward_populate_default_args(std::vector<torch::nn::AnyValue>&& given) override {
-    return detail::ForwardDefaults::populate(*layer_, std::move(given));
   }
 
  private:
@@ -220,14 +207,9 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public torch::nn::Module, pu
     return result;
   }
 
-  /// Registers the layer's children, own parameters and own buffers on the wrapper under their
-  /// own names: `named_parameters()` of wrapper and layer are then identical.
-  void adopt_layer_members() {
-    for (const auto& child : layer_->named_children()) register_module(child.key(), child.value());
-    for (const auto& p : layer_->named_parameters(/*recurse=*/false))
-      register_parameter(p.key(), p.value(), p.value().requires_grad());
-    for (const auto& b : layer_->named_buffers(/*recurse=*/false)) register_buffer(b.key(), b.value());
-    torch::nn::Module::train(layer_->is_training());
+  static std::shared_ptr<torch::nn::Module> checked_ptr(const Layer& layer) {
+    TORCH_CHECK(!layer.is_empty(), "actckpt: Checkpointed was given an empty layer holder (nullptr)");
+    return layer.ptr();
   }
 
   Layer layer_;

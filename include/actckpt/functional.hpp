@@ -75,7 +75,7 @@ checkpoint_result_t<F, Args...> checkpoint_callable(const StashOptions& options,
   using Record = TypedCheckpointRecord<Layer, R, std::decay_t<Args>...>;
   auto layer = std::make_shared<Layer>(Layer{std::forward<F>(fn), std::move(buffers)});
   auto record = c10::make_intrusive<Record>(layer, label, options, OffloadContext::current(),
-                                            typename Record::Stored(std::forward<Args>(args)...));
+                                            std::forward<Args>(args)...);
   std::vector<at::Tensor> inputs = std::move(record->tensor_inputs());
   record->tensor_inputs().clear();
   emit(EventKind::forward_begin, label);

@@ -80,10 +80,6 @@ inline constexpr bool is_mutable_tensor_ref_v =
     std::is_lvalue_reference_v<T> && !std::is_const_v<std::remove_reference_t<T>> &&
     (is_tensor_v<T> || is_optional_tensor_v<T>);
 
-template <class T>
-concept storable_argument = is_tensor_v<T> || is_optional_tensor_v<T> ||
-                            std::copy_constructible<std::remove_cvref_t<T>>;
-
 // Results: a tensor, or tuples/pairs/vectors of them, with non-tensor members passed through.
 template <class T>
 struct result_traits {
@@ -139,7 +135,6 @@ struct signature_checks<R(A...)> {
   static constexpr bool returns_tensors =
       result_traits<R>::has_tensor && std::copy_constructible<R> && !std::is_reference_v<R>;
   static constexpr bool no_mutable_tensor_refs = (!is_mutable_tensor_ref_v<A> && ...);
-  static constexpr bool arguments_storable = (storable_argument<A> && ...);
   static constexpr bool takes_a_tensor = ((is_tensor_v<A> || is_optional_tensor_v<A>) || ...);
 };
 
@@ -176,15 +171,15 @@ struct ForwardDefaults : torch::nn::Module {
 
 /// A LibTorch module holder (`TORCH_MODULE(Block)` gives `Block`) whose forward actckpt can
 /// checkpoint: a single non-template `forward` (or a `forward_signature` specialization) that
-/// takes at least one tensor, takes no tensor by non-const reference, takes only copyable
-/// non-tensor arguments, and returns a tensor, a std::vector of tensors, or a tuple/pair
-/// holding at least one tensor.
+/// takes at least one tensor, takes no tensor by non-const reference, and returns a tensor, a
+/// std::vector of tensors, or a tuple/pair holding at least one tensor. Its non-tensor arguments
+/// are checked when the wrapper is instantiated (`check_argument`, argument_storage.hpp), each
+/// with a message that says what to pass instead of a type actckpt cannot keep for backward.
 template <class Layer>
 concept CheckpointableLayer =
     detail::module_holder<Layer> && detail::has_forward_signature<typename Layer::ContainedType> &&
     detail::signature_checks<forward_signature_t<typename Layer::ContainedType>>::returns_tensors &&
     detail::signature_checks<forward_signature_t<typename Layer::ContainedType>>::takes_a_tensor &&
-    detail::signature_checks<forward_signature_t<typename Layer::ContainedType>>::no_mutable_tensor_refs &&
-    detail::signature_checks<forward_signature_t<typename Layer::ContainedType>>::arguments_storable;
+    detail::signature_checks<forward_signature_t<typename Layer::ContainedType>>::no_mutable_tensor_refs;
 
 }  // namespace actckpt

@@ -14,7 +14,9 @@
 /// "1", ... for a vector, the Sequential's own names otherwise), and `Checkpointed` keeps the
 /// names below them, so `named_parameters()` and `torch::save` archives are the same as for the
 /// unwrapped stack. The layers are shared, not copied: the stack trains the blocks you passed.
-/// Like anything in a Sequential, a layer needs one non-template `forward` (AnyModule's rule).
+/// A Sequential holds only modules with one non-template `forward` (AnyModule's rule): a layer
+/// left unwrapped whose forward is not one (a `torch::nn::Sequential` block) goes in as
+/// `Plain<Layer>`, which runs it directly under the same parameter names.
 
 #include <c10/util/Exception.h>
 #include <torch/nn/modules/container/any.h>
@@ -27,6 +29,7 @@
 
 #include "actckpt/checkpointed.hpp"
 #include "actckpt/layer_traits.hpp"
+#include "actckpt/plain.hpp"
 #include "actckpt/policy.hpp"
 
 namespace actckpt {
@@ -53,8 +56,10 @@ torch::nn::Sequential wrap_every(const std::vector<Layer>& layers, std::size_t k
     TORCH_CHECK(!layers[i].is_empty(), "actckpt::wrap_every: layer ", i, " is an empty holder (nullptr)");
     if (detail::wrap_every_selects(i, k, first)) {
       stack->push_back(Checkpointed<Layer, Policy>(layers[i]));
-    } else {
+    } else if constexpr (detail::has_single_forward<typename Layer::ContainedType>) {
       stack->push_back(layers[i]);
+    } else {
+      stack->push_back(Plain<Layer>(layers[i]));
     }
   }
   return stack;
