@@ -14,13 +14,14 @@ namespace {
 /// A small graph with several saved tensors (mm saves both operands, tanh its result).
 torch::Tensor small_graph(const torch::Tensor& x, const torch::Tensor& w) { return torch::tanh(x.mm(w)).pow(2).sum(); }
 
-/// Counts packs and unpacks; stores the tensor itself.
+/// Counts packs and unpacks; stores the tensor detached (the tensor itself, with its history,
+/// would be a reference cycle for an output saved by its own node: see saved_tensor_hooks.hpp).
 struct Counter {
   std::atomic<int> packs{0}, unpacks{0};
   auto pack() {
     return [this](const at::Tensor& t) {
       ++packs;
-      return t;
+      return t.detach();
     };
   }
   auto unpack() {
