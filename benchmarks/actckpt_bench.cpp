@@ -209,6 +209,9 @@ BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, baseline, NoCheckpoint)(benchmark::State&
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_classic, actckpt::NoOffload)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_sync_offload, actckpt::SyncOffload)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_async_offload, actckpt::AsyncOffload)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_classic_reentrant, actckpt::Reentrant<actckpt::NoOffload>)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_sync_offload_reentrant, actckpt::Reentrant<actckpt::SyncOffload>)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_async_offload_reentrant, actckpt::Reentrant<actckpt::AsyncOffload>)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_planned, actckpt::models::PlannedCheckpoint)(benchmark::State& state) {
   run(state);
 }
@@ -226,6 +229,9 @@ void register_fixtures() {
   BENCHMARK_REGISTER_F(TrainStep, ckpt_classic)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_sync_offload)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_async_offload)->Apply(configure);
+  BENCHMARK_REGISTER_F(TrainStep, ckpt_classic_reentrant)->Apply(configure);
+  BENCHMARK_REGISTER_F(TrainStep, ckpt_sync_offload_reentrant)->Apply(configure);
+  BENCHMARK_REGISTER_F(TrainStep, ckpt_async_offload_reentrant)->Apply(configure);
   if (!Run::get().options.memory_budget.empty()) BENCHMARK_REGISTER_F(TrainStep, ckpt_planned)->Apply(configure);
 }
 

@@ -195,7 +195,8 @@ class Report {
     for (auto mode : actckpt::models::all_stack_modes) {
       const auto* r = find(mode);
       if (!r) continue;
-      const bool offload = mode == StackMode::ckpt_sync_offload || mode == StackMode::ckpt_async_offload;
+      const auto same = actckpt::models::default_form_of(mode);
+      const bool offload = same == StackMode::ckpt_sync_offload || same == StackMode::ckpt_async_offload;
       out << "| " << pad(std::string(actckpt::models::to_string(mode)), 18, false) << " | "
           << pad(fmt("%.2f", r->table_ms()), 14) << " | " << pad(fmt_delta(time_vs(mode, StackMode::baseline)), 13)
           << " | " << pad(fmt("%.2f", mib(r->peak_bytes)), 9) << " | "
@@ -217,6 +218,7 @@ class Report {
     if (!pairs.empty())
       out << "\nTime between checkpointed modes (" << (rounds() ? "median of per-round ratios" : "ratio of medians")
           << "): " << pairs << ".\n";
+    write_form_lines(out);
     write_telemetry_table(out);
     write_plan_lines(out);
     out << "\nMB = 2^20 bytes. Peak: " << (m.torch_device().is_cuda()
@@ -228,6 +230,36 @@ class Report {
         << (m.torch_device().is_cpu() ? " (on CPU these are also RAM: offload saves no memory there)" : "")
         << ". Floor: weights + grads + optimizer state + data + what the mode must keep + one block's measured"
            " working set (see results.json).\n";
+  }
+
+  /// Each checkpointed mode in the default form against the same mode in the reentrant form
+  /// (time: median of per-round ratios when rounds ran), for the table and results.json.
+  struct FormComparison {
+    StackMode mode, reentrant;
+    std::optional<double> time_pct, peak_pct;
+  };
+  std::vector<FormComparison> form_comparisons() const {
+    std::vector<FormComparison> out;
+    for (auto r : {StackMode::ckpt_classic_reentrant, StackMode::ckpt_sync_offload_reentrant,
+                   StackMode::ckpt_async_offload_reentrant}) {
+      const auto m = actckpt::models::default_form_of(r);
+      if (!find(m) || !find(r)) continue;
+      out.push_back({m, r, time_vs(m, r), peak_vs(m, r)});
+    }
+    return out;
+  }
+
+  void write_form_lines(std::ostream& out) const {
+    const auto comparisons = form_comparisons();
+    if (comparisons.empty()) return;
+    out << "\nThe two checkpoint forms (modes without a suffix run the "
+        << actckpt::to_string(actckpt::resolve(actckpt::CheckpointForm::process_default))
+        << " form; *_reentrant the reentrant one): " << actckpt::to_string(actckpt::resolve(actckpt::CheckpointForm::process_default))
+        << " vs reentrant";
+    for (const auto& c : comparisons)
+      out << (&c == &comparisons.front() ? ": " : "; ") << actckpt::models::to_string(c.mode) << " time "
+          << fmt_delta(c.time_pct) << ", peak " << fmt_delta(c.peak_pct);
+    out << ".\n";
   }
 
   /// Set when mode ckpt_planned ran (--memory_budget).
@@ -344,7 +376,8 @@ class Report {
       out << (first ? "\n" : ",\n");
       first = false;
       const auto& f = r->floor;
-      out << "    {\"mode\": \"" << actckpt::models::to_string(mode) << "\", \"ms_per_iter\": " << fmt("%.4f", r->table_ms())
+      out << "    {\"mode\": \"" << actckpt::models::to_string(mode) << "\", \"form\": \""
+          << actckpt::models::form_name(mode) << "\", \"ms_per_iter\": " << fmt("%.4f", r->table_ms())
           << ", \"steps_median_ms\": " << fmt("%.4f", r->median_ms())
           << ", \"ms_min\": " << fmt("%.4f", r->min_ms()) << ", \"ms_mean\": " << fmt("%.4f", r->mean_ms())
           << ", \"cpu_ms_per_iter\": " << fmt("%.4f", r->median_cpu_ms()) << ",\n     \"step_ms\": [";
@@ -382,6 +415,16 @@ class Report {
       out << "}";
     }
     out << "\n  ]";
+    if (const auto comparisons = form_comparisons(); !comparisons.empty()) {
+      out << ",\n  \"form_comparison\": {\"form\": \""
+          << actckpt::to_string(actckpt::resolve(actckpt::CheckpointForm::process_default))
+          << "\", \"versus\": \"reentrant\", \"modes\": [";
+      for (const auto& c : comparisons)
+        out << (&c == &comparisons.front() ? "" : ", ") << "{\"mode\": \"" << actckpt::models::to_string(c.mode)
+            << "\", \"reentrant_mode\": \"" << actckpt::models::to_string(c.reentrant)
+            << "\", \"time_pct\": " << num(c.time_pct) << ", \"peak_pct\": " << num(c.peak_pct) << "}";
+      out << "]}";
+    }
     if (const auto* r = find(StackMode::ckpt_planned); plan && r) {
       const auto& p = *plan;
       out << ",\n  \"memory_plan\": {\"budget\": \"" << p.budget_text << "\", \"budget_MB\": "

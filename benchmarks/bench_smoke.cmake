@@ -1,13 +1,14 @@
 # Runs actckpt_bench alone with Google Benchmark's usual flags on a tiny model and checks the
 # JSON Google Benchmark writes (strict JSON: CMake's parser rejects NaN), one entry per selected
-# mode and repetition, with the custom counters.
+# mode and repetition, with the custom counters, and results.json's comparison of the two checkpoint
+# forms (ckpt_async_offload against ckpt_async_offload_reentrant).
 #   cmake -DBENCH=... -DWORK_DIR=... -P bench_smoke.cmake
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
 execute_process(
   COMMAND ${BENCH} --num_layers=2 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=128
           --batch_size=2 --steps=1 --quiet=true --out=${WORK_DIR}
-          --benchmark_filter=baseline|ckpt_async --benchmark_repetitions=2
+          --benchmark_filter=baseline/|ckpt_async --benchmark_repetitions=2
           --benchmark_out=${WORK_DIR}/gb.json --benchmark_out_format=json
   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
@@ -36,8 +37,17 @@ foreach(i RANGE ${last})
   list(APPEND seen ${name})
 endforeach()
 list(LENGTH seen runs)
-if(NOT runs EQUAL 4 OR NOT seen MATCHES "baseline" OR NOT seen MATCHES "ckpt_async_offload" OR seen MATCHES "ckpt_classic|/ckpt_sync_offload")
-  message(FATAL_ERROR "expected 2 repetitions of baseline and ckpt_async_offload only, got: ${seen}")
+if(NOT runs EQUAL 6 OR NOT seen MATCHES "baseline" OR NOT seen MATCHES "ckpt_async_offload/"
+   OR NOT seen MATCHES "ckpt_async_offload_reentrant/" OR seen MATCHES "ckpt_classic|/ckpt_sync_offload")
+  message(FATAL_ERROR "expected 2 repetitions of baseline, ckpt_async_offload and ckpt_async_offload_reentrant only, got: ${seen}")
+endif()
+file(READ ${WORK_DIR}/results.json results)
+string(JSON form GET "${results}" form_comparison form)
+string(JSON compared GET "${results}" form_comparison modes 0 reentrant_mode)
+string(JSON async_form GET "${results}" modes 1 form)
+if(NOT form STREQUAL "non_reentrant" OR NOT compared STREQUAL "ckpt_async_offload_reentrant"
+   OR NOT async_form STREQUAL "non_reentrant")
+  message(FATAL_ERROR "results.json: no comparison of the two forms, or a mode without its form:\n${results}")
 endif()
 if(NOT out MATCHES "\\| ckpt_async_offload")
   message(FATAL_ERROR "no results table on stdout:\n${out}")
@@ -50,7 +60,7 @@ file(MAKE_DIRECTORY ${WORK_DIR}/planned)
 execute_process(
   COMMAND ${BENCH} --num_layers=3 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=128
           --batch_size=2 --steps=1 --quiet=true --out=${WORK_DIR}/planned --memory_budget=1.5xclassic
-          --benchmark_filter=ckpt_classic|ckpt_planned
+          --benchmark_filter=ckpt_classic/|ckpt_planned
           --benchmark_out=${WORK_DIR}/planned/gb.json --benchmark_out_format=json
   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)

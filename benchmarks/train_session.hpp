@@ -207,7 +207,7 @@ inline Floor analytic_floor(TrainSession& s, const StackConfig& cfg, int64_t res
   f.other_resident = std::max<int64_t>(0, resident_at_step_start - f.weights - f.grads - f.optimizer_state);
   const int64_t stash = s.input_bytes();  // a block's input: the residual stream, as the data
   const int64_t L = cfg.num_layers;
-  switch (s.mode()) {
+  switch (actckpt::models::default_form_of(s.mode())) {  // both forms keep the same stashes
     case StackMode::baseline:
       f.keep = (L - 1) * unwrapped.activation_bytes;
       f.keep_formula = "(L-1) x block activations";
@@ -232,6 +232,8 @@ inline Floor analytic_floor(TrainSession& s, const StackConfig& cfg, int64_t res
       f.keep = 0;
       f.keep_formula = "per layer as planned (see memory_plan)";
       f.working_set = checkpointed.working_set_bytes;
+      break;
+    default:
       break;
   }
   return f;

@@ -268,7 +268,7 @@ planned() {
   ((rehearse)) && args=("${tiny_args[@]}")
   run_planned_at() {
     OMP_WAIT_POLICY=PASSIVE "$build/benchmarks/actckpt_bench" --out="$work/planned" "${args[@]}" \
-      --memory_budget="$1" --benchmark_filter='ckpt_classic|ckpt_planned' --rounds=3 2>&1 | tee "$work/planned.out"
+      --memory_budget="$1" --benchmark_filter='ckpt_classic/|ckpt_planned' --rounds=3 2>&1 | tee "$work/planned.out"
     return "${PIPESTATUS[0]}"
   }
   # The benchmark reports a failed mode and goes on: the planned mode ran if results.json has it.
@@ -341,7 +341,7 @@ finish() {
 run_planned() {
   mkdir -p "$out/planned" &&
     "$build/benchmarks/actckpt_bench" --out="$out/planned" "${seed_args[@]}" --memory_budget=0.5xclassic \
-      --benchmark_filter='ckpt_classic|ckpt_planned' --rounds=3
+      --benchmark_filter='ckpt_classic/|ckpt_planned' --rounds=3
 }
 
 step environment env.log environment

@@ -88,13 +88,12 @@ struct BatchNormBlockImpl : torch::nn::Module {
 TORCH_MODULE(BatchNormBlock);
 
 /// Throws when told to: in its forward pass (every call, or only the k-th: `fail_forward_call`
-/// counts forward calls 1, 2, ...; 0 = never), or only when recomputing. A checkpointed forward
-/// runs the layer with grad mode off and the recompute with it on, which is how the layer tells
-/// them apart (use it wrapped only). Tests that nothing leaks when a layer fails.
+/// counts forward calls 1, 2, ...; 0 = never), or only when recomputing (`actckpt::recomputing()`
+/// tells them apart in either checkpoint form). Tests that nothing leaks when a layer fails.
 struct FaultyBlockImpl : torch::nn::Module {
   explicit FaultyBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
   torch::Tensor forward(torch::Tensor x) {
-    const bool recomputing = torch::GradMode::is_enabled();
+    const bool recomputing = actckpt::recomputing();
     if (!recomputing) {
       ++forward_calls;
       if (fail_every_forward) throw std::runtime_error("injected forward failure");
@@ -170,6 +169,13 @@ inline bool cuda_or_skip() {
     MESSAGE("skipped: needs a CUDA device (" << missing << ")");
   }
   return false;
+}
+
+/// True when layers checkpointed with `Policy` use the non-reentrant form in this process (the
+/// unit tests run once per form: ACTCKPT_CHECKPOINT_FORM sets the default).
+template <class Policy>
+bool non_reentrant_form() {
+  return actckpt::resolve(Policy::options().form) == actckpt::CheckpointForm::non_reentrant;
 }
 
 /// A private pool (of `limit` bytes) and context, so a test's byte counts are its own.

@@ -21,6 +21,7 @@
 #include "actckpt/autocast_state.hpp"
 #include "actckpt/checkpoint_record.hpp"
 #include "actckpt/observer.hpp"
+#include "actckpt/recompute_state.hpp"
 
 namespace actckpt {
 
@@ -73,6 +74,7 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       AutocastReplayGuard autocast(record->autocast());
       AutocastCacheOff no_cast_cache;  // as in forward: the recompute's casts are its own
       c10::AutoGradMode grad_on(true);
+      detail::RecomputeScope recomputing(/*non_reentrant=*/false);
       outputs = record->run_layer(inputs);
     }
     emit(EventKind::recompute_end, record->label());

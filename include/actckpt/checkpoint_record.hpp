@@ -117,12 +117,17 @@ class CheckpointRecord : public torch::CustomClassHolder {
     }
   }
 
-  /// Checks the layer did not write to its own inputs, then stashes them per the options.
-  void stash_inputs(at::TensorList inputs) {
+  /// Checks the layer did not write to its own inputs, then stashes them per the options
+  /// (`keep` false: no backward will need them, nothing is stashed).
+  void stash_inputs(at::TensorList inputs, bool keep = true) {
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       TORCH_CHECK(!input_versions_[i].changed(), "actckpt: checkpointed layer '", label_,
                   "' modified its input #", i, " in place during forward; its recompute would read "
                   "the modified value. Make the layer work on a copy (e.g. x = x.clone()).");
+    }
+    if (!keep) {
+      ready_marks_.clear();
+      return;
     }
     stashes_.reserve(inputs.size());
     for (std::size_t i = 0; i < inputs.size(); ++i) {

@@ -34,6 +34,7 @@
 #include "actckpt/layer_stand_in.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/no_offload.hpp"
+#include "actckpt/non_reentrant.hpp"
 #include "actckpt/observer.hpp"
 #include "actckpt/offload_context.hpp"
 #include "actckpt/policy.hpp"
@@ -103,7 +104,15 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
   template <class... Params>
   R run(Params... args) {
     if (!is_training() || !c10::GradMode::is_enabled()) return layer_->forward(std::forward<Params>(args)...);
-    if (!options_.checkpoint) return run_kept<Params...>(std::forward<Params>(args)...);
+    if (!options_.checkpoint) {
+      if (detail::in_non_reentrant_recompute()) return layer_->forward(std::forward<Params>(args)...);
+      return run_kept<Params...>(std::forward<Params>(args)...);
+    }
+    if (detail::in_non_reentrant_recompute()) {
+      // Nested in a layer being recomputed: that recompute keeps only its own saved tensors.
+      detail::DiscardSavedTensors discard;
+      return layer_->forward(std::forward<Params>(args)...);
+    }
 
     using Record = TypedCheckpointRecord<LayerImpl, R, Params...>;
     auto context = context_ ? context_ : OffloadContext::current();
@@ -113,6 +122,14 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
     std::vector<at::Tensor> inputs = std::move(record->tensor_inputs());
     record->tensor_inputs().clear();
     std::vector<at::Tensor> params;
+    if (resolve(options_.form) == CheckpointForm::non_reentrant) {
+      for (auto& p : layer_->parameters())
+        if (p.requires_grad()) params.push_back(p);
+      emit(EventKind::forward_begin, label_);
+      R result = record->assemble(run_non_reentrant(record, std::move(inputs), params));
+      emit(EventKind::forward_end, label_);
+      return result;
+    }
     bool any_requires_grad = false;
     for (const auto& t : inputs) any_requires_grad = any_requires_grad || t.requires_grad();
     for (auto& p : layer_->parameters()) {

@@ -24,4 +24,20 @@ concept OffloadPolicy = requires {
   { P::options() } -> std::same_as<StashOptions>;
 };
 
+/// Policy `P` with the checkpoint form fixed, whatever the process default:
+/// `Checkpointed<Block, actckpt::Reentrant<actckpt::AsyncOffload>>`.
+template <OffloadPolicy P, CheckpointForm Form>
+struct WithForm {
+  static constexpr std::string_view name = P::name;
+  static StashOptions options() {
+    StashOptions o = P::options();
+    o.form = Form;
+    return o;
+  }
+};
+template <OffloadPolicy P>
+using Reentrant = WithForm<P, CheckpointForm::reentrant>;
+template <OffloadPolicy P>
+using NonReentrant = WithForm<P, CheckpointForm::non_reentrant>;
+
 }  // namespace actckpt

@@ -4,6 +4,9 @@
 /// holds its own copy, so code (a memory planner, say) can change it per layer at run time.
 
 #include <cstddef>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 
 namespace actckpt {
@@ -13,6 +16,20 @@ enum class StashMode {
   device,      ///< stay where they are (classic checkpointing)
   sync_host,   ///< copied to host memory at once, copied back when needed, blocking
   async_host,  ///< copied on a side stream / worker, prefetched in backward
+};
+
+/// How a checkpointed layer recomputes (README "The two forms"; docs/pitfalls.md#forms).
+enum class CheckpointForm {
+  /// The process default: non_reentrant, or what ACTCKPT_CHECKPOINT_FORM says ("reentrant" or
+  /// "non_reentrant", read once per process; the test suite runs once per form this way).
+  process_default,
+  /// PyTorch's `use_reentrant=False`: the forward records its graph under the caller's grad mode,
+  /// saved activations are replaced by handles (saved-tensor hooks) and recomputed at their first
+  /// use in backward. Gradients are those of the unwrapped layer for any use of autograd.
+  non_reentrant,
+  /// A custom autograd function: forward without grad, backward recomputes and differentiates
+  /// with respect to the tensor arguments and the layer's registered parameters only.
+  reentrant,
 };
 
 /// What happens when the host buffer pool cannot take a stash.
@@ -37,7 +54,37 @@ struct StashOptions {
   /// corrupted the stash). Costs two reductions and a device sync per stash each way; off by
   /// default. ACTCKPT_VERIFY_STASHES=1 in the environment turns it on for every stash.
   bool verify_checksums = false;
+  /// Non-reentrant (saved-tensor hooks) or reentrant (custom autograd function) recompute.
+  CheckpointForm form = CheckpointForm::process_default;
 };
+
+/// The form `process_default` stands for when ACTCKPT_CHECKPOINT_FORM is not set.
+inline constexpr CheckpointForm built_in_default_form = CheckpointForm::non_reentrant;
+
+/// `form`, with process_default replaced by the process's default (ACTCKPT_CHECKPOINT_FORM,
+/// read once; any other value than "reentrant" or "non_reentrant" is an error).
+inline CheckpointForm resolve(CheckpointForm form) {
+  if (form != CheckpointForm::process_default) return form;
+  static const CheckpointForm by_default = [] {
+    const char* v = std::getenv("ACTCKPT_CHECKPOINT_FORM");
+    if (v == nullptr || *v == '\0') return built_in_default_form;
+    const std::string_view value(v);
+    if (value == "reentrant") return CheckpointForm::reentrant;
+    if (value == "non_reentrant") return CheckpointForm::non_reentrant;
+    throw std::invalid_argument("actckpt: ACTCKPT_CHECKPOINT_FORM is '" + std::string(value) +
+                                "'; it must be 'reentrant' or 'non_reentrant' (or unset)");
+  }();
+  return by_default;
+}
+
+constexpr std::string_view to_string(CheckpointForm f) noexcept {
+  switch (f) {
+    case CheckpointForm::process_default: return "process_default";
+    case CheckpointForm::non_reentrant: return "non_reentrant";
+    case CheckpointForm::reentrant: return "reentrant";
+  }
+  return "unknown";
+}
 
 constexpr std::string_view to_string(StashMode m) noexcept {
   switch (m) {

@@ -36,7 +36,7 @@ fi
 grep -q 'done: build' "$work/main-job.log" || { echo "FAIL: no closing line in the log"; fail=1; }
 ((fail == 0)) || { cat "$work/main-job.log"; exit 1; }
 
-# The table and the JSON behind it: four modes, every checkpointed one below baseline's peak,
+# The table and the JSON behind it: four modes (and the three checkpointed ones in the reentrant form), every checkpointed one below baseline's peak,
 # the offload ones at or below classic's, and the Perfetto trace valid JSON with layer phases.
 /usr/bin/python3 - "$work/out" <<'PY'
 import json, re, sys, pathlib
@@ -44,7 +44,18 @@ out = pathlib.Path(sys.argv[1])
 results = json.loads((out / "results.json").read_text())
 modes = {m["mode"]: m for m in results["modes"]}
 want = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload", "ckpt_planned"]
-assert sorted(modes) == sorted(want), f"modes in results.json: {sorted(modes)}"
+reentrant = ["ckpt_classic_reentrant", "ckpt_sync_offload_reentrant", "ckpt_async_offload_reentrant"]
+assert sorted(modes) == sorted(want + reentrant), f"modes in results.json: {sorted(modes)}"
+# Both checkpoint forms side by side: each mode says which ran, and the comparison is there.
+for m in want[1:]:
+    assert modes[m]["form"] == "non_reentrant", f"{m}: form {modes[m]['form']}"
+for m in reentrant:
+    assert modes[m]["form"] == "reentrant", f"{m}: form {modes[m]['form']}"
+    assert f"| {m}" in (out / "results.md").read_text(), f"{m} missing from results.md"
+compared = [(c["mode"], c["reentrant_mode"]) for c in results["form_comparison"]["modes"]]
+assert compared == list(zip(want[1:4], reentrant)), f"form_comparison: {compared}"
+assert all(c["peak_pct"] is not None for c in results["form_comparison"]["modes"]), "form_comparison without peaks"
+assert "non_reentrant vs reentrant" in (out / "results.md").read_text(), "no line comparing the two forms"
 table = (out / "results.md").read_text()
 for m in want:
     assert f"| {m}" in table, f"{m} missing from results.md"

@@ -61,11 +61,18 @@ enum class StackMode {
   ckpt_sync_offload,   ///< Checkpointed<Block, SyncOffload>
   ckpt_async_offload,  ///< Checkpointed<Block, AsyncOffload>
   ckpt_planned,        ///< Checkpointed<Block, NoOffload>, each layer's choice set by a MemoryPlan (planner.hpp)
+  // The three checkpointed modes above in the other form (README "The two forms"): the modes
+  // above use the process default (non-reentrant unless ACTCKPT_CHECKPOINT_FORM says otherwise).
+  ckpt_classic_reentrant,        ///< Checkpointed<Block, Reentrant<NoOffload>>
+  ckpt_sync_offload_reentrant,   ///< Checkpointed<Block, Reentrant<SyncOffload>>
+  ckpt_async_offload_reentrant,  ///< Checkpointed<Block, Reentrant<AsyncOffload>>
 };
 
 inline constexpr StackMode all_stack_modes[] = {StackMode::baseline, StackMode::ckpt_classic,
                                                 StackMode::ckpt_sync_offload, StackMode::ckpt_async_offload,
-                                                StackMode::ckpt_planned};
+                                                StackMode::ckpt_planned, StackMode::ckpt_classic_reentrant,
+                                                StackMode::ckpt_sync_offload_reentrant,
+                                                StackMode::ckpt_async_offload_reentrant};
 
 constexpr std::string_view to_string(StackMode mode) noexcept {
   switch (mode) {
@@ -74,6 +81,9 @@ constexpr std::string_view to_string(StackMode mode) noexcept {
     case StackMode::ckpt_sync_offload: return "ckpt_sync_offload";
     case StackMode::ckpt_async_offload: return "ckpt_async_offload";
     case StackMode::ckpt_planned: return "ckpt_planned";
+    case StackMode::ckpt_classic_reentrant: return "ckpt_classic_reentrant";
+    case StackMode::ckpt_sync_offload_reentrant: return "ckpt_sync_offload_reentrant";
+    case StackMode::ckpt_async_offload_reentrant: return "ckpt_async_offload_reentrant";
   }
   return "unknown";
 }
@@ -96,10 +106,36 @@ struct PlannedCheckpoint {
   static constexpr std::string_view name = "PlannedCheckpoint";
 };
 
-/// The mode a policy type gives: NoCheckpoint, NoOffload, SyncOffload, AsyncOffload, PlannedCheckpoint.
+/// True for the modes that run the reentrant form explicitly.
+constexpr bool is_reentrant(StackMode mode) noexcept {
+  return mode == StackMode::ckpt_classic_reentrant || mode == StackMode::ckpt_sync_offload_reentrant ||
+         mode == StackMode::ckpt_async_offload_reentrant;
+}
+
+/// The mode that keeps stashes as `mode` does, in the process default form (itself for others).
+constexpr StackMode default_form_of(StackMode mode) noexcept {
+  switch (mode) {
+    case StackMode::ckpt_classic_reentrant: return StackMode::ckpt_classic;
+    case StackMode::ckpt_sync_offload_reentrant: return StackMode::ckpt_sync_offload;
+    case StackMode::ckpt_async_offload_reentrant: return StackMode::ckpt_async_offload;
+    default: return mode;
+  }
+}
+
+/// The checkpoint form a mode runs ("none" for baseline), for tables and results.json.
+inline std::string_view form_name(StackMode mode) {
+  if (mode == StackMode::baseline) return "none";
+  return to_string(is_reentrant(mode) ? CheckpointForm::reentrant : resolve(CheckpointForm::process_default));
+}
+
+/// The mode a policy type gives: NoCheckpoint, NoOffload, SyncOffload, AsyncOffload, PlannedCheckpoint,
+/// and Reentrant<> of the three offload policies.
 template <class Policy>
 constexpr StackMode stack_mode_of() {
   if constexpr (std::is_same_v<Policy, NoCheckpoint>) return StackMode::baseline;
+  else if constexpr (std::is_same_v<Policy, Reentrant<NoOffload>>) return StackMode::ckpt_classic_reentrant;
+  else if constexpr (std::is_same_v<Policy, Reentrant<SyncOffload>>) return StackMode::ckpt_sync_offload_reentrant;
+  else if constexpr (std::is_same_v<Policy, Reentrant<AsyncOffload>>) return StackMode::ckpt_async_offload_reentrant;
   else if constexpr (std::is_same_v<Policy, PlannedCheckpoint>) return StackMode::ckpt_planned;
   else if constexpr (std::is_same_v<Policy, NoOffload>) return StackMode::ckpt_classic;
   else if constexpr (std::is_same_v<Policy, SyncOffload>) return StackMode::ckpt_sync_offload;
@@ -211,6 +247,9 @@ class TransformerStackImpl : public torch::nn::Module {
         case StackMode::ckpt_planned: add_checkpointed<NoOffload>(b); break;
         case StackMode::ckpt_sync_offload: add_checkpointed<SyncOffload>(b); break;
         case StackMode::ckpt_async_offload: add_checkpointed<AsyncOffload>(b); break;
+        case StackMode::ckpt_classic_reentrant: add_checkpointed<Reentrant<NoOffload>>(b); break;
+        case StackMode::ckpt_sync_offload_reentrant: add_checkpointed<Reentrant<SyncOffload>>(b); break;
+        case StackMode::ckpt_async_offload_reentrant: add_checkpointed<Reentrant<AsyncOffload>>(b); break;
       }
       blocks_.push_back(std::move(b));
     }
