@@ -45,6 +45,8 @@ namespace actckpt {
 struct HostPoolStats {
   std::size_t live_bytes = 0;          ///< bytes of buffers currently holding stashes
   std::size_t peak_live_bytes = 0;     ///< the most `live_bytes` has been
+  std::size_t stashed_bytes = 0;       ///< bytes the live stashes asked for (before any rounding)
+  std::size_t peak_stashed_bytes = 0;  ///< the most `stashed_bytes` has been
   std::size_t reserved_bytes = 0;      ///< bytes obtained from the system (live + cached)
   std::size_t peak_reserved_bytes = 0; ///< the most `reserved_bytes` has been
   std::size_t live_buffers = 0;        ///< buffers currently handed out
@@ -80,6 +82,7 @@ class HostBuffer {
       : bytes_(std::move(bytes)), capacity_(capacity), pinned_(pinned) {}
   at::Tensor bytes_;  // a 1-d uint8 tensor over the whole buffer
   std::size_t capacity_;
+  std::size_t requested_ = 0;  // what the current holder asked for
   bool pinned_;
   std::function<void()> fence_;
 };
@@ -145,6 +148,9 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
       live_bytes_.store(stats_.live_bytes, std::memory_order_relaxed);
       stats_.live_buffers += 1;
       stats_.peak_live_bytes = std::max(stats_.peak_live_bytes, stats_.live_bytes);
+      buffer->requested_ = bytes;
+      stats_.stashed_bytes += bytes;
+      stats_.peak_stashed_bytes = std::max(stats_.peak_stashed_bytes, stats_.stashed_bytes);
     }
     if (buffer->fence_) {
       buffer->fence_();
@@ -174,6 +180,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
   void reset_peaks() {
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.peak_live_bytes = stats_.live_bytes;
+    stats_.peak_stashed_bytes = stats_.stashed_bytes;
     stats_.peak_reserved_bytes = stats_.reserved_bytes;
   }
 
@@ -232,6 +239,8 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     stats_.live_bytes -= b->capacity_;
     live_bytes_.store(stats_.live_bytes, std::memory_order_relaxed);
     stats_.live_buffers -= 1;
+    stats_.stashed_bytes -= b->requested_;
+    b->requested_ = 0;
     if (stats_.reserved_bytes > limit_) {  // the limit was lowered meanwhile
       release_locked(b);
       return;

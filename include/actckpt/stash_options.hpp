@@ -49,6 +49,14 @@ struct StashOptions {
   /// false: the layer is not checkpointed at all; it runs directly and autograd keeps its
   /// activations (a memory planner's "keep"). The fields above then do not matter.
   bool checkpoint = true;
+  /// true: no recompute; every activation autograd saves is offloaded instead (torchtune's and
+  /// Megatron-Core's fine-grained activation offload). The layer runs once, as with
+  /// `checkpoint = false`, and each tensor autograd saves in its forward, parameters and buffers
+  /// aside, is moved to the host pool as `mode` says (sync_host or async_host; device: nothing
+  /// moves), with `min_offload_bytes` and `keep_on_device` applying per saved tensor; backward
+  /// brings them back (async: prefetched a layer ahead). `checkpoint` is not read when this is set.
+  /// Policies: `OffloadSaved` (async) and `SyncOffloadSaved`.
+  bool offload_saved = false;
   /// Debug: checksum every offloaded stash when it leaves the device and verify it when it is
   /// back, failing the backward with a message naming the layer if they differ (a race that
   /// corrupted the stash). Costs two reductions and a device sync per stash each way; off by
