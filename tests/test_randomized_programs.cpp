@@ -14,7 +14,7 @@
 // layers (a layer called again: repeated layers) whose second argument is the same tensor as the
 // first, or a side tensor whose producer (exp) saved its output; around a call, a residual
 // (`layer(h, .) + h`: input used inside and outside) and, after it, an in-place op on its output
-// (relu_, mul_, +=); the side tensor sometimes changed in place after the calls. The model's
+// (relu_, mul_, +=); the side tensor sometimes changed in place before or after the calls. The model's
 // input is contiguous, transposed, a slice of a wider tensor or an expanded row (stride 0), and
 // requires grad or not. Each layer is unwrapped or wrapped with a policy (NoOffload,
 // SyncOffload, AsyncOffload; sometimes StashOptions overridden at run time).
@@ -149,7 +149,7 @@ struct CaseSpec {
   std::vector<CallSpec> calls;
   int layout = contiguous;
   bool input_requires_grad = true;
-  bool side_changed_in_place = false;  // side.mul_(2) after the calls
+  int side_changed = 0;  // side.mul_(2): 0 never, 1 before the calls, 2 after them
   std::size_t pool_limit = std::size_t{1} << 30;
 
   std::string describe() const {
@@ -157,7 +157,8 @@ struct CaseSpec {
     std::ostringstream s;
     s << "seed " << seed << ": n " << n << ", input " << layout_names[layout]
       << (input_requires_grad ? " (requires grad)" : " (no grad)") << ", pool " << pool_limit << " B"
-      << (side_changed_in_place ? ", side tensor changed in place after the calls" : "") << "; layers:";
+      << (side_changed == 1 ? ", side tensor changed in place before the calls" : "")
+      << (side_changed == 2 ? ", side tensor changed in place after the calls" : "") << "; layers:";
     for (std::size_t i = 0; i < layers.size(); ++i) {
       const auto& l = layers[i];
       s << "\n  l" << i << " [";
@@ -219,7 +220,7 @@ CaseSpec draw_case(uint64_t seed) {
   }
   c.layout = pick(0, 3);
   c.input_requires_grad = pick(0, 3) != 0;
-  c.side_changed_in_place = pick(0, 3) == 0;
+  c.side_changed = pick(0, 5) == 0 ? 1 : pick(0, 3) == 0 ? 2 : 0;
   c.pool_limit = pick(0, 5) == 0 ? 512 : std::size_t{1} << 30;
   return c;
 }
@@ -230,7 +231,7 @@ bool mutates_stashed_input(const CaseSpec& c) {
   for (const auto& call : c.calls) {
     const auto& l = c.layers[call.layer];
     if (!l.wrapped) continue;
-    if (call.second_is_side && c.side_changed_in_place) return true;
+    if (call.second_is_side && c.side_changed == 2) return true;
     if (l.ending == input_unchanged && !call.residual && call.after != nothing) return true;
   }
   return false;
@@ -309,6 +310,7 @@ Outcome run_step(const CaseSpec& c, Model& m, bool wrapped, const torch::Tensor&
     if (c.layout == expanded_row) h = leaf.expand({c.n, c.n});       // leaf is [1, n]
     auto side_leaf = side_values.detach().clone().requires_grad_(true);
     auto side = side_leaf.exp();  // exp saves its output
+    if (c.side_changed == 1) side.mul_(2.0);
     torch::manual_seed(c.seed ^ 0x5bd1e995ULL);  // dropout masks
     for (const auto& call : c.calls) {
       const torch::Tensor second = call.second_is_side ? side : h;
@@ -319,7 +321,7 @@ Outcome run_step(const CaseSpec& c, Model& m, bool wrapped, const torch::Tensor&
       if (call.after == add_input_after) y += h;
       h = y;
     }
-    if (c.side_changed_in_place) side.mul_(2.0);
+    if (c.side_changed == 2) side.mul_(2.0);
     auto loss = weighted_loss(h);
     loss.backward();
     o.tensors = take_grads(*m.root);
