@@ -347,6 +347,13 @@ TEST_CASE_TEMPLATE("the reentrant form refuses to double a parameter's gradient"
   check_same(run([&](torch::Tensor x) { return nr(x); }), expected);
   auto r = wrapped<actckpt::Reentrant<Policy>>(layer, iso);
   const auto reentrant = run([&](torch::Tensor x) { return r(x); });
-  CHECK(contains(reentrant.error, "its gradient twice"));
+  // LibTorch 1.13 doubles it (actckpt raises); 2.15 does not (the gradients are right). Never a
+  // doubled gradient in silence.
+  if (reentrant.error) {
+    CHECK(contains(reentrant.error, "its gradient twice"));
+  } else {
+    MESSAGE("this LibTorch gives the reentrant recompute's parameter gradient once: checked equal");
+    check_close(reentrant, expected);
+  }
   check_nothing_left(iso);
 }

@@ -34,7 +34,7 @@ namespace detail {
 /// return values). LibTorch breaks that in one case found by the randomized programs test: when
 /// the layer adds a parameter in place to a view of an intermediate (`h.view(..).add_(bias)`), the
 /// nested call *also* accumulates that parameter's gradient into `.grad`, so it arrives twice
-/// (seen on LibTorch 1.13 and 2.15). A silent doubled gradient is the worst outcome; the reentrant
+/// (LibTorch 1.13; 2.15 does not). A silent doubled gradient is the worst outcome; the reentrant
 /// form cannot prevent it, so it raises (the non-reentrant form records the real graph and is
 /// not affected).
 class ParamGradWatch {
