@@ -16,6 +16,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <c10/core/GradMode.h>
 
+#include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "actckpt/autocast_state.hpp"
@@ -24,6 +26,41 @@
 #include "actckpt/recompute_state.hpp"
 
 namespace actckpt {
+
+namespace detail {
+
+/// Watches the `.grad` of the layer's parameters across the recompute's nested
+/// `torch::autograd::grad` call, which must leave them alone (its gradients leave this node as
+/// return values). LibTorch breaks that in one case found by the randomized programs test: when
+/// the layer adds a parameter in place to a view of an intermediate (`h.view(..).add_(bias)`), the
+/// nested call *also* accumulates that parameter's gradient into `.grad`, so it arrives twice
+/// (LibTorch 1.13; 2.15 does not). A silent doubled gradient is the worst outcome; the reentrant
+/// form cannot prevent it, so it raises (the non-reentrant form records the real graph and is
+/// not affected).
+class ParamGradWatch {
+ public:
+  explicit ParamGradWatch(const std::vector<at::Tensor>& params) {
+    seen_.reserve(params.size());
+    for (const auto& p : params) seen_.push_back(state_of(p));
+  }
+  /// Index of the first parameter whose `.grad` changed since construction, or -1.
+  std::ptrdiff_t first_changed(const std::vector<at::Tensor>& params) const {
+    for (std::size_t i = 0; i < params.size(); ++i)
+      if (state_of(params[i]) != seen_[i]) return static_cast<std::ptrdiff_t>(i);
+    return -1;
+  }
+
+ private:
+  using State = std::pair<const void*, std::uint32_t>;  // the grad's TensorImpl and version
+  static State state_of(const at::Tensor& p) {
+    const auto& g = p.grad();
+    if (!g.defined()) return {nullptr, 0};
+    return {g.unsafeGetTensorImpl(), g._version()};
+  }
+  std::vector<State> seen_;
+};
+
+}  // namespace detail
 
 struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
   static constexpr const char* record_key = "actckpt_record";
@@ -89,8 +126,16 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     }
     std::vector<at::Tensor> grads;
     if (!roots.empty() && !targets.empty()) {
+      detail::ParamGradWatch watch(record->params());
       grads = torch::autograd::grad(roots, targets, root_grads, /*retain_graph=*/create_graph, create_graph,
                                     /*allow_unused=*/true);
+      const auto changed = watch.first_changed(record->params());
+      TORCH_CHECK(changed < 0, "actckpt: the reentrant recompute of checkpointed layer '", record->label(),
+                  "' would give parameter #", changed, " of the layer its gradient twice: LibTorch accumulated it "
+                  "into .grad during the recompute's own autograd::grad call (this happens when the layer "
+                  "applies a parameter in place to a view of an intermediate, e.g. h.view(...).add_(bias)). "
+                  "Use the non-reentrant form (the default; not Reentrant<...>, not "
+                  "ACTCKPT_CHECKPOINT_FORM=reentrant), or make that operation out of place (h = h + bias).");
     }
     outputs.clear();
     roots.clear();

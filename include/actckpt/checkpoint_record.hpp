@@ -142,7 +142,11 @@ class CheckpointRecord : public torch::CustomClassHolder {
   }
 
   /// Restores every stash (consuming them); checks no input or parameter changed in place.
-  std::vector<at::Tensor> restore_inputs() {
+  /// `saved_tensors_checked`: the caller (the non-reentrant form) checks every tensor the forward
+  /// saved for in-place changes itself, as autograd does; an input changed after the forward then
+  /// matters only when the stash would hand the recompute the changed values, so stashes that
+  /// hold their own copy (sync offload) pass. Otherwise (reentrant) every change is refused.
+  std::vector<at::Tensor> restore_inputs(bool saved_tensors_checked = false) {
     TORCH_CHECK(!consumed_, "actckpt: backward ran through checkpointed layer '", label_,
                 "' a second time, but its stashed inputs were consumed by the first backward. "
                 "Checkpointed layers support one backward per forward (no retain_graph=true); run "
@@ -153,7 +157,8 @@ class CheckpointRecord : public torch::CustomClassHolder {
     std::vector<at::Tensor> restored;
     restored.reserve(stashes.size());
     for (std::size_t i = 0; i < stashes.size(); ++i) {
-      TORCH_CHECK(!input_versions_[i].changed(), "actckpt: input #", i, " of checkpointed layer '", label_,
+      const bool unaffected = saved_tensors_checked && stashes[i]->holds_snapshot();
+      TORCH_CHECK(unaffected || !input_versions_[i].changed(), "actckpt: input #", i, " of checkpointed layer '", label_,
                   "' was modified in place after the forward stashed it (version ", input_versions_[i].version,
                   ", now ", input_versions_[i].now(), "). Checkpointing recomputes from the stashed input; "
                   "modify a clone instead, or do not checkpoint this layer.");

@@ -182,7 +182,7 @@ class RecomputeFrame {
       if (!inputs_restored_) {
         backward_started_ = true;
         emit(EventKind::backward_begin, label);
-        restored_inputs_ = record_->restore_inputs();
+        restored_inputs_ = record_->restore_inputs(/*saved_tensors_checked=*/true);
         inputs_restored_ = true;
       }
       inputs = restored_inputs_;  // kept for another backward (retain_graph) until the frame goes

@@ -191,6 +191,13 @@ class TensorStash final : public StackEntry {
     std::lock_guard<std::mutex> lock(mutex_);
     return prefetch_ticket_ != nullptr;
   }
+  /// True when the stash holds its own copy, taken when it was made (a sync stash that moved to
+  /// the host): in-place changes of the original since then cannot reach it. An async stash may
+  /// still be copied after such a change, and a device stash is the original.
+  bool holds_snapshot() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return options_.mode == StashMode::sync_host && location_ == Location::host && !consumed_;
+  }
   /// Bytes of the stashed tensor's elements (what travels; a view moves only its own bytes, an
   /// expanded tensor only its unexpanded ones).
   std::size_t bytes() const { return bytes_; }
