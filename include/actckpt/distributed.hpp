@@ -62,8 +62,10 @@ namespace actckpt {
 struct ProcessGroupOptions {
   /// kCPU: Gloo. kCUDA: NCCL, on the GPU numbered LOCAL_RANK (made the current device first).
   TORCH_ARG(c10::DeviceType, device_type) = c10::kCPU;
-  /// Limit for the rendezvous and for every collective: a rank that died or never came makes
-  /// the others fail with an error after this long instead of waiting for ever.
+  /// Limit for the rendezvous (reaching the store and waiting there for every rank, together) and
+  /// for every collective: a rank that died, never came or lost its link makes the others fail
+  /// with an error after this long instead of waiting for ever. Across hosts, choose it above
+  /// the longest pause a healthy run has between collectives (a checkpoint save, an evaluation).
   TORCH_ARG(std::chrono::milliseconds, timeout) = std::chrono::minutes(5);
   TORCH_ARG(std::optional<int>, rank) = std::nullopt;
   TORCH_ARG(std::optional<int>, world_size) = std::nullopt;
@@ -141,7 +143,10 @@ inline c10::intrusive_ptr<c10d::Store> rendezvous_store(const std::string& addr,
   options.port = static_cast<std::uint16_t>(port);
   options.isServer = !agent_store && rank == 0;
   if (!agent_store) options.numWorkers = static_cast<std::size_t>(world_size);  // c10::optional in 1.13, std:: in 2.x
-  options.waitWorkers = !agent_store;
+  // Not the store's own wait for the other ranks: 1.13's gives up silently after the timeout
+  // (Gloo then waits as long again) and 2.x's error does not say who is missing;
+  // wait_for_every_rank does both versions' waiting, within what is left of the timeout.
+  options.waitWorkers = false;
   options.timeout = timeout;
   c10::intrusive_ptr<c10d::Store> store;
   try {
@@ -163,8 +168,40 @@ inline c10::intrusive_ptr<c10d::Store> rendezvous_store(const std::string& addr,
   return c10::make_intrusive<c10d::PrefixStore>("default_pg", store);
 }
 
+/// Every rank announces itself in the store and waits for all the others, so that a rank that
+/// never comes (not started, another MASTER_ADDR, a host unreachable) fails every waiting rank
+/// with an error naming the missing ranks, by `deadline`, before Gloo or NCCL waits for them.
+inline void wait_for_every_rank(c10d::Store& store, int rank, int world_size,
+                                std::chrono::steady_clock::time_point deadline, std::chrono::milliseconds timeout,
+                                const std::string& where) {
+  auto key = [](int r) { return "actckpt_arrived/" + std::to_string(r); };
+  store.set(key(rank), std::vector<uint8_t>{1});
+  std::vector<std::string> keys;
+  for (int r = 0; r < world_size; ++r) keys.push_back(key(r));
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  try {
+    store.wait(keys, std::max(left, std::chrono::milliseconds(1)));
+    return;
+  } catch (const std::exception&) {  // the store's timeout (c10::Error; DistStoreError in 2.x)
+  }
+  std::string missing;
+  int count = 0;
+  for (int r = 0; r < world_size; ++r) {
+    if (store.check({key(r)})) continue;
+    if (++count <= 8) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+  }
+  if (count > 8) missing += " and " + std::to_string(count - 8) + " more";
+  throw std::runtime_error("actckpt::init_process_group: rank " + std::to_string(rank) + " of " +
+                           std::to_string(world_size) + ": rank" + (count > 1 ? "s " : " ") + missing +
+                           " did not arrive at the rendezvous store " + where + " within " +
+                           std::to_string(timeout.count()) +
+                           " ms (the timeout; did every rank start, with the same MASTER_ADDR and MASTER_PORT?)");
+}
+
+/// Gloo's network interface: GLOO_SOCKET_IFNAME names it (as for Python's Gloo groups; one name,
+/// e.g. `eth1`, or `lo` on one machine); else Gloo takes the interface of the address this host's
+/// name resolves to, which on a multi-homed host may not be the one that reaches the others.
 inline std::shared_ptr<::gloo::transport::Device> gloo_device() {
-  // GLOO_SOCKET_IFNAME is the variable Python's Gloo groups honour too (e.g. `lo` on one machine).
   if (auto interface = environment("GLOO_SOCKET_IFNAME"); interface && !interface->empty()) {
     return c10d::ProcessGroupGloo::createDeviceForInterface(*interface);
   }
@@ -234,7 +271,10 @@ inline World init_process_group(const ProcessGroupOptions& options = {}) {
   }
 #endif
 
+  const auto deadline = std::chrono::steady_clock::now() + options.timeout();
   world.store = detail::rendezvous_store(addr, port, world.rank, world.size, options.timeout());
+  detail::wait_for_every_rank(*world.store, world.rank, world.size, deadline, options.timeout(),
+                              "MASTER_ADDR=" + addr + " MASTER_PORT=" + std::to_string(port));
   try {
     if (nccl) {
 #if ACTCKPT_WITH_NCCL
