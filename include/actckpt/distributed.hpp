@@ -16,6 +16,12 @@
 /// Checkpointed layer fires exactly once per backward because its parameters are explicit inputs
 /// of its autograd function), and the Reducer's own timer measures how much of the communication
 /// hides behind backward (DistributedDataParallel::comm_stats).
+///
+/// Across hosts (torchrun --nnodes=N on each), name the interface that joins them:
+/// GLOO_SOCKET_IFNAME for Gloo (read here, in init_process_group), NCCL_SOCKET_IFNAME for NCCL
+/// (read by NCCL itself). Unset, Gloo binds to the address this host's name resolves to, which on
+/// a host with several networks may be one the others cannot reach. The store is reached at
+/// MASTER_ADDR regardless. ProcessGroupOptions::timeout bounds every wait for another host.
 
 #include <actckpt/config.hpp>
 

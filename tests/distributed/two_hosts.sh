@@ -67,6 +67,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM
 
+# Hosts of runs that were killed outright (SIGKILL: no trap runs), e.g. by ctest's TIMEOUT:
+# their namespaces carry a PID that no longer runs.
+for stale in $(ip netns list 2>/dev/null | grep -Eo '^actckpt-[0-9]+-[ab]\b'); do
+  owner=${stale#actckpt-} owner=${owner%-*}
+  if ! kill -0 "$owner" 2>/dev/null; then
+    stale_pids=$(ip netns pids "$stale" 2>/dev/null)
+    # shellcheck disable=SC2086
+    [[ -n $stale_pids ]] && kill -KILL $stale_pids 2>/dev/null
+    ip netns del "$stale" 2>/dev/null && echo "two_hosts: removed $stale, left by a run that was killed"
+  fi
+done
+
 if ! ip netns add "$ns_a" 2>/dev/null; then
   skip "cannot create a network namespace here (ip netns add failed: a container without CAP_SYS_ADMIN?)"
 fi
