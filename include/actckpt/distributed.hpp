@@ -45,7 +45,13 @@
 #define ACTCKPT_WITH_NCCL 0
 #endif
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -54,6 +60,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <unordered_map>
@@ -138,12 +145,52 @@ inline int integer_setting(const std::optional<int>& given, const char* name, st
   return static_cast<int>(value);
 }
 
+/// Waits until something accepts TCP connections at addr:port; false once `deadline` passes.
+/// c10d's own client retries with a growing back-off that overshoots a short timeout by seconds
+/// (LibTorch 2.15, nobody listening, 3 s timeout: 5.3-7.5 s); polling every 50 ms here keeps the
+/// rendezvous within the timeout. The probe connection is closed unused, which the store ignores.
+inline bool wait_until_listening(const std::string& addr, int port, std::chrono::steady_clock::time_point deadline) {
+  using namespace std::chrono;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  const std::string service = std::to_string(port);
+  for (;;) {
+    addrinfo* found = nullptr;
+    if (::getaddrinfo(addr.c_str(), service.c_str(), &hints, &found) == 0) {
+      bool accepted = false;
+      for (const addrinfo* a = found; a != nullptr && !accepted; a = a->ai_next) {
+        const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) continue;
+        if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+          accepted = true;
+        } else if (errno == EINPROGRESS) {
+          const auto left = duration_cast<milliseconds>(deadline - steady_clock::now()).count();
+          pollfd writable{fd, POLLOUT, 0};
+          if (::poll(&writable, 1, static_cast<int>(std::clamp<int64_t>(left, 0, 200))) == 1) {
+            int error = 0;
+            socklen_t length = sizeof error;
+            accepted = ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0;
+          }
+        }
+        ::close(fd);
+      }
+      ::freeaddrinfo(found);
+      if (accepted) return true;
+    }
+    const auto now = steady_clock::now();
+    if (now >= deadline) return false;
+    std::this_thread::sleep_for(std::min<steady_clock::duration>(milliseconds(50), deadline - now));
+  }
+}
+
 /// The store every rank meets in. Under torchrun the agent already hosts it
 /// (TORCHELASTIC_USE_AGENT_STORE=True): workers connect as clients, under the prefix torchrun's
 /// Python workers use, and a rank 0 binding the port itself would fail with "Address already in
 /// use". Launched by hand, rank 0 hosts it.
 inline c10::intrusive_ptr<c10d::Store> rendezvous_store(const std::string& addr, int port, int rank, int world_size,
-                                                        std::chrono::milliseconds timeout) {
+                                                        std::chrono::milliseconds timeout,
+                                                        std::chrono::steady_clock::time_point deadline) {
   const bool agent_store = environment("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
   c10d::TCPStoreOptions options;
   options.port = static_cast<std::uint16_t>(port);
@@ -156,6 +203,9 @@ inline c10::intrusive_ptr<c10d::Store> rendezvous_store(const std::string& addr,
   options.timeout = timeout;
   c10::intrusive_ptr<c10d::Store> store;
   try {
+    if (!options.isServer && !wait_until_listening(addr, port, deadline)) {
+      throw std::runtime_error("nothing accepted a connection there");
+    }
     store = c10::make_intrusive<c10d::TCPStore>(addr, options);
   } catch (const std::exception& e) {
     const std::string what = e.what();
@@ -278,7 +328,7 @@ inline World init_process_group(const ProcessGroupOptions& options = {}) {
 #endif
 
   const auto deadline = std::chrono::steady_clock::now() + options.timeout();
-  world.store = detail::rendezvous_store(addr, port, world.rank, world.size, options.timeout());
+  world.store = detail::rendezvous_store(addr, port, world.rank, world.size, options.timeout(), deadline);
   detail::wait_for_every_rank(*world.store, world.rank, world.size, deadline, options.timeout(),
                               "MASTER_ADDR=" + addr + " MASTER_PORT=" + std::to_string(port));
   try {
