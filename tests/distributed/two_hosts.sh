@@ -183,7 +183,8 @@ case $scenario in
       launch_a="--node_rank=0 --master_addr=$addr_a --master_port=$port"
       launch_b="--node_rank=1 --master_addr=$addr_a --master_port=$port"
     fi
-    common=(--nnodes=2 --nproc_per_node=1 --max_restarts=0 --monitor_interval=0.1 --no_python)
+    # -r 1 -t 1: torchrun 1.13 crashes in its log set-up under Python 3.11 without them.
+    common=(--nnodes=2 --nproc_per_node=1 --max_restarts=0 --monitor_interval=0.1 --no_python -r 1 -t 1)
     # shellcheck disable=SC2086  # the launch options are words
     on_host A "$tmp/a.log" "$torchrun" "${common[@]}" $launch_a "$worker" parity
     pid_a=$last_pid
