@@ -661,8 +661,8 @@ int main(int argc, char** argv) {
       "Threads: set OMP_NUM_THREADS.\n"
       "\nData parallel (each rank trains on its share of every batch; rank 0 prints and saves):\n"
       "  torchrun --no_python --nproc_per_node=2 -r 1 -t 1 train_gpt --mode async --steps 300\n"
-      "Across hosts (on host K of 2; GLOO_SOCKET_IFNAME names the interface that joins them):\n"
-      "  torchrun --no_python --nnodes=2 --node-rank=K --nproc-per-node=1 --rdzv-backend=c10d \\\n"
+      "Across hosts (the same on each; GLOO_SOCKET_IFNAME names the interface that joins them):\n"
+      "  torchrun --no_python --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-id=run1 \\\n"
       "      --rdzv-endpoint=HOST0:29500 train_gpt --steps 300 --save gpt.pt --save-every 50 --dist-timeout 60\n"
       "  after a failure (a host lost, a link down): the same command with --load gpt.pt resumes");
 
