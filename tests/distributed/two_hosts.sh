@@ -247,11 +247,14 @@ case $scenario in
     fi
     wait_rank "$pid_a" "$tmp/a.log" "host A rank 0 (link fails)" 1
     wait_rank "$pid_b" "$tmp/b.log" "host B rank 1 (link fails)" 1
+    # The error says what failed and where to restart from.
     for log in "$tmp/a.log" "$tmp/b.log"; do
-      grep -q "^train_gpt: error: " "$log" || { say "no 'train_gpt: error:' line in $(basename "$log")"; status_ok=0; }
+      grep -Eq "^train_gpt: error: step [0-9]+: data parallel communication failed: .*restart every rank with --load $ckpt" "$log" ||
+        { say "no 'data parallel communication failed ... restart every rank with --load' error in $(basename "$log")"; status_ok=0; }
     done
     last=$(grep -o 'saved .* (step [0-9]*)' "$tmp/a.log" | tail -1 | grep -o '[0-9]*)$' | tr -d ')')
     [[ -n $last && -f $ckpt && ! -e $ckpt.partial ]] || { say "no whole checkpoint after the failure"; status_ok=0; }
+    grep -q -- "--load $ckpt (step $last)" "$tmp/a.log" || { say "rank 0's error does not name step $last"; status_ok=0; }
     nothing_left_behind
     # The link is back: both ranks restart from the last checkpoint and finish 4 steps later.
     ip -n "$ns_a" link set "$if_a" up || fail "ip link set $if_a up"
