@@ -13,8 +13,9 @@
 #   parity        rank 0 on A (hosts the store), rank 1 on B with MASTER_ADDR=A's address; Gloo
 #                 bound to each host's veth (GLOO_SOCKET_IFNAME): `dist_worker parity`, every
 #                 policy bitwise against one process
-#   torchrun      the same under `torchrun --nnodes=2` with a c10d rendezvous hosted on A: one node
-#                 agent per host, one worker each (skips without a working torchrun)
+#   torchrun      the same under `torchrun --nnodes=2`, one node agent per host, one worker each:
+#                 a c10d rendezvous hosted on A (torchrun 2.x), or a static one with node 0 on A
+#                 (torchrun 1.x, which lacks --local-addr); skips without a working torchrun
 #   link_down     both ranks train; once both have done 3 steps, A's veth goes down: each rank must
 #                 fail with an error within its 3 s timeout (dist_worker link_down checks)
 #   never_arrives rank 0 alone on A (its peer never comes) and rank 1 alone on B (nobody hosts the
