@@ -119,6 +119,18 @@ rank_on_host() {
   on_host "$host" "$log" env RANK="$rank" WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR="$addr_a" MASTER_PORT="$port" "$@"
 }
 
+# two_ranks LOG_SUFFIX PORT_A PORT_B COMMAND...: rank 0 on A (logs to $tmp/a<SUFFIX>.log, store at
+# PORT_A) and rank 1 on B ($tmp/b<SUFFIX>.log, looking for the store at A's PORT_B); sets
+# $pid_a and $pid_b.
+two_ranks() {
+  local suffix=$1 port_a=$2 port_b=$3
+  shift 3
+  rank_on_host A 0 "$tmp/a$suffix.log" "$port_a" "$@"
+  pid_a=$last_pid
+  rank_on_host B 1 "$tmp/b$suffix.log" "$port_b" "$@"
+  pid_b=$last_pid
+}
+
 # wait_rank PID LOG NAME EXPECTED_STATUS: waits, prints the rank's output, checks its exit status.
 status_ok=1
 wait_rank() {
@@ -158,16 +170,22 @@ nothing_left_behind() {
   done
 }
 
+# joined_over_veth MASTER_ADDR_REGEX: each host's worker must have joined with Gloo bound to its
+# own end of the veth pair, and MASTER_ADDR a veth address.
+joined_over_veth() {
+  grep -Eq "joined 2 ranks over gloo, MASTER_ADDR=$1, interface $if_a\$" "$tmp/a.log" &&
+    grep -Eq "joined 2 ranks over gloo, MASTER_ADDR=$1, interface $if_b\$" "$tmp/b.log" ||
+    { say "the workers did not report joining over $if_a and $if_b with MASTER_ADDR=$1"; status_ok=0; }
+}
+
 port=29517  # inside the namespaces every port is free
 case $scenario in
   parity)
     [[ -x $worker ]] || fail "--worker: no dist_worker at '$worker'"
-    rank_on_host A 0 "$tmp/a.log" $port "$worker" parity
-    pid_a=$last_pid
-    rank_on_host B 1 "$tmp/b.log" $port "$worker" parity
-    pid_b=$last_pid
+    two_ranks "" $port $port "$worker" parity
     wait_rank "$pid_a" "$tmp/a.log" "host A rank 0" 0
     wait_rank "$pid_b" "$tmp/b.log" "host B rank 1" 0
+    joined_over_veth "${addr_a//./\\.}"
     ;;
   torchrun)
     [[ -x $worker ]] || fail "--worker: no dist_worker at '$worker'"
@@ -194,16 +212,12 @@ case $scenario in
     pid_b=$last_pid
     wait_rank "$pid_a" "$tmp/a.log" "host A torchrun" 0
     wait_rank "$pid_b" "$tmp/b.log" "host B torchrun" 0
-    # Both workers must have met over the veth pair, one rank on each host.
-    grep -q "interface $if_a" "$tmp/a.log" && grep -q "interface $if_b" "$tmp/b.log" ||
-      { say "the workers did not report joining over $if_a and $if_b"; status_ok=0; }
+    # c10d's rendezvous may make either node's worker rank 0: MASTER_ADDR is then that node's.
+    joined_over_veth "(${addr_a//./\\.}|${addr_b//./\\.})"
     ;;
   link_down)
     [[ -x $worker ]] || fail "--worker: no dist_worker at '$worker'"
-    rank_on_host A 0 "$tmp/a.log" $port "$worker" link_down
-    pid_a=$last_pid
-    rank_on_host B 1 "$tmp/b.log" $port "$worker" link_down
-    pid_b=$last_pid
+    two_ranks "" $port $port "$worker" link_down
     if wait_for_line "$tmp/a.log" "step 3 done" 60 "$pid_a" "$pid_b" &&
        wait_for_line "$tmp/b.log" "step 3 done" 10 "$pid_a" "$pid_b"; then
       say "both ranks are training: taking $if_a down"
@@ -221,10 +235,7 @@ case $scenario in
     [[ -x $worker ]] || fail "--worker: no dist_worker at '$worker'"
     # Rank 0 hosts a store on A and waits for a peer that never comes; rank 1 on B looks for a
     # store on A's other port, which nobody hosts.
-    rank_on_host A 0 "$tmp/a.log" $port "$worker" never_arrives
-    pid_a=$last_pid
-    rank_on_host B 1 "$tmp/b.log" $((port + 1)) "$worker" never_arrives
-    pid_b=$last_pid
+    two_ranks "" $port $((port + 1)) "$worker" never_arrives
     wait_rank "$pid_a" "$tmp/a.log" "host A rank 0" 0
     wait_rank "$pid_b" "$tmp/b.log" "host B rank 1" 0
     ;;
@@ -235,10 +246,7 @@ case $scenario in
     tiny=(--seq_len 32 --batch_size 8 --num_layers 2 --hidden_dim 32 --head_dim 8 --ff_dim 64 --log-every 10
           --sample-length 0 --eval-batches 0 --dist-timeout 3 --save "$ckpt" --save-every 2)
     # First run: far more steps than it gets to; the link goes down once a checkpoint exists.
-    rank_on_host A 0 "$tmp/a.log" $port "$train_gpt" "${tiny[@]}" --steps 100000
-    pid_a=$last_pid
-    rank_on_host B 1 "$tmp/b.log" $port "$train_gpt" "${tiny[@]}" --steps 100000
-    pid_b=$last_pid
+    two_ranks "" $port $port "$train_gpt" "${tiny[@]}" --steps 100000
     if wait_for_line "$tmp/a.log" "saved .* \(step 4\)" 60 "$pid_a" "$pid_b"; then
       say "rank 0 has saved step 4: taking $if_a down"
       ip -n "$ns_a" link set "$if_a" down || fail "ip link set $if_a down"
@@ -261,10 +269,7 @@ case $scenario in
     ip -n "$ns_a" link set "$if_a" up || fail "ip link set $if_a up"
     for _ in $(seq 50); do link_is_up && break; sleep 0.1; done
     target=$((last + 4))
-    rank_on_host A 0 "$tmp/a2.log" $((port + 1)) "$train_gpt" "${tiny[@]}" --steps $target --load "$ckpt"
-    pid_a=$last_pid
-    rank_on_host B 1 "$tmp/b2.log" $((port + 1)) "$train_gpt" "${tiny[@]}" --steps $target --load "$ckpt"
-    pid_b=$last_pid
+    two_ranks 2 $((port + 1)) $((port + 1)) "$train_gpt" "${tiny[@]}" --steps $target --load "$ckpt"
     wait_rank "$pid_a" "$tmp/a2.log" "host A rank 0 (restarted)" 0
     wait_rank "$pid_b" "$tmp/b2.log" "host B rank 1 (restarted)" 0
     grep -q "resuming from $ckpt at step $last\b" "$tmp/a2.log" || { say "the restart did not resume at step $last"; status_ok=0; }
