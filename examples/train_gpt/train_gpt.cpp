@@ -27,8 +27,10 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -71,6 +73,8 @@ struct Settings {
   uint64_t seed = 1234;
   std::string data = ACTCKPT_EXAMPLE_CORPUS;
   std::string save, load;
+  int64_t save_every = 0;    // also save every N steps (0: only at the end)
+  double dist_timeout = 300;  // seconds a rank waits for the others before it fails
   int64_t log_every = 25;
   bool print_losses = false;
   int64_t eval_batches = 8;
@@ -253,7 +257,13 @@ void save_checkpoint(const std::string& path, GptModel& model, torch::optim::Ada
   // Dropout draws from the device's generator; batches come from their own seeded generators.
   archive.write("train_gpt_rng_cpu", generator_state(at::detail::getDefaultCPUGenerator()));
   if (!device.is_cpu()) archive.write("train_gpt_rng_device", generator_state(at::globalContext().defaultGenerator(device)));
-  archive.save_to(path);
+  // Written beside the file, then renamed over it: a run killed while saving (a failed link, an
+  // OOM kill) leaves the previous checkpoint whole instead of half a file.
+  const std::string partial = path + ".partial";
+  archive.save_to(partial);
+  if (std::rename(partial.c_str(), path.c_str()) != 0) {
+    throw std::runtime_error("cannot rename " + partial + " to " + path + ": " + std::strerror(errno));
+  }
 }
 
 struct Loaded {
@@ -361,7 +371,8 @@ int train(Settings s, const CLI::App& app) {
 #ifdef ACTCKPT_EXAMPLE_DISTRIBUTED
   std::optional<actckpt::World> world;
   if (std::getenv("WORLD_SIZE") != nullptr) {
-    world = actckpt::init_process_group(actckpt::ProcessGroupOptions().device_type(requested.type()));
+    world = actckpt::init_process_group(actckpt::ProcessGroupOptions().device_type(requested.type()).timeout(
+        std::chrono::milliseconds(static_cast<int64_t>(s.dist_timeout * 1000))));
     ranks = {world->rank, world->size};
   }
   // On CUDA each rank uses the GPU numbered LOCAL_RANK.
@@ -444,6 +455,9 @@ int train(Settings s, const CLI::App& app) {
 
   using Clock = std::chrono::steady_clock;
   const int64_t first_step = step;
+  // The checkpoint a restart would resume from, and its step.
+  std::string last_saved_file = loaded ? s.load : "";
+  int64_t last_saved = step;
   const auto started = Clock::now();
   auto interval_start = started;
   int64_t interval_steps = 0;
@@ -457,10 +471,22 @@ int train(Settings s, const CLI::App& app) {
     torch::Tensor loss;
 #ifdef ACTCKPT_EXAMPLE_DISTRIBUTED
     if (ddp) {
-      loss = loss_of(*ddp, batch, s, device);
-      loss.backward();  // the gradients arrive averaged over all ranks
-      // The loss of the whole global batch (equal shares: the mean of the ranks' means).
-      loss = actckpt::average_across_ranks(*world, loss.detach().clone());
+      try {
+        loss = loss_of(*ddp, batch, s, device);
+        loss.backward();  // the gradients arrive averaged over all ranks
+        // The loss of the whole global batch (equal shares: the mean of the ranks' means).
+        loss = actckpt::average_across_ranks(*world, loss.detach().clone());
+      } catch (const std::exception& e) {
+        // Gloo's or NCCL's own words, then what happened and what to do about it.
+        const std::string what = e.what();
+        const std::string resume = !last_saved_file.empty()
+                                       ? "restart every rank with --load " + last_saved_file + " (step " +
+                                             std::to_string(last_saved) + ")"
+                                       : "no checkpoint to restart from (--save with --save-every keeps one)";
+        throw std::runtime_error("step " + std::to_string(step) + ": data parallel communication failed: " +
+                                 what.substr(0, what.find('\n')) + ". Another rank died, or the network to it failed "
+                                 "(the wait is bounded by --dist-timeout); " + resume);
+      }
     } else
 #endif
     {
@@ -489,6 +515,17 @@ int train(Settings s, const CLI::App& app) {
       std::fflush(stdout);
       interval_start = now;
       interval_steps = 0;
+    }
+    // Rank 0 keeps the last checkpoint on disk: after a crash or a failed link the run restarts
+    // from it (--load) instead of from the beginning.
+    if (s.save_every > 0 && step % s.save_every == 0 && step < s.steps && ranks.main() && !s.save.empty()) {
+      save_checkpoint(s.save, model, optimizer, step, corpus, device);
+      std::printf("saved %s (step %lld)\n", s.save.c_str(), static_cast<long long>(step));
+      std::fflush(stdout);
+    }
+    if (s.save_every > 0 && step % s.save_every == 0 && step < s.steps) {  // every rank knows it
+      last_saved_file = s.save;
+      last_saved = step;
     }
   }
   if (step > first_step) {
@@ -584,12 +621,18 @@ int main(int argc, char** argv) {
   app.add_option("--device", s.device, "cpu, cuda or cuda:N")->group(train_group);
   app.add_option("--dtype", s.dtype, "float32, or autocast to bfloat16 / float16 (float16: CUDA only)")
       ->check(CLI::IsMember({"float32", "bfloat16", "float16"}))->group(train_group);
+  app.add_option("--dist-timeout,--dist_timeout", s.dist_timeout,
+                 "data parallel: seconds a rank waits for the others (rendezvous, each all-reduce) before it fails")
+      ->check(positive)->group(train_group);
   app.add_option("--seed", s.seed, "seeds the weights, the batches, dropout and sampling")->group(train_group);
   app.add_option("--data", s.data, "text file to train on (any text; each distinct byte is a token)")
       ->check(CLI::ExistingFile)->group(train_group);
 
   const std::string files_group = "Checkpoint files";
   app.add_option("--save", s.save, "write model, optimizer and step here at the end (torch::save format)")->group(files_group);
+  app.add_option("--save-every,--save_every", s.save_every,
+                 "also write --save every N steps, so a failed run restarts from there with --load (0: only at the end)")
+      ->check(CLI::NonNegativeNumber)->group(files_group);
   app.add_option("--load", s.load, "resume from a file written by --save (any --mode can load it)")
       ->check(CLI::ExistingFile)->group(files_group);
 
@@ -617,7 +660,11 @@ int main(int argc, char** argv) {
       "same memory); the peak column then shows the compute-side bytes as a GPU would see them.\n"
       "Threads: set OMP_NUM_THREADS.\n"
       "\nData parallel (each rank trains on its share of every batch; rank 0 prints and saves):\n"
-      "  torchrun --no_python --nproc_per_node=2 -r 1 -t 1 train_gpt --mode async --steps 300");
+      "  torchrun --no_python --nproc_per_node=2 -r 1 -t 1 train_gpt --mode async --steps 300\n"
+      "Across hosts (the same on each; GLOO_SOCKET_IFNAME names the interface that joins them):\n"
+      "  torchrun --no_python --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-id=run1 \\\n"
+      "      --rdzv-endpoint=HOST0:29500 train_gpt --steps 300 --save gpt.pt --save-every 50 --dist-timeout 60\n"
+      "  after a failure (a host lost, a link down): the same command with --load gpt.pt resumes");
 
   try {
     app.parse(argc, argv);
@@ -633,6 +680,7 @@ int main(int argc, char** argv) {
       throw UsageError("--head_dim " + std::to_string(s.size.head_dim) + " must divide --hidden_dim " +
                        std::to_string(s.size.hidden_dim));
     }
+    if (s.save_every > 0 && s.save.empty()) throw UsageError("--save-every needs --save (the file to write)");
     return train(s, app);
   } catch (const UsageError& e) {
     std::cerr << "train_gpt: " << e.what() << " (see train_gpt --help)\n";

@@ -16,6 +16,12 @@
 /// Checkpointed layer fires exactly once per backward because its parameters are explicit inputs
 /// of its autograd function), and the Reducer's own timer measures how much of the communication
 /// hides behind backward (DistributedDataParallel::comm_stats).
+///
+/// Across hosts (torchrun --nnodes=N on each), name the interface that joins them:
+/// GLOO_SOCKET_IFNAME for Gloo (read here, in init_process_group), NCCL_SOCKET_IFNAME for NCCL
+/// (read by NCCL itself). Unset, Gloo binds to the address this host's name resolves to, which on
+/// a host with several networks may be one the others cannot reach. The store is reached at
+/// MASTER_ADDR regardless. ProcessGroupOptions::timeout bounds every wait for another host.
 
 #include <actckpt/config.hpp>
 
@@ -39,7 +45,13 @@
 #define ACTCKPT_WITH_NCCL 0
 #endif
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -48,6 +60,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <unordered_map>
@@ -62,8 +75,10 @@ namespace actckpt {
 struct ProcessGroupOptions {
   /// kCPU: Gloo. kCUDA: NCCL, on the GPU numbered LOCAL_RANK (made the current device first).
   TORCH_ARG(c10::DeviceType, device_type) = c10::kCPU;
-  /// Limit for the rendezvous and for every collective: a rank that died or never came makes
-  /// the others fail with an error after this long instead of waiting for ever.
+  /// Limit for the rendezvous (reaching the store and waiting there for every rank, together) and
+  /// for every collective: a rank that died, never came or lost its link makes the others fail
+  /// with an error after this long instead of waiting for ever. Across hosts, choose it above
+  /// the longest pause a healthy run has between collectives (a checkpoint save, an evaluation).
   TORCH_ARG(std::chrono::milliseconds, timeout) = std::chrono::minutes(5);
   TORCH_ARG(std::optional<int>, rank) = std::nullopt;
   TORCH_ARG(std::optional<int>, world_size) = std::nullopt;
@@ -130,21 +145,67 @@ inline int integer_setting(const std::optional<int>& given, const char* name, st
   return static_cast<int>(value);
 }
 
+/// Waits until something accepts TCP connections at addr:port; false once `deadline` passes.
+/// c10d's own client retries with a growing back-off that overshoots a short timeout by seconds
+/// (LibTorch 2.15, nobody listening, 3 s timeout: 5.3-7.5 s); polling every 50 ms here keeps the
+/// rendezvous within the timeout. The probe connection is closed unused, which the store ignores.
+inline bool wait_until_listening(const std::string& addr, int port, std::chrono::steady_clock::time_point deadline) {
+  using namespace std::chrono;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  const std::string service = std::to_string(port);
+  for (;;) {
+    addrinfo* found = nullptr;
+    if (::getaddrinfo(addr.c_str(), service.c_str(), &hints, &found) == 0) {
+      bool accepted = false;
+      for (const addrinfo* a = found; a != nullptr && !accepted; a = a->ai_next) {
+        const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) continue;
+        if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+          accepted = true;
+        } else if (errno == EINPROGRESS) {
+          const auto left = duration_cast<milliseconds>(deadline - steady_clock::now()).count();
+          pollfd writable{fd, POLLOUT, 0};
+          if (::poll(&writable, 1, static_cast<int>(std::clamp<int64_t>(left, 0, 200))) == 1) {
+            int error = 0;
+            socklen_t length = sizeof error;
+            accepted = ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0;
+          }
+        }
+        ::close(fd);
+      }
+      ::freeaddrinfo(found);
+      if (accepted) return true;
+    }
+    const auto now = steady_clock::now();
+    if (now >= deadline) return false;
+    std::this_thread::sleep_for(std::min<steady_clock::duration>(milliseconds(50), deadline - now));
+  }
+}
+
 /// The store every rank meets in. Under torchrun the agent already hosts it
 /// (TORCHELASTIC_USE_AGENT_STORE=True): workers connect as clients, under the prefix torchrun's
 /// Python workers use, and a rank 0 binding the port itself would fail with "Address already in
 /// use". Launched by hand, rank 0 hosts it.
 inline c10::intrusive_ptr<c10d::Store> rendezvous_store(const std::string& addr, int port, int rank, int world_size,
-                                                        std::chrono::milliseconds timeout) {
+                                                        std::chrono::milliseconds timeout,
+                                                        std::chrono::steady_clock::time_point deadline) {
   const bool agent_store = environment("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
   c10d::TCPStoreOptions options;
   options.port = static_cast<std::uint16_t>(port);
   options.isServer = !agent_store && rank == 0;
   if (!agent_store) options.numWorkers = static_cast<std::size_t>(world_size);  // c10::optional in 1.13, std:: in 2.x
-  options.waitWorkers = !agent_store;
+  // Not the store's own wait for the other ranks: 1.13's gives up silently after the timeout
+  // (Gloo then waits as long again) and 2.x's error does not say who is missing;
+  // wait_for_every_rank does both versions' waiting, within what is left of the timeout.
+  options.waitWorkers = false;
   options.timeout = timeout;
   c10::intrusive_ptr<c10d::Store> store;
   try {
+    if (!options.isServer && !wait_until_listening(addr, port, deadline)) {
+      throw std::runtime_error("nothing accepted a connection there");
+    }
     store = c10::make_intrusive<c10d::TCPStore>(addr, options);
   } catch (const std::exception& e) {
     const std::string what = e.what();
@@ -163,8 +224,49 @@ inline c10::intrusive_ptr<c10d::Store> rendezvous_store(const std::string& addr,
   return c10::make_intrusive<c10d::PrefixStore>("default_pg", store);
 }
 
+/// Every rank announces itself in the store and waits for all the others, so that a rank that
+/// never comes (not started, another MASTER_ADDR, a host unreachable) fails every waiting rank
+/// with an error naming the missing ranks, by `deadline`, before Gloo or NCCL waits for them.
+inline void wait_for_every_rank(c10d::Store& store, int rank, int world_size,
+                                std::chrono::steady_clock::time_point deadline, std::chrono::milliseconds timeout,
+                                const std::string& where) {
+  auto key = [](int r) { return "actckpt_arrived/" + std::to_string(r); };
+  store.set(key(rank), std::vector<uint8_t>{1});
+  std::vector<std::string> keys;
+  for (int r = 0; r < world_size; ++r) keys.push_back(key(r));
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  try {
+    store.wait(keys, std::max(left, std::chrono::milliseconds(1)));
+    return;
+  } catch (const std::exception&) {  // the store's timeout (c10::Error; DistStoreError in 2.x)
+  }
+  std::string missing;
+  int count = 0;
+  try {
+    for (int r = 0; r < world_size; ++r) {
+      if (store.check({key(r)})) continue;
+      if (++count <= 8) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+    }
+  } catch (const std::exception& e) {  // the store itself is gone (its host died)
+    const std::string what = e.what();
+    throw std::runtime_error("actckpt::init_process_group: rank " + std::to_string(rank) + " of " +
+                             std::to_string(world_size) + " lost the rendezvous store " + where +
+                             " while waiting for the other ranks (did its host, rank 0 or torchrun's agent, exit?): " +
+                             what.substr(0, what.find('\n')));
+  }
+  if (count == 0) return;  // the last one came just as the time ran out
+  if (count > 8) missing += " and " + std::to_string(count - 8) + " more";
+  throw std::runtime_error("actckpt::init_process_group: rank " + std::to_string(rank) + " of " +
+                           std::to_string(world_size) + ": rank" + (count > 1 ? "s " : " ") + missing +
+                           " did not arrive at the rendezvous store " + where + " within " +
+                           std::to_string(timeout.count()) +
+                           " ms (the timeout; did every rank start, with the same MASTER_ADDR and MASTER_PORT?)");
+}
+
+/// Gloo's network interface: GLOO_SOCKET_IFNAME names it (as for Python's Gloo groups; one name,
+/// e.g. `eth1`, or `lo` on one machine); else Gloo takes the interface of the address this host's
+/// name resolves to, which on a multi-homed host may not be the one that reaches the others.
 inline std::shared_ptr<::gloo::transport::Device> gloo_device() {
-  // GLOO_SOCKET_IFNAME is the variable Python's Gloo groups honour too (e.g. `lo` on one machine).
   if (auto interface = environment("GLOO_SOCKET_IFNAME"); interface && !interface->empty()) {
     return c10d::ProcessGroupGloo::createDeviceForInterface(*interface);
   }
@@ -234,7 +336,10 @@ inline World init_process_group(const ProcessGroupOptions& options = {}) {
   }
 #endif
 
-  world.store = detail::rendezvous_store(addr, port, world.rank, world.size, options.timeout());
+  const auto deadline = std::chrono::steady_clock::now() + options.timeout();
+  world.store = detail::rendezvous_store(addr, port, world.rank, world.size, options.timeout(), deadline);
+  detail::wait_for_every_rank(*world.store, world.rank, world.size, deadline, options.timeout(),
+                              "MASTER_ADDR=" + addr + " MASTER_PORT=" + std::to_string(port));
   try {
     if (nccl) {
 #if ACTCKPT_WITH_NCCL

@@ -21,6 +21,11 @@
 //   model_mismatch   rank 1 builds another model: every rank gets the error naming the difference
 //   bad_environment  (one process, no launcher) WORLD_SIZE=0, RANK >= WORLD_SIZE, unreachable
 //                    master, missing or malformed variables: clear errors, quickly
+//   link_down        (two_hosts.sh: one rank per network namespace) trains until the fixture takes
+//                    the link between the hosts down after step 3: the next collective must fail
+//                    with an error within the 3 s timeout, on every rank
+//   never_arrives    (two_hosts.sh: one rank alone) joining a group whose other rank never comes,
+//                    or whose store nobody hosts: an error naming what was waited for, within 3 s
 //
 // Bitwise comparisons need one BLAS/OpenMP thread: the launcher sets OMP_NUM_THREADS=1 and
 // OPENBLAS_NUM_THREADS=1 for its workers (Debian's OpenBLAS reads the environment, not
@@ -307,7 +312,15 @@ torch::Tensor ddp_training(const actckpt::World& world, StackMode mode, int micr
 }
 
 actckpt::World join(c10::DeviceType device_type, std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
-  return actckpt::init_process_group(actckpt::ProcessGroupOptions().device_type(device_type).timeout(timeout));
+  auto world = actckpt::init_process_group(actckpt::ProcessGroupOptions().device_type(device_type).timeout(timeout));
+  // Where the ranks met and which interface carries their traffic (the multinode tests check it).
+  const char* master = std::getenv("MASTER_ADDR");
+  const char* interface = std::getenv(world.backend == "nccl" ? "NCCL_SOCKET_IFNAME" : "GLOO_SOCKET_IFNAME");
+  std::printf("[rank %d] joined %d ranks over %s, MASTER_ADDR=%s, interface %s\n", world.rank, world.size,
+              world.backend.c_str(), master != nullptr ? master : "(unset)",
+              interface != nullptr ? interface : "(the default)");
+  std::fflush(stdout);
+  return world;
 }
 
 void say(const actckpt::World& world, const std::string& text) {
@@ -478,6 +491,58 @@ void bad_environment() {
       {{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}}, "within 1000 ms");
 }
 
+/// The limit the fault scenarios run under (two_hosts.sh's link_down and never_arrives).
+constexpr std::chrono::seconds kFaultTimeout{3};
+
+/// Trains until a collective fails; the fixture takes the link down once every rank has printed
+/// "step 3 done". The failure must come as an exception, within the timeout (plus a margin for
+/// a loaded machine), not as a hang: two_hosts.sh's own bound would then kill the rank.
+void link_down(const actckpt::World& world, std::chrono::milliseconds timeout) {
+  GptModel model = tiny_gpt(StackMode::ckpt_async_offload);
+  model->to(world.device);
+  actckpt::DistributedDataParallel<GptModel> ddp(model, world);
+  auto optimizer = sgd(*model);
+  const auto training_started = Clock::now();
+  for (int64_t step = 1;; ++step) {
+    expect(seconds_since(training_started) < 60, "trained for 60 s and no collective failed: was the link taken down?");
+    const auto started = Clock::now();
+    try {
+      const Batch mine = part_of(global_batch(step, world.device), world.rank, world.size);
+      optimizer.zero_grad();
+      loss_of(ddp, mine).backward();
+      optimizer.step();
+    } catch (const std::exception& e) {  // Gloo's timeout (c10::Error) or its IoException
+      const double waited = seconds_since(started);
+      say(world, "step " + std::to_string(step) + " failed after " + std::to_string(waited) + " s: " + first_line(e.what()));
+      expect(step > 3, "failed before the link went down");
+      expect(waited < std::chrono::duration<double>(timeout).count() + 3, "took longer than the timeout");
+      return;
+    }
+    // A step takes milliseconds: say only what the fixture waits for, then now and then.
+    if (step <= 3 || step % 200 == 0) say(world, "step " + std::to_string(step) + " done");
+  }
+}
+
+/// Joins a group of 2 as RANK says, alone: must fail, naming what it waited for, within the timeout.
+void never_arrives() {
+  const auto started = Clock::now();
+  const int rank = std::atoi(std::getenv("RANK") != nullptr ? std::getenv("RANK") : "0");
+  try {
+    actckpt::init_process_group(actckpt::ProcessGroupOptions().timeout(kFaultTimeout));
+  } catch (const std::runtime_error& e) {
+    const std::string what = first_line(e.what());
+    const double waited = seconds_since(started);
+    std::printf("[rank %d] failed after %.1f s: %s\n", rank, waited, what.c_str());
+    // Rank 0 hosts the store and waits for its peer; rank 1 finds nobody hosting it.
+    const std::string needle = rank == 0 ? "rank 1 did not arrive at the rendezvous store" : "could not reach the rendezvous store";
+    expect(what.find(needle) != std::string::npos, "the error does not say '" + needle + "'");
+    expect(what.find("within 3000 ms") != std::string::npos, "the error does not name the timeout");
+    expect(waited < std::chrono::duration<double>(kFaultTimeout).count() + 2, "took longer than the timeout (+2 s)");
+    return;
+  }
+  throw Failure("joined a group of 2 alone");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -487,14 +552,16 @@ int main(int argc, char** argv) {
   std::string scenario;
   try {
     if (scenarios == "launch") return launch(argc, argv);
-    if (scenarios == "bad_environment") {
+    if (scenarios == "bad_environment" || scenarios == "never_arrives") {
       scenario = scenarios;
-      bad_environment();
+      scenarios == "never_arrives" ? never_arrives() : bad_environment();
       std::printf("dist_worker %s OK\n", scenario.c_str());
       return 0;
     }
     // A rank that must die is given a short timeout: its peer's failure is what is measured.
-    const auto timeout = scenarios == "rank_dies" ? std::chrono::seconds(5) : std::chrono::seconds(20);
+    const std::chrono::milliseconds timeout = scenarios == "rank_dies"   ? std::chrono::seconds(5)
+                                              : scenarios == "link_down" ? kFaultTimeout
+                                                                         : std::chrono::seconds(20);
     std::optional<actckpt::World> world;
     std::stringstream list(scenarios);
     while (std::getline(list, scenario, ',')) {
@@ -507,10 +574,12 @@ int main(int argc, char** argv) {
         rank_dies(*world, timeout);
       } else if (scenario == "model_mismatch") {
         model_mismatch(*world);
+      } else if (scenario == "link_down") {
+        link_down(*world, timeout);
       } else {
         std::cerr << "usage: dist_worker launch [--nproc N] [--timeout S] [--expect-exit C,...] -- PROGRAM ARGS...\n"
-                     "       dist_worker parity|unused|rank_dies|model_mismatch[,...] [--device cpu|cuda]\n"
-                     "       dist_worker bad_environment\n";
+                     "       dist_worker parity|unused|rank_dies|model_mismatch|link_down[,...] [--device cpu|cuda]\n"
+                     "       dist_worker bad_environment|never_arrives\n";
         return 2;
       }
       std::printf("dist_worker %s OK\n", scenario.c_str());
