@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -313,4 +314,28 @@ TEST_CASE("host pool: buffers out when the pool is destroyed stay valid and run 
   CHECK(intact(survivor, 5000, 7));  // the slab's memory lives as long as the buffer's view
   survivor.reset();
   CHECK(survivor_fence == 1);
+}
+
+TEST_CASE("host pool: a fence that fails fails the request, and nothing is lost") {
+  auto pool = HostBufferPool::create(std::size_t{1} << 30);
+  auto a = pool->try_acquire(4000, false);
+  REQUIRE(a != nullptr);
+  int calls = 0;
+  a->set_reuse_fence([&] {
+    if (++calls == 1) throw std::runtime_error("device wait failed");
+  });
+  a.reset();
+  CHECK_THROWS_WITH_AS(pool->try_acquire(4000, false), "device wait failed", std::runtime_error);
+  auto s = pool->stats();
+  CHECK(s.live_bytes == 0);
+  CHECK(s.live_buffers == 0);
+  CHECK(s.stashed_bytes == 0);
+  CHECK(s.free_ranges == 1);
+  // The fence is still pending: the next request of those bytes runs it again, then gets them.
+  auto b = pool->try_acquire(4000, false);
+  REQUIRE(b != nullptr);
+  CHECK(calls == 2);
+  b.reset();
+  pool->trim();
+  CHECK(pool->stats().reserved_bytes == 0);
 }

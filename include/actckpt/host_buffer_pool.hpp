@@ -180,7 +180,13 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     }
     // Device copies that still read or write these bytes (they were part of freed buffers) must
     // be done before the new holder touches them. Outside the lock: other threads go on.
-    for (auto& f : fences) f->run();
+    try {
+      for (auto& f : fences) f->run();
+    } catch (...) {  // a failed device wait: the range goes back (its fences still pending), nothing leaks
+      std::lock_guard<std::mutex> lock(mutex_);
+      release_locked(slab, offset, want, bytes, nullptr);
+      throw;
+    }
     at::Tensor view = slab->memory.narrow(0, static_cast<int64_t>(offset), static_cast<int64_t>(want));
     auto* buffer = new HostBuffer(std::move(view), want, pinned, slab, offset);
     buffer->requested_ = bytes;
@@ -368,16 +374,19 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
   void give_back(HostBuffer* b) {
     std::unique_ptr<HostBuffer> owned(b);
     std::lock_guard<std::mutex> lock(mutex_);
-    auto* slab = static_cast<Slab*>(b->slab_);
-    stats_.live_bytes -= b->capacity_;
-    live_bytes_.store(stats_.live_bytes, std::memory_order_relaxed);
-    stats_.live_buffers -= 1;
-    stats_.stashed_bytes -= b->requested_;
-    if (b->fence_)
-      slab->fences.push_back({b->offset_, b->offset_ + b->capacity_, std::make_shared<Fence>(std::move(b->fence_))});
     // The view must not keep the slab's storage once the slab is freed; drop it first.
     b->bytes_ = at::Tensor();
-    std::size_t begin = b->offset_, size = b->capacity_;
+    release_locked(static_cast<Slab*>(b->slab_), b->offset_, b->capacity_, b->requested_, std::move(b->fence_));
+  }
+
+  void release_locked(Slab* slab, std::size_t offset, std::size_t capacity, std::size_t requested,
+                      std::function<void()> fence) {
+    stats_.live_bytes -= capacity;
+    live_bytes_.store(stats_.live_bytes, std::memory_order_relaxed);
+    stats_.live_buffers -= 1;
+    stats_.stashed_bytes -= requested;
+    if (fence) slab->fences.push_back({offset, offset + capacity, std::make_shared<Fence>(std::move(fence))});
+    std::size_t begin = offset, size = capacity;
     auto next = slab->free.lower_bound(begin);
     if (next != slab->free.end() && next->first == begin + size) {
       size += next->second;
