@@ -114,13 +114,19 @@ inline void use_predicted_floor(Floor& f, const actckpt::MemoryPlan& plan) {
   f.keep_formula = "the plan's predicted peak minus the other parts";
 }
 
-/// One letter per layer, forward order: K keep, C checkpoint, S sync offload, A async offload.
+/// One letter per layer, forward order: K keep, C checkpoint, S sync offload, A async offload,
+/// O offload saved.
 inline std::string plan_code(const actckpt::MemoryPlan& plan) {
   std::string code;
-  for (auto c : plan.choices)
-    code += c == actckpt::LayerChoice::keep ? 'K' : c == actckpt::LayerChoice::checkpoint ? 'C'
-          : c == actckpt::LayerChoice::sync_offload                                        ? 'S'
-                                                                                           : 'A';
+  for (auto c : plan.choices) {
+    switch (c) {
+      case actckpt::LayerChoice::keep: code += 'K'; break;
+      case actckpt::LayerChoice::checkpoint: code += 'C'; break;
+      case actckpt::LayerChoice::sync_offload: code += 'S'; break;
+      case actckpt::LayerChoice::async_offload: code += 'A'; break;
+      case actckpt::LayerChoice::offload_saved: code += 'O'; break;
+    }
+  }
   return code;
 }
 

@@ -237,7 +237,8 @@ def plot_pareto(out_dir, path):
         ax.scatter([p["measured_peak_MB"]], [p["ms_per_iter"]], s=90, marker="s", color=COLORS.get(p["mode"], "black"),
                    zorder=3, label=f"{p['mode']} (uniform)")
     ax.set_xlabel("measured peak memory per step (MB = 2^20 bytes)\n"
-                  "plan: one letter per layer, layer 0 first: K keep, C checkpoint, S sync offload, A async offload")
+                  "plan: one letter per layer, layer 0 first: K keep, C checkpoint, S sync offload, A async offload, "
+                  "O offload saved")
     ax.set_ylabel(f"time per training step (ms, median of {sweep['rounds']} round-robin rounds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="best", framealpha=0.8)

@@ -81,7 +81,7 @@ bool same_options(const std::vector<actckpt::StashOptions>& a, const std::vector
   if (a.size() != b.size()) return false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     if (a[i].mode != b[i].mode || a[i].checkpoint != b[i].checkpoint || a[i].keep_on_device != b[i].keep_on_device ||
-        a[i].min_offload_bytes != b[i].min_offload_bytes)
+        a[i].min_offload_bytes != b[i].min_offload_bytes || a[i].offload_saved != b[i].offload_saved)
       return false;
   }
   return true;
@@ -216,6 +216,10 @@ TEST_CASE("planner: with GPU-like costs it offloads the layers whose copies hide
     }
   }
   REQUIRE(light < heavy);
+  // This test runs its plan, so it plans the four choices about the checkpoint's inputs only:
+  // with no saved bytes measured, offload saved is not a choice (its cost terms and choice are
+  // tested on synthetic profiles below; running it needs the offload-saved mode).
+  for (auto& l : profile.layers) l.saved_bytes = 0;
   const auto& L = profile.layers;
   const auto n = L.size();
   const double copy_ms = std::sqrt(light * heavy);
@@ -434,4 +438,220 @@ TEST_CASE("planner: describe() names runs of layers") {
   plan.choices = {LayerChoice::checkpoint, LayerChoice::checkpoint, LayerChoice::checkpoint, LayerChoice::async_offload,
                   LayerChoice::keep, LayerChoice::keep};
   CHECK(plan.describe() == "layers 0-2 checkpoint, layer 3 async offload, layers 4-5 keep");
+}
+
+// ---- Offload saved: the fifth choice (no recompute; every saved activation to the host pool) ----
+
+namespace {
+
+/// A layer whose saved activations are known exactly: sin saves its input x; the product saves
+/// a and a view of it (one storage, counted once); mm saves b and the parameter w (not an
+/// activation). So it saves x, a and b: 3 x batch x dim floats.
+struct SharedSavesImpl : torch::nn::Module {
+  explicit SharedSavesImpl(int64_t dim) { w = register_parameter("w", torch::randn({dim, dim}) * 0.1); }
+  torch::Tensor forward(torch::Tensor x) {
+    auto a = x.sin();
+    auto b = a * a.t().t();
+    return b.mm(w) + x;
+  }
+  torch::Tensor w;
+};
+TORCH_MODULE(SharedSaves);
+
+/// Two layers, hand-made: each kept one holds 50 bytes of which 40 are saved activations, its
+/// output 10; forward 10 ms, backward 20 ms; copies at 4000 B/s (40 bytes: 10 ms each way).
+actckpt::StepProfile two_layers() {
+  actckpt::StepProfile p;
+  p.start_bytes = p.head_peak_bytes = 100;
+  p.tail_peak_bytes = 5;
+  p.tail_ms = 0.5;
+  for (auto& ms : p.step_ms) ms = 100;
+  p.d2h_bytes_per_s = p.h2d_bytes_per_s = 4000;
+  p.host_memory_separate = true;
+  for (std::size_t k = 0; k < 2; ++k) {
+    actckpt::LayerProfile l;
+    l.label = std::to_string(k);
+    l.module_index = k;
+    l.stash_bytes = 10;
+    l.saved_bytes = 40;
+    l.held_bytes[0] = 50, l.held_bytes[1] = 10, l.held_bytes[2] = k == 0 ? 10 : 0;
+    for (std::size_t m = 0; m < actckpt::profiled_modes; ++m) {
+      l.forward_peak_bytes[m] = l.held_bytes[m] + 5;
+      l.backward_peak_bytes[m] = 60;
+      l.forward_ms[m] = 10;
+      l.backward_ms[m] = 20;
+    }
+    l.recompute_ms = 10;
+    p.layers.push_back(l);
+  }
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("planner: offload saved's cost terms: copies hidden behind the layer above, in flight, prefetched") {
+  const auto p = two_layers();
+  using C = LayerChoice;
+  // Layer 0 offloads its 40 saved bytes: they hide behind layer 1's forward (10 ms) and come back
+  // behind its backward (20 ms): no time. It holds its output (10); the 40 bytes are in flight
+  // during layer 1's forward (110 + 55 + 40) and back during its backward (110 + 60 + 40).
+  auto e = actckpt::evaluate_plan(p, {C::offload_saved, C::keep});
+  CHECK(e.step_ms == doctest::Approx(100));
+  CHECK(e.peak_bytes == 210);
+  // The last layer's copies have the tail (0.5 ms) forward and nothing in backward to hide behind.
+  e = actckpt::evaluate_plan(p, {C::keep, C::offload_saved});
+  CHECK(e.step_ms == doctest::Approx(100 + 9.5 + 10));
+  CHECK(e.peak_bytes == 210);  // its backward: 150 + 60
+  // Both: the loss runs with layer 1's 40 bytes in flight over 120 held: 120 + 5 + 40 = 165; layer 1's
+  // forward 110 + 55 + 40, its backward 110 + 60 + 40.
+  e = actckpt::evaluate_plan(p, {C::offload_saved, C::offload_saved});
+  CHECK(e.step_ms == doctest::Approx(119.5));
+  CHECK(e.peak_bytes == 210);
+  // Checkpointing both pays the recompute.
+  CHECK(actckpt::evaluate_plan(p, {C::checkpoint, C::checkpoint}).step_ms == doctest::Approx(120));
+  // Twice the bandwidth: 5 ms each way, the last layer shows 4.5 + 5.
+  actckpt::OffloadCosts fast;
+  fast.d2h_bytes_per_s = fast.h2d_bytes_per_s = 8000.0;
+  CHECK(actckpt::evaluate_plan(p, {C::keep, C::offload_saved}, fast).step_ms == doctest::Approx(109.5));
+  // Host memory shared with the device (CPU): it would save nothing, so it is not a plan.
+  actckpt::OffloadCosts cpu;
+  cpu.host_memory_separate = false;
+  CHECK_THROWS_WITH_AS(actckpt::evaluate_plan(p, {C::offload_saved, C::keep}, cpu), doctest::Contains("same memory"),
+                       c10::Error);
+  // A layer that saved nothing (saved bytes not measured) cannot offload them.
+  auto unmeasured = p;
+  unmeasured.layers[0].saved_bytes = 0;
+  CHECK_THROWS_AS(actckpt::evaluate_plan(unmeasured, {C::offload_saved, C::keep}), c10::Error);
+}
+
+TEST_CASE("planner: offload saved is chosen where its copies hide and checkpointing would recompute") {
+  // Six layers alternating light (forward 1 ms, backward 2) and heavy (10, 20); a layer's 40
+  // saved bytes take 10 ms each way: they hide only behind a heavy layer above. Checkpointing
+  // holds the same 10 bytes as offloading the saved activations, and costs the recompute.
+  actckpt::StepProfile p;
+  p.start_bytes = p.head_peak_bytes = 100;
+  p.tail_peak_bytes = 5;
+  p.tail_ms = 0.5;
+  for (auto& ms : p.step_ms) ms = 100;
+  p.d2h_bytes_per_s = p.h2d_bytes_per_s = 4000;
+  p.host_memory_separate = true;
+  const std::size_t n = 6;
+  for (std::size_t k = 0; k < n; ++k) {
+    actckpt::LayerProfile l;
+    l.label = std::to_string(k);
+    l.module_index = k;
+    l.stash_bytes = 10;
+    l.saved_bytes = 40;
+    const double fwd = k % 2 ? 10.0 : 1.0;
+    l.held_bytes[0] = 50, l.held_bytes[1] = 10, l.held_bytes[2] = k == 0 ? 10 : 0;
+    for (std::size_t m = 0; m < actckpt::profiled_modes; ++m) {
+      l.forward_peak_bytes[m] = l.held_bytes[m] + 5;
+      l.forward_ms[m] = fwd;
+      l.backward_ms[m] = 2 * fwd + (m == 0 ? 0.0 : fwd);
+    }
+    l.backward_peak_bytes[0] = 60, l.backward_peak_bytes[1] = l.backward_peak_bytes[2] = 65;
+    l.recompute_ms = fwd;
+    p.layers.push_back(l);
+  }
+  const auto keep_all = actckpt::evaluate_plan(p, std::vector<LayerChoice>(n, LayerChoice::keep));
+  const auto floor = actckpt::smallest_feasible_budget(p);
+  int chose_it = 0;
+  for (int i = 0; i <= 8; ++i) {
+    const std::int64_t budget = floor + (keep_all.peak_bytes - floor) * i / 8;
+    CAPTURE(budget);
+    const auto plan = actckpt::plan_for_budget(p, budget);
+    const auto described = plan.describe();
+    CAPTURE(described);
+    CHECK(plan.predicted_peak_bytes <= budget);
+    // The fastest plan over all 5^6, by the cost model: the search's is as fast.
+    double fastest = std::numeric_limits<double>::infinity();
+    std::vector<LayerChoice> plan_k(n);
+    for (std::size_t code = 0; code < 15625; ++code) {
+      for (std::size_t k = 0, rest = code; k < n; ++k, rest /= 5) plan_k[k] = static_cast<LayerChoice>(rest % 5);
+      const auto e = actckpt::evaluate_plan(p, plan_k);
+      if (e.peak_bytes <= budget) fastest = std::min(fastest, e.step_ms);
+    }
+    CHECK(plan.predicted_step_ms == doctest::Approx(fastest));
+    for (std::size_t k = 0; k < n; ++k) {
+      if (plan.choices[k] != LayerChoice::offload_saved) continue;
+      CAPTURE(k);
+      CHECK(k % 2 == 0);  // a heavy layer above hides its copies
+      ++chose_it;
+    }
+  }
+  CHECK(chose_it > 0);
+  // On CPU (host memory is the device's) it is never chosen, whatever the budget.
+  actckpt::OffloadCosts cpu;
+  cpu.host_memory_separate = false;
+  const auto cpu_floor = actckpt::smallest_feasible_budget(p, cpu);
+  for (int i = 0; i <= 4; ++i) {
+    const auto plan = actckpt::plan_for_budget(p, cpu_floor + (keep_all.peak_bytes - cpu_floor) * i / 4, cpu);
+    for (auto c : plan.choices) CHECK(c != LayerChoice::offload_saved);
+  }
+}
+
+TEST_CASE("planner: the profile counts the bytes autograd saves per layer, parameters aside, each storage once") {
+  constexpr int64_t batch = 32, dim = 16;
+  IsolatedOffload iso;
+  actckpt::MemoryMeter meter{torch::kCPU, iso.pool};
+  torch::manual_seed(0);
+  torch::nn::Sequential model;
+  for (int i = 0; i < 3; ++i) {
+    Checkpointed<SharedSaves, NoOffload> layer{SharedSaves(dim)};
+    layer->set_offload_context(iso.context);
+    model->push_back(layer);
+  }
+  model->train();
+  const auto x = torch::randn({batch, dim}, torch::requires_grad());  // so that layer 0 saves x and a too
+  actckpt::PlannerOptions options;
+  options.meter = &meter;
+  const auto before = actckpt::saved_tensor_hooks_depth();
+  const auto profile = actckpt::profile_step(*model, [&] { model->forward(x).pow(2).mean().backward(); }, options);
+  CHECK(actckpt::saved_tensor_hooks_depth() == before);  // the counting scope is closed
+  REQUIRE(profile.layers.size() == 3);
+  for (const auto& l : profile.layers) {
+    CAPTURE(l.label);
+    CHECK(l.saved_bytes == 3 * batch * dim * 4);
+  }
+  // MLP blocks: fc1 saves its input, gelu its input, fc2 its input; weights are left out.
+  PlannedStack s({128, 96});
+  const auto mlp = s.profile();
+  CHECK(mlp.layers[0].saved_bytes == 256 * (64 + 2 * 128) * 4);
+  CHECK(mlp.layers[1].saved_bytes == 256 * (64 + 2 * 96) * 4);
+  // On CPU a measured profile never plans it: host memory is the device's.
+  const auto floor = actckpt::smallest_feasible_budget(mlp);
+  const auto top = mlp.step_peak_bytes[0] * 2;
+  for (int i = 0; i <= 4; ++i) {
+    const auto plan = actckpt::plan_for_budget(mlp, floor + (top - floor) * i / 4);
+    for (auto c : plan.choices) CHECK(c != LayerChoice::offload_saved);
+  }
+  // With a GPU-like link that hides every copy, it replaces checkpointing at the same budget.
+  actckpt::OffloadCosts gpu_like;
+  gpu_like.host_memory_separate = true;
+  gpu_like.d2h_bytes_per_s = gpu_like.h2d_bytes_per_s = 1e15;
+  const auto all_checkpoint = actckpt::evaluate_plan(mlp, {LayerChoice::checkpoint, LayerChoice::checkpoint}, gpu_like);
+  const auto all_saved = actckpt::evaluate_plan(mlp, {LayerChoice::offload_saved, LayerChoice::offload_saved}, gpu_like);
+  CHECK(all_saved.step_ms < all_checkpoint.step_ms);
+}
+
+TEST_CASE("planner: applying offload saved sets the layer's StashOptions, and other choices clear it") {
+  PlannedStack s({64, 64, 64});
+  const auto profile = s.profile();
+  auto plan = plan_of(profile, {LayerChoice::offload_saved, LayerChoice::keep, LayerChoice::async_offload});
+  plan.apply(*s.model);
+  const auto applied = s.stash_options();
+  CHECK(applied[0].offload_saved);
+  CHECK_FALSE(applied[0].checkpoint);
+  CHECK(applied[0].mode == actckpt::StashMode::async_host);
+  CHECK(applied[0].keep_on_device == 0);
+  CHECK(applied[0].min_offload_bytes == 1);
+  CHECK_FALSE(applied[1].offload_saved);
+  CHECK_FALSE(applied[1].checkpoint);
+  CHECK_FALSE(applied[2].offload_saved);
+  CHECK(applied[2].checkpoint);
+  plan_of(profile, {LayerChoice::checkpoint, LayerChoice::checkpoint, LayerChoice::checkpoint}).apply(*s.model);
+  for (const auto& o : s.stash_options()) CHECK_FALSE(o.offload_saved);
+  CHECK(plan_of(profile, {LayerChoice::offload_saved, LayerChoice::offload_saved, LayerChoice::keep}).describe() ==
+        "layers 0-1 offload saved, layer 2 keep");
+  CHECK(actckpt::to_string(LayerChoice::offload_saved) == "offload saved");
 }

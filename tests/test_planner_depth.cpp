@@ -62,6 +62,9 @@ actckpt::StepProfile chain(std::uint64_t seed, std::size_t n, bool uniform) {
       l.backward_ms[m] = backward + (m == 0 ? 0.0 : forward);
     }
     l.recompute_ms = forward * U(0.9, 1.1);
+    // Saved activations (what offload saved moves): most of the activations and, past layer 0,
+    // part of the input (the output of the layer below, which may or may not be saved again).
+    l.saved_bytes = bytes(activations * (uniform ? 0.9 : U(0.5, 1.0)) + (k == 0 ? 0.0 : stash[k] * (uniform ? 1.0 : U(0, 1))));
     kept_step += forward + backward;
     p.layers.push_back(l);
   }
@@ -70,7 +73,7 @@ actckpt::StepProfile chain(std::uint64_t seed, std::size_t n, bool uniform) {
 }
 
 /// The fastest predicted step time that fits each budget, over every plan (infinity: none fits).
-/// `choices`: 4, or 2 (keep and checkpoint) where the costs allow no offload.
+/// `choices`: 5 (every LayerChoice), or 2 (keep and checkpoint) where the costs allow no offload.
 std::vector<double> brute_force(const actckpt::StepProfile& p, const std::vector<std::int64_t>& budgets,
                                 const actckpt::OffloadCosts& costs, unsigned choices) {
   const std::size_t n = p.layers.size();
@@ -133,7 +136,7 @@ bool reset_peak_rss() {
 
 }  // namespace
 
-TEST_CASE("planner depth: random chains of 4-8 layers, every budget against brute force over all 4^n plans") {
+TEST_CASE("planner depth: random chains of 4-8 layers, every budget against brute force over all 5^n plans") {
   int compared = 0;
   for (std::uint64_t seed = 1; seed <= 40; ++seed) {
     const std::size_t n = 4 + seed % 5;
@@ -143,7 +146,7 @@ TEST_CASE("planner depth: random chains of 4-8 layers, every budget against brut
     const auto floor = actckpt::smallest_feasible_budget(p);
     auto budgets = budgets_between(floor, keep_all_peak(p), 7);
     budgets.push_back(floor - 1);
-    const auto fastest = brute_force(p, budgets, {}, 4);
+    const auto fastest = brute_force(p, budgets, {}, 5);
     // The smallest feasible budget is exact: a plan fits it, none fits a byte less.
     CHECK(fastest[0] < std::numeric_limits<double>::infinity());
     CHECK(fastest.back() == std::numeric_limits<double>::infinity());
@@ -252,7 +255,8 @@ TEST_CASE("planner depth: 128 and 512 layers plan in bounded time and memory, un
         if (can_measure_memory) CHECK(grew_kib < 256 * 1024);
         CHECK(plan.predicted_peak_bytes <= budget);
         // No uniform plan that fits is faster (beyond the tolerance).
-        for (auto c : {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload}) {
+        for (auto c : {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload,
+                       LayerChoice::offload_saved}) {
           const auto simple = actckpt::evaluate_plan(p, std::vector<LayerChoice>(n, c));
           if (simple.peak_bytes <= budget) CHECK(plan.predicted_step_ms <= simple.step_ms * (1 + tolerance));
         }

@@ -1,22 +1,34 @@
 #pragma once
 /// \file host_buffer_pool.hpp
-/// A bounded, reusable pool of host buffers that offloaded stashes live in
+/// A bounded, reusable pool of host memory that offloaded stashes live in
 /// (docs/pitfalls.md#p10, #p11).
 ///
-/// Buffers for CUDA stashes are pinned (page-locked), because only pinned memory lets a copy run
-/// asynchronously; pinning costs milliseconds and synchronizes the device, so buffers are kept
-/// and reused from step to step instead of being allocated per stash. They come from LibTorch's
-/// pinned (caching host) allocator, which LibTorch's own asynchronous copies know how to fence,
-/// and which rounds every block up to a power of two: the pool asks for exactly that rounded
-/// size, so its limit and byte counts are what is really pinned. `trim()` gives pinned buffers
-/// back to that allocator and then empties its cache, so the memory returns to the system (this
-/// also frees pinned blocks other code cached there and no longer uses). Buffers for CPU stashes
-/// come from the C heap, outside LibTorch's CPU allocator, so that a memory meter on the CPU
-/// "device" sees the stash leave, as it would on a GPU.
+/// Host memory for CUDA stashes is pinned (page-locked), because only pinned memory lets a copy
+/// run asynchronously; pinning costs milliseconds and synchronizes the device. LibTorch's pinned
+/// (caching host) allocator, which LibTorch's own asynchronous copies know how to fence, rounds
+/// every block up to a power of two: asked per stash, it holds up to twice the bytes stashed.
+/// So the pool takes memory in large **slabs** and places each stash inside a slab at its exact
+/// size (rounded up to `alignment`): a buffer is a view of its slab's storage, so LibTorch still
+/// recognises it as pinned. Pinned slabs have power-of-two sizes (what that allocator really
+/// reserves, so the pool's limit and byte counts are what is pinned); CPU stashes use slabs from
+/// the C heap, outside LibTorch's CPU allocator (a memory meter on the CPU "device" sees the stash
+/// leave, as it would on a GPU), with the same placement logic.
 ///
-/// The pool never waits for memory: when the limit would be exceeded, `try_acquire` returns
-/// null and the caller applies its documented fallback (keep the stash on the device, or throw).
-/// Thread-safe.
+/// Placement: address-ordered first fit over the slabs in the order they were made, freed ranges
+/// coalesced with their free neighbours. A training step that stashes and frees in the same order
+/// every step then lands every stash where it landed in the first step: the pool stops growing
+/// after one step. Slabs grow with the pool (about 1/32 of what it holds, at least the request), so
+/// the unused tail of the newest slab stays a small part of what is held.
+///
+/// A freed range may still be the source or target of an asynchronous device copy: the holder
+/// sets a reuse fence on its buffer (a CUDA event wait); releasing never waits on it, and the
+/// pool runs it before any byte of that range is handed out again or its slab is freed.
+///
+/// The pool never waits for memory: when the limit (counting slab bytes) would be exceeded even
+/// after free slabs were returned, `try_acquire` returns null and the caller applies its
+/// documented fallback (keep the stash on the device, or throw). `trim()` returns every slab with
+/// no stash in it to the system (for pinned slabs, also emptying LibTorch's pinned cache; this
+/// also frees pinned blocks other code cached there and no longer uses). Thread-safe.
 
 #include <ATen/Functions.h>
 #include <ATen/core/Tensor.h>
@@ -32,6 +44,7 @@
 #include <memory>
 #include <mutex>
 #include <unistd.h>
+#include <vector>
 
 #include "actckpt/config.hpp"
 
@@ -43,16 +56,19 @@ namespace actckpt {
 
 /// Byte counts of a pool, all readable while training runs.
 struct HostPoolStats {
-  std::size_t live_bytes = 0;          ///< bytes of buffers currently holding stashes
+  std::size_t live_bytes = 0;          ///< bytes of buffers currently holding stashes (alignment included)
   std::size_t peak_live_bytes = 0;     ///< the most `live_bytes` has been
   std::size_t stashed_bytes = 0;       ///< bytes the live stashes asked for (before any rounding)
   std::size_t peak_stashed_bytes = 0;  ///< the most `stashed_bytes` has been
-  std::size_t reserved_bytes = 0;      ///< bytes obtained from the system (live + cached)
+  std::size_t reserved_bytes = 0;      ///< bytes held: the slabs obtained from the system (live + free)
   std::size_t peak_reserved_bytes = 0; ///< the most `reserved_bytes` has been
   std::size_t live_buffers = 0;        ///< buffers currently handed out
-  std::uint64_t system_allocations = 0;///< buffers obtained from the system, ever
-  std::uint64_t reuses = 0;            ///< requests served from cached buffers
+  std::uint64_t system_allocations = 0;///< slabs obtained from the system, ever
+  std::uint64_t reuses = 0;            ///< requests placed in slabs the pool already held
   std::uint64_t exhaustions = 0;       ///< requests refused because of the limit
+  std::size_t slabs = 0;               ///< slabs held now
+  std::size_t free_ranges = 0;         ///< free ranges inside the slabs (fragmentation: 1 per slab is none)
+  std::size_t largest_free_bytes = 0;  ///< the largest request the slabs held now could take
 };
 
 class HostBufferPool;
@@ -65,25 +81,27 @@ class HostBuffer {
   std::size_t capacity() const { return capacity_; }
   bool pinned() const { return pinned_; }
 
-  /// A CPU tensor of `sizes` and `dtype` over the first `nbytes` of this buffer. For pinned
-  /// buffers it shares the storage LibTorch's pinned allocator made, so asynchronous copies
-  /// from and into it are recognised as pinned by LibTorch.
+  /// A CPU tensor of `sizes` and `dtype` over the first `nbytes` of this buffer. It shares the
+  /// storage of the buffer's slab (for pinned buffers, the storage LibTorch's pinned allocator
+  /// made), so asynchronous copies from and into it are recognised as pinned by LibTorch.
   at::Tensor view_as(c10::IntArrayRef sizes, c10::ScalarType dtype, std::size_t nbytes) const {
     return bytes_.narrow(0, 0, static_cast<int64_t>(nbytes)).view(dtype).view(sizes);
   }
 
   /// Sets a function that blocks until pending asynchronous device work on this buffer is
-  /// done (a CUDA event wait). The pool runs it before handing the buffer out again.
+  /// done (a CUDA event wait). The pool runs it before handing these bytes out again.
   void set_reuse_fence(std::function<void()> fence) { fence_ = std::move(fence); }
 
  private:
   friend class HostBufferPool;
-  HostBuffer(at::Tensor bytes, std::size_t capacity, bool pinned)
-      : bytes_(std::move(bytes)), capacity_(capacity), pinned_(pinned) {}
-  at::Tensor bytes_;  // a 1-d uint8 tensor over the whole buffer
+  HostBuffer(at::Tensor bytes, std::size_t capacity, bool pinned, void* slab, std::size_t offset)
+      : bytes_(std::move(bytes)), capacity_(capacity), pinned_(pinned), slab_(slab), offset_(offset) {}
+  at::Tensor bytes_;  // a 1-d uint8 view of the slab over this buffer's range
   std::size_t capacity_;
-  std::size_t requested_ = 0;  // what the current holder asked for
+  std::size_t requested_ = 0;  // what the holder asked for
   bool pinned_;
+  void* slab_;           // the pool's slab (valid while the pool lives)
+  std::size_t offset_;   // where the range starts in the slab
   std::function<void()> fence_;
 };
 
@@ -91,8 +109,18 @@ class HostBuffer {
 /// `HostBufferPool::shared()` (limit: half of physical RAM).
 class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
  public:
-  /// Rounding of buffer sizes, so that stashes of nearly equal size share buffers.
-  static constexpr std::size_t granularity = 4096;
+  /// Alignment of every buffer inside its slab (and of a buffer's size): the rounding a stash pays.
+  static constexpr std::size_t alignment = 64;
+  /// Kept under its old name: buffer sizes are multiples of it.
+  static constexpr std::size_t granularity = alignment;
+  /// Smallest slab taken for CPU stashes (C heap) and for pinned ones (pinning is costly).
+  static constexpr std::size_t min_plain_slab = std::size_t{64} << 10;
+  static constexpr std::size_t min_pinned_slab = std::size_t{2} << 20;
+  /// Slabs grow with the pool up to this (a larger request still gets a slab of its own).
+  static constexpr std::size_t max_grown_slab = std::size_t{1} << 30;
+  /// A new slab is about 1/growth_divisor of what the pool holds: the unused tail of the newest
+  /// slab stays a small part of it.
+  static constexpr std::size_t growth_divisor = 32;
 
   static std::shared_ptr<HostBufferPool> create(std::size_t limit_bytes) {
     return std::shared_ptr<HostBufferPool>(new HostBufferPool(limit_bytes));
@@ -111,56 +139,62 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     return static_cast<std::size_t>(pages) * static_cast<std::size_t>(page) / 2;
   }
 
-  ~HostBufferPool() { trim_locked(); }
+  ~HostBufferPool() {
+    // Buffers still out keep their slab's storage alive (their view holds it) and run their own
+    // fence when dropped; freed ranges' fences run here, before the slabs go.
+    for (auto& slab : slabs_) slab->run_fences();
+    const bool had_pinned = std::any_of(slabs_.begin(), slabs_.end(), [](const auto& s) { return s->pinned; });
+    slabs_.clear();
+    if (had_pinned) empty_pinned_cache();
+  }
   HostBufferPool(const HostBufferPool&) = delete;
   HostBufferPool& operator=(const HostBufferPool&) = delete;
 
-  /// A buffer of at least `bytes`, pinned if asked; null when the limit does not allow it
-  /// (after cached buffers were given back to the system to make room).
+  /// A buffer of at least `bytes` (exactly `bytes` rounded up to `alignment`), pinned if asked;
+  /// null when the limit does not allow it (after free slabs were given back to make room).
   std::shared_ptr<HostBuffer> try_acquire(std::size_t bytes, bool pinned) {
-    const std::size_t want = pinned ? pinned_size(bytes) : round_up(std::max<std::size_t>(bytes, 1));
-    std::unique_ptr<HostBuffer> buffer;
+    const std::size_t want = align(std::max<std::size_t>(bytes, 1));
+    Slab* slab = nullptr;
+    std::size_t offset = 0;
+    std::vector<std::shared_ptr<Fence>> fences;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto& cache = pinned ? free_pinned_ : free_plain_;
-      auto it = cache.lower_bound(want);
-      if (it != cache.end() && it->first <= 2 * want) {
-        buffer.reset(it->second);
-        cache.erase(it);
-        ++stats_.reuses;
+      if (!place_locked(want, pinned, slab, offset)) {
+        if (!add_slab_locked(want, pinned)) {
+          ++stats_.exhaustions;
+          return nullptr;
+        }
+        const bool placed = place_locked(want, pinned, slab, offset);
+        TORCH_INTERNAL_ASSERT(placed, "actckpt: a new host pool slab could not take the request it was made for");
       } else {
-        if (stats_.reserved_bytes + want > limit_) trim_locked();
-        if (stats_.reserved_bytes + want > limit_) {
-          ++stats_.exhaustions;
-          return nullptr;
-        }
-        at::Tensor memory = allocate(want, pinned);
-        if (!memory.defined()) {
-          ++stats_.exhaustions;
-          return nullptr;
-        }
-        buffer.reset(new HostBuffer(std::move(memory), want, pinned));
-        ++stats_.system_allocations;
-        stats_.reserved_bytes += want;
-        stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);
+        ++stats_.reuses;
       }
-      stats_.live_bytes += buffer->capacity_;
+      fences = slab->take_fences(offset, offset + want);
+      slab->live += 1;
+      stats_.live_bytes += want;
       live_bytes_.store(stats_.live_bytes, std::memory_order_relaxed);
       stats_.live_buffers += 1;
       stats_.peak_live_bytes = std::max(stats_.peak_live_bytes, stats_.live_bytes);
-      buffer->requested_ = bytes;
       stats_.stashed_bytes += bytes;
       stats_.peak_stashed_bytes = std::max(stats_.peak_stashed_bytes, stats_.stashed_bytes);
     }
-    if (buffer->fence_) {
-      buffer->fence_();
-      buffer->fence_ = nullptr;
+    // Device copies that still read or write these bytes (they were part of freed buffers) must
+    // be done before the new holder touches them. Outside the lock: other threads go on.
+    try {
+      for (auto& f : fences) f->run();
+    } catch (...) {  // a failed device wait: the range goes back (its fences still pending), nothing leaks
+      std::lock_guard<std::mutex> lock(mutex_);
+      release_locked(slab, offset, want, bytes, nullptr);
+      throw;
     }
+    at::Tensor view = slab->memory.narrow(0, static_cast<int64_t>(offset), static_cast<int64_t>(want));
+    auto* buffer = new HostBuffer(std::move(view), want, pinned, slab, offset);
+    buffer->requested_ = bytes;
     std::weak_ptr<HostBufferPool> owner = weak_from_this();
-    return std::shared_ptr<HostBuffer>(buffer.release(), [owner](HostBuffer* b) {
+    return std::shared_ptr<HostBuffer>(buffer, [owner](HostBuffer* b) {
       if (auto pool = owner.lock()) {
         pool->give_back(b);
-      } else {  // the pool is gone: free the memory once device work on it is done
+      } else {  // the pool is gone: the view keeps the slab's memory until device work on it is done
         if (b->fence_) b->fence_();
         delete b;
       }
@@ -169,7 +203,13 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
 
   HostPoolStats stats() const {
     std::lock_guard<std::mutex> lock(mutex_);
-    return stats_;
+    HostPoolStats s = stats_;
+    s.slabs = slabs_.size();
+    for (const auto& slab : slabs_) {
+      s.free_ranges += slab->free.size();
+      for (const auto& [offset, size] : slab->free) s.largest_free_bytes = std::max(s.largest_free_bytes, size);
+    }
+    return s;
   }
 
   /// `stats().live_bytes` without taking the pool's lock: callable from anywhere, including
@@ -188,32 +228,127 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     std::lock_guard<std::mutex> lock(mutex_);
     return limit_;
   }
-  /// Changes the bound; buffers already out stay out, cached ones are trimmed to fit.
+  /// Changes the bound; buffers already out stay out, free slabs are trimmed to fit.
   void set_limit(std::size_t limit_bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     limit_ = limit_bytes;
     if (stats_.reserved_bytes > limit_) trim_locked();
   }
 
-  /// Returns every cached (unused) buffer to the system.
+  /// Returns every slab that holds no stash to the system.
   void trim() {
     std::lock_guard<std::mutex> lock(mutex_);
     trim_locked();
   }
 
  private:
+  /// A fence of a freed range; it runs once, whichever thread reuses those bytes first.
+  struct Fence {
+    explicit Fence(std::function<void()> f) : fn(std::move(f)) {}
+    void run() { std::call_once(once, [this] { fn(); done.store(true, std::memory_order_release); }); }
+    std::function<void()> fn;
+    std::once_flag once;
+    std::atomic<bool> done{false};
+  };
+  struct PendingFence {
+    std::size_t begin, end;
+    std::shared_ptr<Fence> fence;
+  };
+
+  struct Slab {
+    at::Tensor memory;  // 1-d uint8 over the whole slab
+    std::size_t size = 0;
+    bool pinned = false;
+    std::size_t live = 0;                   // buffers handed out of it
+    std::map<std::size_t, std::size_t> free;  // offset -> size, coalesced, address order
+    std::vector<PendingFence> fences;       // fences of freed ranges not yet handed out again
+
+    bool unused() const { return live == 0; }
+
+    /// The fences of freed ranges overlapping [begin, end) (done ones dropped); they stay listed
+    /// for the bytes of their range outside [begin, end), so those are fenced when reused too.
+    std::vector<std::shared_ptr<Fence>> take_fences(std::size_t begin, std::size_t end) {
+      std::vector<std::shared_ptr<Fence>> out;
+      fences.erase(std::remove_if(fences.begin(), fences.end(),
+                                  [](const PendingFence& p) { return p.fence->done.load(std::memory_order_acquire); }),
+                   fences.end());
+      for (const auto& p : fences)
+        if (p.begin < end && begin < p.end) out.push_back(p.fence);
+      return out;
+    }
+    void run_fences() {
+      for (auto& p : fences) p.fence->run();
+      fences.clear();
+    }
+  };
+
   explicit HostBufferPool(std::size_t limit_bytes) : limit_(limit_bytes) {}
 
-  static std::size_t round_up(std::size_t n) { return (n + granularity - 1) / granularity * granularity; }
-
-  /// What LibTorch's pinned allocator really reserves for `n` bytes: the next power of two.
-  static std::size_t pinned_size(std::size_t n) {
-    std::size_t p = granularity;
+  static std::size_t align(std::size_t n) { return (n + alignment - 1) / alignment * alignment; }
+  static std::size_t round_to(std::size_t n, std::size_t unit) { return (n + unit - 1) / unit * unit; }
+  static std::size_t pow2_ceil(std::size_t n) {
+    std::size_t p = 1;
     while (p < n) p <<= 1;
     return p;
   }
+  static std::size_t pow2_floor(std::size_t n) {
+    std::size_t p = 1;
+    while (p * 2 <= n) p <<= 1;
+    return p;
+  }
 
-  /// A byte tensor over new memory, or undefined when the system refuses. Plain buffers come
+  /// The size of a new slab for a request of `want` (aligned) bytes. It grows with what the pool
+  /// holds. Pinned: a power of two (what LibTorch's pinned allocator reserves anyway). Plain: a
+  /// whole number of such requests (stashes of equal size fill it exactly), in 4 KiB pages.
+  std::size_t slab_size_for(std::size_t want, bool pinned) const {
+    const std::size_t floor = pinned ? min_pinned_slab : min_plain_slab;
+    const std::size_t grown = std::clamp(stats_.reserved_bytes / growth_divisor, floor, max_grown_slab);
+    if (pinned) return std::max(pow2_ceil(want), pow2_floor(grown));
+    return round_to(want * std::max<std::size_t>(1, grown / want), 4096);
+  }
+  /// The smallest slab that takes `want` bytes (near the limit).
+  static std::size_t smallest_slab_for(std::size_t want, bool pinned) {
+    return pinned ? pow2_ceil(want) : round_to(want, 4096);
+  }
+
+  /// Address-ordered first fit over the slabs of the kind asked for, oldest first.
+  bool place_locked(std::size_t want, bool pinned, Slab*& slab, std::size_t& offset) {
+    for (auto& s : slabs_) {
+      if (s->pinned != pinned) continue;
+      for (auto it = s->free.begin(); it != s->free.end(); ++it) {
+        if (it->second < want) continue;
+        offset = it->first;
+        const std::size_t rest = it->second - want;
+        s->free.erase(it);
+        if (rest > 0) s->free.emplace(offset + want, rest);
+        slab = s.get();
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /// Takes a new slab that can hold `want` bytes, within the limit; false when none can be had.
+  bool add_slab_locked(std::size_t want, bool pinned) {
+    std::size_t size = slab_size_for(want, pinned);
+    if (stats_.reserved_bytes + size > limit_) trim_locked();
+    if (stats_.reserved_bytes + size > limit_) size = smallest_slab_for(want, pinned);
+    if (stats_.reserved_bytes + size > limit_) return false;
+    at::Tensor memory = allocate(size, pinned);
+    if (!memory.defined()) return false;
+    auto slab = std::make_unique<Slab>();
+    slab->memory = std::move(memory);
+    slab->size = size;
+    slab->pinned = pinned;
+    slab->free.emplace(0, size);
+    slabs_.push_back(std::move(slab));
+    ++stats_.system_allocations;
+    stats_.reserved_bytes += size;
+    stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);
+    return true;
+  }
+
+  /// A byte tensor over new memory, or undefined when the system refuses. Plain slabs come
   /// from the C heap (not LibTorch's CPU allocator); pinned ones from LibTorch's pinned allocator.
   static at::Tensor allocate(std::size_t bytes, bool pinned) {
     const auto options = at::TensorOptions().dtype(at::kByte).device(c10::kCPU);
@@ -229,38 +364,61 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
                          "(ACTCKPT_WITH_CUDA)");
 #endif
     }
-    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    void* p = std::aligned_alloc(4096, round_to(bytes, 4096));
     if (p == nullptr) return {};
     return at::from_blob(p, {static_cast<int64_t>(bytes)}, [](void* q) { std::free(q); }, options);
   }
 
+  /// A buffer's range goes back to its slab (coalesced with free neighbours); its fence is kept
+  /// with the range and runs when the bytes are handed out again. Never waits.
   void give_back(HostBuffer* b) {
+    std::unique_ptr<HostBuffer> owned(b);
     std::lock_guard<std::mutex> lock(mutex_);
-    stats_.live_bytes -= b->capacity_;
+    // The view must not keep the slab's storage once the slab is freed; drop it first.
+    b->bytes_ = at::Tensor();
+    release_locked(static_cast<Slab*>(b->slab_), b->offset_, b->capacity_, b->requested_, std::move(b->fence_));
+  }
+
+  void release_locked(Slab* slab, std::size_t offset, std::size_t capacity, std::size_t requested,
+                      std::function<void()> fence) {
+    stats_.live_bytes -= capacity;
     live_bytes_.store(stats_.live_bytes, std::memory_order_relaxed);
     stats_.live_buffers -= 1;
-    stats_.stashed_bytes -= b->requested_;
-    b->requested_ = 0;
-    if (stats_.reserved_bytes > limit_) {  // the limit was lowered meanwhile
-      release_locked(b);
-      return;
+    stats_.stashed_bytes -= requested;
+    if (fence) slab->fences.push_back({offset, offset + capacity, std::make_shared<Fence>(std::move(fence))});
+    std::size_t begin = offset, size = capacity;
+    auto next = slab->free.lower_bound(begin);
+    if (next != slab->free.end() && next->first == begin + size) {
+      size += next->second;
+      next = slab->free.erase(next);
     }
-    (b->pinned_ ? free_pinned_ : free_plain_).emplace(b->capacity_, b);
+    if (next != slab->free.begin()) {
+      auto prev = std::prev(next);
+      if (prev->first + prev->second == begin) {
+        begin = prev->first;
+        size += prev->second;
+        slab->free.erase(prev);
+      }
+    }
+    slab->free.emplace(begin, size);
+    slab->live -= 1;
+    if (slab->unused() && stats_.reserved_bytes > limit_) trim_locked();  // the limit was lowered meanwhile
   }
 
-  void release_locked(HostBuffer* b) {
-    if (b->fence_) b->fence_();
-    stats_.reserved_bytes -= b->capacity_;
-    delete b;
-  }
-
+  /// Frees every unused slab (running the fences of its freed ranges first).
   void trim_locked() {
-    const bool had_pinned = !free_pinned_.empty();
-    for (auto* cache : {&free_plain_, &free_pinned_}) {
-      for (auto& [size, b] : *cache) release_locked(b);
-      cache->clear();
+    bool freed_pinned = false;
+    for (auto it = slabs_.begin(); it != slabs_.end();) {
+      if (!(*it)->unused()) {
+        ++it;
+        continue;
+      }
+      (*it)->run_fences();
+      freed_pinned = freed_pinned || (*it)->pinned;
+      stats_.reserved_bytes -= (*it)->size;
+      it = slabs_.erase(it);
     }
-    if (had_pinned) empty_pinned_cache();
+    if (freed_pinned) empty_pinned_cache();
   }
 
   /// Returns LibTorch's cached, unused pinned blocks to the system.
@@ -278,8 +436,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
   std::size_t limit_;
   HostPoolStats stats_;
   std::atomic<std::size_t> live_bytes_{0};  // mirror of stats_.live_bytes, readable without the lock
-  std::multimap<std::size_t, HostBuffer*> free_plain_;
-  std::multimap<std::size_t, HostBuffer*> free_pinned_;
+  std::vector<std::unique_ptr<Slab>> slabs_;  // in the order they were made (first-fit order)
 };
 
 }  // namespace actckpt

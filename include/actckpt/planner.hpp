@@ -11,10 +11,12 @@
 ///   std::cout << plan.describe();                         // "layers 0-5 checkpoint, 6-7 keep"
 ///   plan.apply(*model);                                   // each layer's StashOptions set
 /// \endcode
-/// For each `Checkpointed` layer of a chain it chooses one of four things (`LayerChoice`): keep
+/// For each `Checkpointed` layer of a chain it chooses one of five things (`LayerChoice`): keep
 /// (not checkpointed: autograd keeps its activations), checkpoint (inputs stay on the device),
-/// sync offload, async offload; the choice is set at run time through the layer's
-/// `StashOptions`, so any policy type works and gradients stay those of the unwrapped model.
+/// sync offload, async offload (of the checkpoint's inputs), offload saved (no recompute: every
+/// activation autograd saves goes to the host pool and comes back a layer ahead in backward); the
+/// choice is set at run time through the layer's `StashOptions`, so any policy type works and
+/// gradients stay those of the unwrapped model.
 ///
 /// ## Profiling (`profile_step`)
 /// The user's callable runs one sample training step (forward, loss, backward; no optimizer
@@ -36,7 +38,12 @@
 ///    above the level at its forward start;
 ///  - `forward_ms`, `backward_ms` over the same spans; `recompute_ms` (checkpointed run: from its
 ///    `backward_begin` to its `recompute_end`); `stash_bytes` and the sync copy times of its stash
-///    each way, whose sums give the measured bandwidths.
+///    each way, whose sums give the measured bandwidths;
+///  - `saved_bytes` (kept run): the bytes of the activations autograd saves during its forward,
+///    counted through a saved-tensor hooks scope (`SavedTensorHooks`) open around the kept runs:
+///    parameters and buffers (and views of them) left out, a storage saved twice (a tensor and
+///    its transpose, or by two layers) counted once, for the layer that saved it first. It is
+///    what offload-saved moves each way.
 /// Also: the level at the first layer's forward (`start_bytes`), the peak before it, the peak
 /// between the last forward and the last backward (loss and head, `tail_peak_bytes`) and the
 /// whole step's time and peak in each configuration.
@@ -55,6 +62,13 @@
 /// still on the device while the next layer runs forward; `prefetched_k` = the stash of the
 /// highest async layer below k, brought back while k runs backward, when an async layer at or
 /// above k triggers that prefetch (the stash stack prefetches the stash below the one restored).
+/// Offload saved (only where host memory is separate, and only for a layer that saved something):
+/// the layer runs as kept, so its forward and backward peaks are the kept run's (conservative:
+/// nothing counted as gone before its forward ends); it holds `max(held(checkpointed),
+/// held(kept) - saved_bytes)` (its output stays: the layer above uses it). What it frees,
+/// `held(kept) - held(offload saved)`, is still in flight while the next layer runs forward
+/// (`in_flight_k`), and comes back while the layer above runs backward (prefetched a layer
+/// ahead: `saved_prefetched_k` on top of layer k+1's backward peak).
 ///
 /// Time: the kept run's step time plus, per layer, the extra of its choice:
 ///  - checkpoint: its measured recompute (a direct measurement: differences of whole forward and
@@ -64,12 +78,16 @@
 ///    copy behind the next layer's forward (the loss for the last layer), the host-to-device
 ///    prefetch behind the backward of the layer above, if an async layer above triggers it (else
 ///    nothing hides it). The real window can be longer (several layers), never shorter.
+///  - offload saved: no recompute; saved_bytes/bandwidth_d2h beyond the next layer's forward (the
+///    loss for the last layer) and saved_bytes/bandwidth_h2d beyond the backward of the layer
+///    above (the last layer: nothing hides its restore).
 ///
 /// ## Search (`plan_for_budget`)
 /// Dynamic programming over the chain: layers are added bottom up; a partial plan's future
 /// depends only on its held bytes S and its state: the stash of its highest async layer while
 /// that layer's prefetch still needs an async layer above, whether more async layers may come,
-/// and the bytes still in flight. Every constraint is checked exactly against the budget as its
+/// the bytes still in flight, and the bytes an offload-saved layer below brings back during the
+/// next layer's backward. Every constraint is checked exactly against the budget as its
 /// layer is added, so a returned plan always fits (as `evaluate_plan` predicts it). A partial
 /// plan is dropped when another one, in the same or a dominating state (no prefetch waiting, or
 /// a smaller one), holds no more bytes and is no slower. With unlike layers nearly every sum of
@@ -113,6 +131,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -123,6 +142,7 @@
 #include "actckpt/config.hpp"
 #include "actckpt/memory_meter.hpp"
 #include "actckpt/observer.hpp"
+#include "actckpt/saved_tensor_hooks.hpp"
 #include "actckpt/stash_options.hpp"
 
 #if ACTCKPT_WITH_CUDA
@@ -137,6 +157,10 @@ enum class LayerChoice {
   checkpoint,     ///< checkpointed, inputs kept on the device
   sync_offload,   ///< checkpointed, inputs copied to host memory and back, blocking
   async_offload,  ///< checkpointed, inputs copied on the side stream / worker, prefetched
+  /// not checkpointed, no recompute: every activation autograd saves (parameters and buffers
+  /// aside) is copied to the host pool asynchronously and prefetched a layer ahead in backward
+  /// (`StashOptions::offload_saved`). Only where host memory is separate from the device's.
+  offload_saved,
 };
 
 constexpr std::string_view to_string(LayerChoice c) noexcept {
@@ -145,6 +169,7 @@ constexpr std::string_view to_string(LayerChoice c) noexcept {
     case LayerChoice::checkpoint: return "checkpoint";
     case LayerChoice::sync_offload: return "sync offload";
     case LayerChoice::async_offload: return "async offload";
+    case LayerChoice::offload_saved: return "offload saved";
   }
   return "unknown";
 }
@@ -166,6 +191,9 @@ struct LayerProfile {
   double recompute_ms = 0;  ///< checkpointed: from its backward's start to the recompute's end
   double offload_ms = 0;  ///< the sync device-to-host copy of its stash
   double restore_ms = 0;  ///< the sync host-to-device copy back
+  /// Kept run: bytes of the activations autograd saves in its forward, parameters and buffers
+  /// aside, each storage once (what offload-saved moves each way).
+  std::int64_t saved_bytes = 0;
 };
 
 /// What `profile_step` measured. Bytes are as the meter reads them (see PlannerOptions::meter).
@@ -241,14 +269,17 @@ inline std::string mib(std::int64_t bytes) {
 
 /// The StashOptions that carry out `choice`; `base` gives what the plan does not decide.
 inline StashOptions options_for(LayerChoice choice, StashOptions base) {
-  base.checkpoint = choice != LayerChoice::keep;
+  // Offload saved runs the layer once (as keep); `checkpoint` is not read then, false says so.
+  base.checkpoint = choice != LayerChoice::keep && choice != LayerChoice::offload_saved;
+  base.offload_saved = choice == LayerChoice::offload_saved;
   base.keep_on_device = 0;     // async: every stash starts moving when its layer's forward ends
   base.min_offload_bytes = 1;  // the model moves every non-empty stash
   switch (choice) {
     case LayerChoice::keep:
     case LayerChoice::checkpoint: base.mode = StashMode::device; break;
     case LayerChoice::sync_offload: base.mode = StashMode::sync_host; break;
-    case LayerChoice::async_offload: base.mode = StashMode::async_host; break;
+    case LayerChoice::async_offload:
+    case LayerChoice::offload_saved: base.mode = StashMode::async_host; break;
   }
   return base;
 }
@@ -301,9 +332,35 @@ class StepRecorder final : public Observer {
  public:
   StepRecorder(MemoryMeter& meter, c10::Device device) : meter_(meter), device_(device) {}
 
+  /// Storages whose saves are not activations (the model's parameters and buffers).
+  void exclude_storages(std::vector<const void*> storages) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    excluded_ = std::set<const void*>(storages.begin(), storages.end());
+  }
+  /// From the saved-tensor hooks' pack (the thread running the forward): counts `t` for the
+  /// planner layer whose forward is running, each storage once per step.
+  void count_saved(const at::Tensor& t) {
+    if (!t.defined() || !t.has_storage()) return;
+    const void* storage = t.storage().unsafeGetStorageImpl();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (current_ == none_ || excluded_.count(storage) != 0 || !seen_.insert(storage).second) return;
+    if (saved_.size() <= current_) saved_.resize(current_ + 1, 0);
+    saved_[current_] += static_cast<std::int64_t>(t.storage().nbytes());
+  }
+  /// Per layer (modules() order), the bytes `count_saved` counted in the step that just finished.
+  std::vector<std::int64_t> saved_bytes(std::size_t n) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::int64_t> out = saved_;
+    out.resize(n, 0);
+    return out;
+  }
+
   void start() {
     std::lock_guard<std::mutex> lock(mutex_);
     marks_.clear();
+    saved_.clear();
+    seen_.clear();
+    current_ = none_;
     synchronize();
     meter_.reset_peak();
     start_bytes_ = meter_.device_bytes();
@@ -323,6 +380,8 @@ class StepRecorder final : public Observer {
     const std::size_t layer = std::stoul(std::string(e.label.substr(label_prefix.size())));
     std::lock_guard<std::mutex> lock(mutex_);
     Mark m{e.kind, layer, elapsed_ms(e.time)};
+    if (e.kind == EventKind::forward_begin) current_ = layer;
+    if (e.kind == EventKind::forward_end && current_ == layer) current_ = none_;
     switch (e.kind) {
       case EventKind::forward_begin:
       case EventKind::forward_end:
@@ -354,8 +413,13 @@ class StepRecorder final : public Observer {
 
   MemoryMeter& meter_;
   c10::Device device_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::vector<Mark> marks_;
+  static constexpr std::size_t none_ = std::numeric_limits<std::size_t>::max();
+  std::size_t current_ = none_;          // the planner layer whose forward runs (saves count for it)
+  std::vector<std::int64_t> saved_;      // per layer, modules() order
+  std::set<const void*> seen_, excluded_;  // storages counted this step; parameters' and buffers'
+
   std::int64_t start_bytes_ = 0;
   std::chrono::steady_clock::time_point start_;
 };
@@ -363,7 +427,7 @@ class StepRecorder final : public Observer {
 /// One measured step, reduced to per-layer figures (forward order).
 struct StepFigures {
   std::vector<std::size_t> order;  // modules() indices in forward order
-  std::vector<std::int64_t> held, forward_peak, backward_peak, stash;
+  std::vector<std::int64_t> held, forward_peak, backward_peak, stash, saved;
   std::vector<double> forward_ms, backward_ms, recompute_ms, offload_ms, restore_ms;
   std::int64_t start_bytes = 0, head_peak = 0, tail_peak = 0, step_peak = 0;
   double tail_ms = 0, step_ms = 0;
@@ -496,17 +560,40 @@ class CostModel {
   }
   std::size_t size() const { return p_.layers.size(); }
   bool can_offload() const { return d2h_ > 0 && h2d_ > 0; }
+  /// Offload saved may be chosen for layer k: host memory is separate (on CPU it would save
+  /// nothing and cost copies), copies can be timed, and the layer saved something.
+  bool can_offload_saved(std::size_t k) const { return separate_ && can_offload() && p_.layers[k].saved_bytes > 0; }
+  bool allows(std::size_t k, LayerChoice c) const {
+    switch (c) {
+      case LayerChoice::keep:
+      case LayerChoice::checkpoint: return true;
+      case LayerChoice::sync_offload:
+      case LayerChoice::async_offload: return can_offload();
+      case LayerChoice::offload_saved: return can_offload_saved(k);
+    }
+    return false;
+  }
 
   /// `prefetched_from_above`: (async) an async layer above triggers this layer's prefetch.
   ChoiceCost cost(std::size_t k, LayerChoice c, bool prefetched_from_above) const {
     const auto& l = p_.layers[k];
     const auto K = idx(ProfiledMode::keep), C = idx(ProfiledMode::checkpoint), S = idx(ProfiledMode::sync_offload);
     const double ckpt_extra = l.recompute_ms;
-    const std::size_t mem = c == LayerChoice::keep ? K : (c == LayerChoice::checkpoint || !separate_) ? C : S;
+    const bool runs_once = c == LayerChoice::keep || c == LayerChoice::offload_saved;
+    const std::size_t mem = runs_once ? K : (c == LayerChoice::checkpoint || !separate_) ? C : S;
     ChoiceCost r{l.held_bytes[mem], l.forward_peak_bytes[mem], l.backward_peak_bytes[mem], 0.0};
     const double out_ms = copy_ms(l.stash_bytes, d2h_), in_ms = copy_ms(l.stash_bytes, h2d_);
     switch (c) {
       case LayerChoice::keep: break;
+      case LayerChoice::offload_saved: {
+        r.held = saved_held(k);
+        const bool top = k + 1 == size();
+        const double forward_window = top ? p_.tail_ms : p_.layers[k + 1].forward_ms[K];
+        const double backward_window = top ? 0.0 : p_.layers[k + 1].backward_ms[K];
+        r.extra_ms = std::max(0.0, copy_ms(l.saved_bytes, d2h_) - forward_window) +
+                     std::max(0.0, copy_ms(l.saved_bytes, h2d_) - backward_window);
+        break;
+      }
       case LayerChoice::checkpoint: r.extra_ms = ckpt_extra; break;
       case LayerChoice::sync_offload: r.extra_ms = ckpt_extra + out_ms + in_ms; break;
       case LayerChoice::async_offload: {
@@ -524,6 +611,17 @@ class CostModel {
     if (!separate_) return 0;
     const auto& l = p_.layers[k];
     return std::max<std::int64_t>(0, l.held_bytes[idx(ProfiledMode::checkpoint)] - l.held_bytes[idx(ProfiledMode::sync_offload)]);
+  }
+  /// Offload saved: what layer k holds until its backward (its output at least).
+  std::int64_t saved_held(std::size_t k) const {
+    const auto& l = p_.layers[k];
+    if (!separate_) return l.held_bytes[idx(ProfiledMode::keep)];
+    return std::max(l.held_bytes[idx(ProfiledMode::checkpoint)], l.held_bytes[idx(ProfiledMode::keep)] - l.saved_bytes);
+  }
+  /// Offload saved: the bytes layer k's copies free, in flight during the next layer's forward
+  /// and prefetched back during the backward of the layer above.
+  std::int64_t saved_freed(std::size_t k) const {
+    return std::max<std::int64_t>(0, p_.layers[k].held_bytes[idx(ProfiledMode::keep)] - saved_held(k));
   }
   /// Bytes a prefetch of layer k's stash allocates ahead of its backward.
   std::int64_t prefetch_bytes(std::size_t k) const { return separate_ ? p_.layers[k].stash_bytes : 0; }
@@ -545,13 +643,16 @@ enum class Prefetch : std::uint8_t { none, pending, closed };
 /// The state a partial plan hands to the next layer (see the file comment).
 struct Key {
   std::int64_t in_flight = 0;       // bytes still on the device while the next layer runs forward
+  std::int64_t saved_prefetch = 0;  // offload-saved layer below: bytes it brings back during the next layer's backward
   Prefetch prefetch = Prefetch::none;
   std::int64_t prefetch_bytes = 0;  // stash of the highest async layer below while its prefetch is pending, else 0
   bool operator==(const Key& o) const {
-    return in_flight == o.in_flight && prefetch == o.prefetch && prefetch_bytes == o.prefetch_bytes;
+    return in_flight == o.in_flight && saved_prefetch == o.saved_prefetch && prefetch == o.prefetch &&
+           prefetch_bytes == o.prefetch_bytes;
   }
   bool operator<(const Key& o) const {
-    return std::tie(in_flight, prefetch, prefetch_bytes) < std::tie(o.in_flight, o.prefetch, o.prefetch_bytes);
+    return std::tie(in_flight, saved_prefetch, prefetch, prefetch_bytes) <
+           std::tie(o.in_flight, o.saved_prefetch, o.prefetch, o.prefetch_bytes);
   }
 };
 
@@ -588,8 +689,9 @@ inline double extra_ms_lower_bound(const CostModel& model) {
   double ms = 0;
   for (std::size_t k = 0; k < model.size(); ++k) {
     double cheapest = model.cost(k, LayerChoice::keep, false).extra_ms;
-    for (auto c : {LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload}) {
-      if (c != LayerChoice::checkpoint && !model.can_offload()) continue;
+    for (auto c : {LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload,
+                   LayerChoice::offload_saved}) {
+      if (!model.allows(k, c)) continue;
       for (bool from_above : {false, true}) cheapest = std::min(cheapest, model.cost(k, c, from_above).extra_ms);
     }
     ms += cheapest;
@@ -618,6 +720,7 @@ class Outlook {
     for (std::size_t k = 0; k < n_; ++k) {
       std::int64_t least = std::numeric_limits<std::int64_t>::max(), most = std::numeric_limits<std::int64_t>::min();
       for (auto c : choices(model)) {
+        if (!model.allows(k, c)) continue;
         least = std::min(least, model.cost(k, c, false).held);
         most = std::max(most, model.cost(k, c, false).held);
       }
@@ -638,6 +741,7 @@ class Outlook {
       const double* above = &ms_[(k + 1) * cells_];
       std::fill(here, here + cells_, none);
       for (auto c : choices(model)) {
+        if (!model.allows(k, c)) continue;
         for (bool from_above : {false, true}) {
           if (from_above && (c != LayerChoice::async_offload || k + 1 == n_)) continue;
           const auto cc = model.cost(k, c, from_above);
@@ -661,7 +765,8 @@ class Outlook {
  private:
   static std::vector<LayerChoice> choices(const CostModel& model) {
     if (model.can_offload())
-      return {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload};
+      return {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload,
+              LayerChoice::offload_saved};
     return {LayerChoice::keep, LayerChoice::checkpoint};
   }
   std::size_t cell(std::int64_t held) const {
@@ -697,7 +802,7 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
     double ms;
     Node* node;
   };
-  std::vector<Stair> stairs, stairs_of_none, merged;
+  std::vector<Stair> stairs, stairs_of_none, stairs_of_free, merged;
   struct Score {
     double value;
     std::size_t group, index;
@@ -705,7 +810,7 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
   std::vector<Score> scores;
   bool exact = true;
   const LayerChoice all[] = {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload,
-                             LayerChoice::async_offload};
+                             LayerChoice::async_offload, LayerChoice::offload_saved};
   std::map<Key, std::size_t> group_of;
   for (std::size_t k = 0; k < n; ++k) {
     next.clear();
@@ -715,7 +820,7 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
     for (const auto& group : front) {
       const Key& key = group.key;
       for (auto c : all) {
-        if ((c == LayerChoice::sync_offload || c == LayerChoice::async_offload) && !model.can_offload()) continue;
+        if (!model.allows(k, c)) continue;
         // Async comes in two variants: prefetched by an async layer above (which must then
         // come) or the highest async layer (none may follow).
         for (int variant = 0; variant < (c == LayerChoice::async_offload ? 2 : 1); ++variant) {
@@ -724,10 +829,15 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
           if (from_above && k + 1 == n) continue;
           Key nk = key;
           nk.in_flight = 0;
+          nk.saved_prefetch = 0;
           if (c == LayerChoice::async_offload) {
             nk.prefetch = from_above ? Prefetch::pending : Prefetch::closed;
             nk.prefetch_bytes = from_above ? model.prefetch_bytes(k) : 0;  // closed: no prefetch waits
             nk.in_flight = model.freed(k);
+          }
+          if (c == LayerChoice::offload_saved) {  // does not touch the stash stack's prefetch state
+            nk.in_flight = model.saved_freed(k);
+            nk.saved_prefetch = k + 1 < n ? model.saved_freed(k) : 0;
           }
           if (k + 1 == n && nk.prefetch == Prefetch::pending) continue;  // promised an async layer above
           // Everything but the held bytes is the group's: the peak grows with them, so the
@@ -735,7 +845,8 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
           const auto cc = model.cost(k, c, from_above);
           std::int64_t headroom = limit - base -
               std::max(cc.forward_peak + key.in_flight,
-                       cc.backward_peak + (key.prefetch == Prefetch::pending ? key.prefetch_bytes : 0));
+                       cc.backward_peak + (key.prefetch == Prefetch::pending ? key.prefetch_bytes : 0) +
+                           key.saved_prefetch);
           if (k + 1 == n) headroom = std::min(headroom, limit - base - cc.held - p.tail_peak_bytes - nk.in_flight);
           auto [slot, added] = group_of.try_emplace(nk, next.size());
           if (added) next.push_back(Group{nk, {}});
@@ -767,12 +878,17 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
     const double allowance = candidates <= exact_up_to ? 0.0 : per_layer * static_cast<double>(k + 1);
     exact = exact && allowance == 0;
     std::size_t kept_total = 0;
+    stairs_of_free.clear();
     for (std::size_t gi = 0; gi < next.size(); ++gi) {
       auto& group = next[gi];
-      const bool new_block = gi == 0 || next[gi - 1].key.in_flight != group.key.in_flight;
+      // Within a block: the same bytes in flight and brought back (the free state dominates all).
+      const bool new_block = gi == 0 || next[gi - 1].key.in_flight != group.key.in_flight ||
+                             next[gi - 1].key.saved_prefetch != group.key.saved_prefetch;
       if (new_block) {
-        stairs.clear();
-        stairs_of_none.clear();
+        // Nothing in flight, nothing brought back and no prefetch waiting dominates every state:
+        // that group's stairs start every later block.
+        stairs = stairs_of_free;
+        stairs_of_none = stairs_of_free;
       }
       if (group.key.prefetch == Prefetch::closed) stairs.swap(stairs_of_none);  // only "none" dominates "closed"
       auto& nodes = group.nodes;
@@ -805,6 +921,7 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
       stairs.swap(merged);
       const bool none_ends = group.key.prefetch == Prefetch::none;
       if (none_ends) stairs_of_none = stairs;
+      if (none_ends && group.key.in_flight == 0 && group.key.saved_prefetch == 0) stairs_of_free = stairs;
     }
     if (kept_total == 0) return std::nullopt;  // (with a plan to beat: none beats it)
     if (beam > 0 && kept_total > beam && give_up_at_beam) {
@@ -926,11 +1043,15 @@ inline PlanEstimate evaluate_plan(const StepProfile& profile, const std::vector<
   PlanEstimate e;
   e.peak_bytes = profile.head_peak_bytes;
   e.step_ms = profile.step_ms[CostModel::idx(ProfiledMode::keep)];
-  std::int64_t held = 0, in_flight = 0, prefetch_bytes = 0;
+  std::int64_t held = 0, in_flight = 0, prefetch_bytes = 0, saved_prefetch = 0;
   for (std::size_t k = 0; k < n; ++k) {
     const auto c = choices[k];
-    TORCH_CHECK(model.can_offload() || (c != LayerChoice::sync_offload && c != LayerChoice::async_offload),
+    TORCH_CHECK(model.can_offload() || (c != LayerChoice::sync_offload && c != LayerChoice::async_offload &&
+                                        c != LayerChoice::offload_saved),
                 "actckpt::evaluate_plan: layer ", k, " offloads, but no offload bandwidth was measured or given");
+    TORCH_CHECK(c != LayerChoice::offload_saved || model.allows(k, c), "actckpt::evaluate_plan: layer ", k,
+                " is 'offload saved', which needs host memory separate from the device's (here it is the same "
+                "memory, so it would save nothing) and a profile that measured the layer's saved activations");
     bool async_above = false;
     for (std::size_t j = k + 1; j < n; ++j) async_above = async_above || choices[j] == LayerChoice::async_offload;
     // Prefetch pending: the highest async layer below k has an async layer at or above k.
@@ -938,10 +1059,13 @@ inline PlanEstimate evaluate_plan(const StepProfile& profile, const std::vector<
     const auto cc = model.cost(k, c, async_above);
     const std::int64_t level = profile.start_bytes + held;
     e.peak_bytes = std::max({e.peak_bytes, level + cc.forward_peak + in_flight,
-                             level + cc.backward_peak + (pending ? prefetch_bytes : 0)});
+                             level + cc.backward_peak + (pending ? prefetch_bytes : 0) + saved_prefetch});
     e.step_ms += cc.extra_ms;
     held += cc.held;
-    in_flight = c == LayerChoice::async_offload ? model.freed(k) : 0;
+    in_flight = c == LayerChoice::async_offload ? model.freed(k)
+              : c == LayerChoice::offload_saved ? model.saved_freed(k)
+                                                : 0;
+    saved_prefetch = c == LayerChoice::offload_saved ? model.saved_freed(k) : 0;
     if (c == LayerChoice::async_offload) prefetch_bytes = model.prefetch_bytes(k);
   }
   e.peak_bytes = std::max(e.peak_bytes, profile.start_bytes + held + profile.tail_peak_bytes + in_flight);
@@ -1030,6 +1154,25 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
   if (options.meter == nullptr) own_meter.emplace(device);
   MemoryMeter& meter = options.meter ? *options.meter : *own_meter;
   auto recorder = std::make_shared<StepRecorder>(meter, device);
+  {  // saves of parameters and buffers (or views of them) are not activations
+    std::vector<const void*> storages;
+    for (const auto& t : model.parameters())
+      if (t.defined() && t.has_storage()) storages.push_back(t.storage().unsafeGetStorageImpl());
+    for (const auto& t : model.buffers())
+      if (t.defined() && t.has_storage()) storages.push_back(t.storage().unsafeGetStorageImpl());
+    recorder->exclude_storages(std::move(storages));
+  }
+  // The kept runs count what autograd saves through saved-tensor hooks (pack keeps a detached
+  // alias: same storage, nothing copied; detached so that an output saved by its own node does
+  // not keep its node alive in a cycle). Where another autograd engine is LibTorch's default
+  // (PyTorch's Python engine) hooks would not be called: saved bytes stay 0 and offload saved
+  // is never chosen.
+  const bool count_saves = detail::install_hooks_engine() == detail::EngineState::ours;
+  auto pack = [recorder](const at::Tensor& t) {
+    recorder->count_saved(t);
+    return t.detach();
+  };
+  auto unpack = [](at::Tensor& t) { return t; };
 
   StepProfile profile;
   profile.host_memory_separate = !meter.device().is_cpu();
@@ -1044,6 +1187,8 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
       double end_ms = 0;
       try {
         ObserverScope listening(recorder);
+        std::optional<SavedTensorHooks<decltype(pack), decltype(unpack)>> counting;
+        if (mode == 0 && count_saves) counting.emplace(pack, unpack);
         recorder->start();
         step();
         marks = recorder->finish(end_peak, end_ms);
@@ -1051,7 +1196,11 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
         TORCH_CHECK(false, "actckpt::profile_step: the sample step threw while profiling (every layer ", names[mode],
                     "); the model was left as it was. The error: ", e.what());
       }
-      if (s >= options.warmup_steps) runs[mode].push_back(reduce(marks, n, end_peak, end_ms, labels));
+      if (s >= options.warmup_steps) {
+        runs[mode].push_back(reduce(marks, n, end_peak, end_ms, labels));
+        const auto saved = recorder->saved_bytes(n);
+        for (auto k : runs[mode].back().order) runs[mode].back().saved.push_back(saved[k]);
+      }
     }
     const auto& order = runs[mode].front().order;
     for (const auto& r : runs[mode])
@@ -1084,6 +1233,7 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
     l.stash_bytes = med(S, &StepFigures::stash, p);
     l.offload_ms = med(S, &StepFigures::offload_ms, p);
     l.restore_ms = med(S, &StepFigures::restore_ms, p);
+    l.saved_bytes = med(CostModel::idx(ProfiledMode::keep), &StepFigures::saved, p);
     offload_ms += l.offload_ms;
     restore_ms += l.restore_ms;
     copied += static_cast<double>(l.stash_bytes);

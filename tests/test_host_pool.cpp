@@ -1,0 +1,341 @@
+// The host buffer pool's slab placement (issue 18, "pinned memory that costs what it holds"):
+// stashes placed inside slabs at their exact size (alignment aside), coalescing, the bound and
+// exhaustion, trim returning slabs, reuse fences, a pool destroyed while buffers are out, and the
+// bytes held against the bytes stashed at the peak for a training step's pattern. CPU slabs run
+// the same placement logic as pinned ones, so it is tested here without a GPU.
+
+#include <doctest/doctest.h>
+
+#include <actckpt/host_buffer_pool.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using actckpt::HostBuffer;
+using actckpt::HostBufferPool;
+
+namespace {
+
+constexpr std::size_t KiB = 1024;
+constexpr std::size_t MiB = 1024 * 1024;
+
+std::size_t aligned(std::size_t n) {
+  return (n + HostBufferPool::alignment - 1) / HostBufferPool::alignment * HostBufferPool::alignment;
+}
+
+std::uintptr_t address(const std::shared_ptr<HostBuffer>& b) { return reinterpret_cast<std::uintptr_t>(b->data()); }
+
+/// Fills a buffer's requested bytes with a pattern derived from `tag`.
+void fill(const std::shared_ptr<HostBuffer>& b, std::size_t bytes, std::uint32_t tag) {
+  auto* p = static_cast<unsigned char*>(b->data());
+  for (std::size_t i = 0; i < bytes; ++i) p[i] = static_cast<unsigned char>((tag * 2654435761u + i * 40503u) >> 7);
+}
+bool intact(const std::shared_ptr<HostBuffer>& b, std::size_t bytes, std::uint32_t tag) {
+  const auto* p = static_cast<const unsigned char*>(b->data());
+  for (std::size_t i = 0; i < bytes; ++i)
+    if (p[i] != static_cast<unsigned char>((tag * 2654435761u + i * 40503u) >> 7)) return false;
+  return true;
+}
+
+/// One training step's stash pattern: every layer stashes `sizes` in order, backward frees them
+/// in reverse. Returns nothing; the pool's statistics say what it cost.
+void training_step(HostBufferPool& pool, int layers, const std::vector<std::size_t>& sizes) {
+  std::vector<std::shared_ptr<HostBuffer>> stack;
+  for (int l = 0; l < layers; ++l)
+    for (std::size_t s : sizes) {
+      auto b = pool.try_acquire(s, false);
+      REQUIRE(b != nullptr);
+      stack.push_back(std::move(b));
+    }
+  while (!stack.empty()) stack.pop_back();
+}
+
+}  // namespace
+
+TEST_CASE("host pool: stashes are placed at their exact size, aligned, one after another in a slab") {
+  auto pool = HostBufferPool::create(std::size_t{1} << 30);
+  const std::vector<std::size_t> sizes = {1000, 1, 4096, 12345, 64, 65};
+  std::vector<std::shared_ptr<HostBuffer>> out;
+  for (std::size_t s : sizes) out.push_back(pool->try_acquire(s, false));
+  std::size_t expected_live = 0, expected_stashed = 0;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    REQUIRE(out[i] != nullptr);
+    CHECK(out[i]->capacity() == aligned(sizes[i]));
+    CHECK(address(out[i]) % HostBufferPool::alignment == 0);
+    CHECK_FALSE(out[i]->pinned());
+    if (i > 0) CHECK(address(out[i]) == address(out[i - 1]) + out[i - 1]->capacity());  // packed, no gap
+    expected_live += aligned(sizes[i]);
+    expected_stashed += sizes[i];
+  }
+  const auto s = pool->stats();
+  CHECK(s.slabs == 1);
+  CHECK(s.system_allocations == 1);
+  CHECK(s.live_bytes == expected_live);
+  CHECK(s.stashed_bytes == expected_stashed);
+  CHECK(s.live_buffers == sizes.size());
+  CHECK(s.free_ranges == 1);
+  CHECK(s.largest_free_bytes == s.reserved_bytes - expected_live);
+  // view_as sees the buffer's bytes.
+  auto t = out[2]->view_as({1024}, at::kFloat, 4096);
+  t.fill_(2.5f);
+  float first = 0;
+  std::memcpy(&first, out[2]->data(), sizeof first);
+  CHECK(first == 2.5f);
+}
+
+TEST_CASE("host pool: freed ranges coalesce with their free neighbours; first fit reuses the lowest address") {
+  auto pool = HostBufferPool::create(std::size_t{1} << 30);
+  auto a = pool->try_acquire(1 * KiB, false);
+  auto b = pool->try_acquire(2 * KiB, false);
+  auto c = pool->try_acquire(3 * KiB, false);
+  auto d = pool->try_acquire(100, false);
+  REQUIRE((a && b && c && d));
+  const auto base = address(a);
+  CHECK(pool->stats().slabs == 1);
+  CHECK(pool->stats().free_ranges == 1);  // the tail
+  a.reset();
+  c.reset();
+  CHECK(pool->stats().free_ranges == 3);  // [a], [c], tail: not adjacent
+  b.reset();
+  CHECK(pool->stats().free_ranges == 2);  // [a b c] merged, tail
+  CHECK(pool->stats().largest_free_bytes >= 6 * KiB);
+  auto e = pool->try_acquire(5 * KiB + 500, false);  // first fit: the merged range before d, not the tail
+  REQUIRE(e != nullptr);
+  CHECK(address(e) == base);
+  e.reset();
+  d.reset();
+  const auto s = pool->stats();
+  CHECK(s.free_ranges == 1);  // the whole slab is one range again
+  CHECK(s.largest_free_bytes == s.reserved_bytes);
+  CHECK(s.live_bytes == 0);
+  CHECK(s.stashed_bytes == 0);
+}
+
+TEST_CASE("host pool: bytes held stay within 5% of bytes stashed at the peak over training steps") {
+  struct Pattern {
+    std::string name;
+    int layers;
+    std::vector<std::size_t> sizes;
+  };
+  // Checkpoint inputs only (one equal stash per layer), and every saved activation of a
+  // transformer block (hidden-sized, 4x hidden, attention scores, small statistics).
+  const std::vector<Pattern> patterns = {
+      {"checkpoint inputs, 24 x 3 MiB", 24, {3 * MiB}},
+      {"checkpoint inputs, 12 x 200 KB", 12, {200000}},
+      {"saved activations of a block", 12, {786432, 786432, 3145728, 3145728, 786432, 1572864, 6144, 6144, 786432}},
+      {"many small stashes", 64, {4000, 120, 16384, 4000}},
+  };
+  for (const auto& p : patterns) {
+    CAPTURE(p.name);
+    auto pool = HostBufferPool::create(std::size_t{8} << 30);
+    training_step(*pool, p.layers, p.sizes);
+    const auto first = pool->stats();
+    for (int step = 0; step < 5; ++step) training_step(*pool, p.layers, p.sizes);
+    const auto s = pool->stats();
+    // The pool stops growing after the first step: every stash lands where it did then.
+    CHECK(s.system_allocations == first.system_allocations);
+    CHECK(s.reserved_bytes == first.reserved_bytes);
+    CHECK(s.live_bytes == 0);
+    CHECK(s.peak_stashed_bytes > 0);
+    const double held_over_stashed = static_cast<double>(s.peak_reserved_bytes) / static_cast<double>(s.peak_stashed_bytes);
+    MESSAGE(p.name << ": held " << s.peak_reserved_bytes << " B for " << s.peak_stashed_bytes << " B stashed (x"
+                   << held_over_stashed << ", " << s.slabs << " slabs)");
+    CHECK(held_over_stashed <= 1.05);
+  }
+}
+
+TEST_CASE("host pool: randomized sizes and frees never overlap, stay in bounds and coalesce back") {
+  auto pool = HostBufferPool::create(std::size_t{256} << 20);
+  std::mt19937 rng(18);
+  std::uniform_int_distribution<int> kind(0, 9);
+  struct Live {
+    std::shared_ptr<HostBuffer> buffer;
+    std::size_t bytes;
+    std::uint32_t tag;
+  };
+  std::vector<Live> live;
+  std::uint32_t next_tag = 1;
+  auto random_size = [&]() -> std::size_t {
+    switch (kind(rng) % 4) {
+      case 0: return std::uniform_int_distribution<std::size_t>(1, 256)(rng);
+      case 1: return std::uniform_int_distribution<std::size_t>(257, 64 * KiB)(rng);
+      case 2: return std::uniform_int_distribution<std::size_t>(64 * KiB, 1 * MiB)(rng);
+      default: return std::uniform_int_distribution<std::size_t>(1 * MiB, 3 * MiB)(rng);
+    }
+  };
+  std::size_t stashed = 0;
+  for (int op = 0; op < 3000; ++op) {
+    if (live.empty() || (live.size() < 150 && kind(rng) < 5)) {
+      const std::size_t bytes = random_size();
+      auto b = pool->try_acquire(bytes, false);
+      REQUIRE(b != nullptr);
+      CHECK(b->capacity() == aligned(bytes));
+      CHECK(address(b) % HostBufferPool::alignment == 0);
+      fill(b, bytes, next_tag);
+      live.push_back({std::move(b), bytes, next_tag++});
+      stashed += bytes;
+    } else {
+      const std::size_t i = std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(rng);
+      REQUIRE(intact(live[i].buffer, live[i].bytes, live[i].tag));  // nobody else wrote into it
+      stashed -= live[i].bytes;
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    if (op % 100 == 0) {
+      // No two live ranges overlap.
+      std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+      for (const auto& l : live) ranges.emplace_back(address(l.buffer), address(l.buffer) + l.buffer->capacity());
+      std::sort(ranges.begin(), ranges.end());
+      for (std::size_t k = 1; k < ranges.size(); ++k) REQUIRE(ranges[k - 1].second <= ranges[k].first);
+      const auto s = pool->stats();
+      CHECK(s.stashed_bytes == stashed);
+      CHECK(s.live_buffers == live.size());
+      CHECK(s.live_bytes <= s.reserved_bytes);
+      CHECK(s.reserved_bytes <= pool->limit());
+    }
+  }
+  for (const auto& l : live) CHECK(intact(l.buffer, l.bytes, l.tag));
+  live.clear();
+  const auto s = pool->stats();
+  CHECK(s.live_bytes == 0);
+  CHECK(s.stashed_bytes == 0);
+  CHECK(s.free_ranges == s.slabs);  // every slab coalesced back into one free range
+  MESSAGE("randomized: peak held " << s.peak_reserved_bytes << " B, peak stashed " << s.peak_stashed_bytes << " B, "
+                                   << s.slabs << " slabs");
+  pool->trim();
+  CHECK(pool->stats().reserved_bytes == 0);
+  CHECK(pool->stats().slabs == 0);
+}
+
+TEST_CASE("host pool: the limit counts slab bytes; at the limit requests are refused, never waited for") {
+  auto pool = HostBufferPool::create(256 * KiB);
+  auto a = pool->try_acquire(100 * KiB, false);
+  REQUIRE(a != nullptr);
+  auto s = pool->stats();
+  CHECK(s.reserved_bytes <= 256 * KiB);
+  auto b = pool->try_acquire(100 * KiB, false);
+  REQUIRE(b != nullptr);
+  CHECK(pool->stats().reserved_bytes <= 256 * KiB);
+  CHECK(pool->try_acquire(100 * KiB, false) == nullptr);
+  CHECK(pool->try_acquire(300 * KiB, false) == nullptr);  // larger than the limit itself
+  s = pool->stats();
+  CHECK(s.exhaustions == 2);
+  CHECK(s.live_buffers == 2);
+  CHECK(s.stashed_bytes == 200 * KiB);
+  // Freed room is used again; a full free slab is returned to make room for a different size.
+  a.reset();
+  auto c = pool->try_acquire(90 * KiB, false);
+  CHECK(c != nullptr);
+  c.reset();
+  b.reset();
+  auto big = pool->try_acquire(250 * KiB, false);  // needs the free slabs trimmed first
+  REQUIRE(big != nullptr);
+  CHECK(pool->stats().reserved_bytes <= 256 * KiB);
+  big.reset();
+  // Lowering the limit below what is held returns free slabs at once.
+  pool->set_limit(0);
+  CHECK(pool->stats().reserved_bytes == 0);
+  CHECK(pool->try_acquire(1, false) == nullptr);
+}
+
+TEST_CASE("host pool: a buffer out keeps its slab; trim returns only slabs with nothing in them") {
+  auto pool = HostBufferPool::create(std::size_t{1} << 30);
+  auto a = pool->try_acquire(10 * MiB, false);  // a slab of its own (larger than a grown slab)
+  auto b = pool->try_acquire(20 * MiB, false);
+  REQUIRE((a && b));
+  CHECK(pool->stats().slabs == 2);
+  b.reset();
+  pool->trim();
+  auto s = pool->stats();
+  CHECK(s.slabs == 1);
+  CHECK(s.reserved_bytes >= 10 * MiB);
+  CHECK(s.reserved_bytes < 20 * MiB);
+  a.reset();
+  pool->trim();
+  CHECK(pool->stats().reserved_bytes == 0);
+  CHECK(pool->stats().slabs == 0);
+}
+
+TEST_CASE("host pool: a freed range's fence runs before its bytes are handed out again, not at release") {
+  auto pool = HostBufferPool::create(std::size_t{1} << 30);
+  auto a = pool->try_acquire(64 * KiB, false);
+  auto b = pool->try_acquire(64 * KiB, false);
+  REQUIRE((a && b));
+  const auto a_address = address(a);
+  int fence_runs = 0;
+  a->set_reuse_fence([&] { ++fence_runs; });
+  a.reset();
+  CHECK(fence_runs == 0);  // releasing never waits for the device
+  // A request elsewhere (the tail) does not touch a's bytes: no fence.
+  auto far = pool->try_acquire(1 * MiB, false);
+  REQUIRE(far != nullptr);
+  CHECK(fence_runs == 0);
+  // Part of a's range: the fence runs first, once.
+  auto c = pool->try_acquire(1000, false);
+  REQUIRE(c != nullptr);
+  CHECK(address(c) == a_address);
+  CHECK(fence_runs == 1);
+  auto d = pool->try_acquire(1000, false);  // the rest of a's range: already fenced
+  CHECK(address(d) == a_address + c->capacity());
+  CHECK(fence_runs == 1);
+  // Trim runs the fences of freed ranges before it frees the slab.
+  int trim_fence = 0;
+  b->set_reuse_fence([&] { ++trim_fence; });
+  b.reset();
+  c.reset();
+  d.reset();
+  far.reset();
+  CHECK(trim_fence == 0);
+  pool->trim();
+  CHECK(trim_fence == 1);
+  CHECK(pool->stats().reserved_bytes == 0);
+}
+
+TEST_CASE("host pool: buffers out when the pool is destroyed stay valid and run their fence") {
+  std::shared_ptr<HostBuffer> survivor;
+  int freed_fence = 0, survivor_fence = 0;
+  {
+    auto pool = HostBufferPool::create(std::size_t{1} << 30);
+    survivor = pool->try_acquire(5000, false);
+    auto freed = pool->try_acquire(5000, false);
+    REQUIRE((survivor && freed));
+    fill(survivor, 5000, 7);
+    freed->set_reuse_fence([&] { ++freed_fence; });
+    freed.reset();
+    survivor->set_reuse_fence([&] { ++survivor_fence; });
+  }
+  CHECK(freed_fence == 1);  // the pool ran it before freeing the slab
+  CHECK(survivor_fence == 0);
+  CHECK(intact(survivor, 5000, 7));  // the slab's memory lives as long as the buffer's view
+  survivor.reset();
+  CHECK(survivor_fence == 1);
+}
+
+TEST_CASE("host pool: a fence that fails fails the request, and nothing is lost") {
+  auto pool = HostBufferPool::create(std::size_t{1} << 30);
+  auto a = pool->try_acquire(4000, false);
+  REQUIRE(a != nullptr);
+  int calls = 0;
+  a->set_reuse_fence([&] {
+    if (++calls == 1) throw std::runtime_error("device wait failed");
+  });
+  a.reset();
+  CHECK_THROWS_WITH_AS(pool->try_acquire(4000, false), "device wait failed", std::runtime_error);
+  auto s = pool->stats();
+  CHECK(s.live_bytes == 0);
+  CHECK(s.live_buffers == 0);
+  CHECK(s.stashed_bytes == 0);
+  CHECK(s.free_ranges == 1);
+  // The fence is still pending: the next request of those bytes runs it again, then gets them.
+  auto b = pool->try_acquire(4000, false);
+  REQUIRE(b != nullptr);
+  CHECK(calls == 2);
+  b.reset();
+  pool->trim();
+  CHECK(pool->stats().reserved_bytes == 0);
+}
