@@ -524,3 +524,29 @@ TEST_CASE("offload-saved inside a checkpointed layer runs as part of that layer;
   check_bitwise_equal(got, ref);
   CHECK(iso.pool->stats().live_bytes == 0);
 }
+
+TEST_CASE_TEMPLATE("offload-saved: after each layer's forward its activations leave LibTorch's allocator for the pool",
+                   Policy, OFFLOAD_SAVED_POLICIES) {
+  torch::manual_seed(12);
+  std::vector<MlpBlock> layers;
+  for (int i = 0; i < 4; ++i) layers.emplace_back(64, 256);
+  IsolatedOffload iso;
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto x = torch::randn({32, 64}, torch::requires_grad());
+  auto held_after_forward = [&](auto& stack) {
+    actckpt::MemoryMeter meter(c10::Device(c10::kCPU), iso.pool);
+    const auto before = meter.device_bytes();
+    auto y = chain(stack, x);
+    REQUIRE(wait_until_idle(*iso.context));
+    const auto held = meter.device_bytes() - before;
+    y.sum().backward();
+    return held;
+  };
+  const auto unwrapped = held_after_forward(layers);
+  const auto offloaded = held_after_forward(wrapped);
+  CAPTURE(unwrapped);
+  CAPTURE(offloaded);
+  // Left on the device: the last output (32x64 floats) and what is under the 1 KiB threshold.
+  CHECK(offloaded < unwrapped / 4);
+  CHECK(iso.pool->stats().live_bytes == 0);
+}

@@ -93,7 +93,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
   }
 
   /// Autograd saved `t` (the pack hook); returns its slot.
-  std::size_t add(const at::Tensor& t) {
+  std::size_t add_slot(const at::Tensor& t) {
     std::lock_guard<std::recursive_mutex> lock(mutex_);
     Slot slot{detail::TensorMeta::of(t), detail::VersionStamp::of(t)};
     slot.tensor = t.detach();  // never the tensor with its history: that could be a reference cycle
@@ -269,35 +269,8 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
 
 namespace detail {
 
-/// The hooks of an offload-saved forward: each saved tensor becomes a slot of `frame`.
-class SavedOffloadHooks final : public SavedTensorHooksFactory {
- public:
-  explicit SavedOffloadHooks(std::shared_ptr<SavedOffloadFrame> frame) : frame_(std::move(frame)) {
-    push_saved_tensor_hooks(this);
-  }
-  ~SavedOffloadHooks() override { pop_saved_tensor_hooks(this); }
-  SavedOffloadHooks(const SavedOffloadHooks&) = delete;
-  SavedOffloadHooks& operator=(const SavedOffloadHooks&) = delete;
-
-  std::unique_ptr<torch::autograd::SavedVariableHooks> make() override { return std::make_unique<Handle>(frame_); }
-
- private:
-  struct Handle final : torch::autograd::SavedVariableHooks {
-    explicit Handle(std::shared_ptr<SavedOffloadFrame> frame) : frame(std::move(frame)) {}
-    ~Handle() override {
-      if (packed) frame->release(index);
-    }
-    void call_pack_hook(const at::Tensor& t) override {
-      index = frame->add(t);
-      packed = true;
-    }
-    at::Tensor call_unpack_hook() override { return frame->unpack(index); }
-    std::shared_ptr<SavedOffloadFrame> frame;
-    std::size_t index = 0;
-    bool packed = false;
-  };
-  std::shared_ptr<SavedOffloadFrame> frame_;
-};
+/// The hooks of an offload-saved forward: each saved tensor becomes a slot of its frame.
+using SavedOffloadHooks = FrameSlotHooks<SavedOffloadFrame>;
 
 /// Whether a layer with `offload_saved` set runs directly instead: when recomputing (either
 /// form), or inside a non-reentrant checkpoint's forward, its saved tensors belong to the
