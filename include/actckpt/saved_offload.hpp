@@ -95,7 +95,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
   /// Autograd saved `t` (the pack hook); returns its slot.
   std::size_t add_slot(const at::Tensor& t) {
     std::lock_guard<std::recursive_mutex> lock(mutex_);
-    Slot slot{detail::TensorMeta::of(t), detail::VersionStamp::of(t)};
+    Slot slot(detail::TensorMeta::of(t), detail::VersionStamp::of(t));
     slot.tensor = t.detach();  // never the tensor with its history: that could be a reference cycle
     slot.movable = movable(t);
     if (slot.movable) {
@@ -159,8 +159,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
                   index, ", [", s.meta.str(), "]) was modified by an in-place operation after the forward saved it "
                   "(version ", s.stamp.version, ", now ", s.stamp.now(), "). Its gradient would be computed from "
                   "the modified value, as autograd refuses for the unwrapped layer. Modify a clone instead.");
-      if (s.group < 0) return s.tensor;
-      if (!backward_started_) {
+      if (forward_completed_ && !backward_started_) {  // (an autograd call inside the forward is not backward)
         backward_started_ = true;
         emit(EventKind::backward_begin, label_);
         if (options_.mode == StashMode::async_host) {
@@ -168,24 +167,37 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
           previous = previous_.lock();
         }
       }
-      auto& g = groups_[static_cast<std::size_t>(s.group)];
-      if (!g.restored.defined()) {
-        g.restored = g.stash->restore();
-        g.stash.reset();  // its host buffer goes back to the pool now
+      if (s.group < 0) {
+        result = s.tensor;
+      } else {
+        result = restored_view_locked(s);
       }
-      const auto element = static_cast<std::int64_t>(s.options.dtype().itemsize());
-      const std::int64_t offset = g.restored.storage_offset() + (s.byte_offset - g.begin);
-      TORCH_CHECK(offset % element == 0, "actckpt: a saved tensor of layer '", label_, "' ([", s.meta.str(),
-                  "]) came back at a byte offset (", offset, ") that is not a multiple of its element size; "
-                  "its storage was not aligned to its element size.");
-      c10::NoGradGuard no_grad;
-      result = at::empty({0}, s.options).set_(g.restored.storage(), offset / element, s.sizes, s.strides);
     }
     // The layer before this one: its saved tensors are needed next.
     if (previous) previous->begin_prefetch();
     return result;
   }
 
+ private:
+  struct Slot;
+
+  /// Slot `s`'s tensor as a view of its group's restored storage, restoring the group first.
+  at::Tensor restored_view_locked(const Slot& s) {
+    auto& g = groups_[static_cast<std::size_t>(s.group)];
+    if (!g.restored.defined()) {
+      g.restored = g.stash->restore();
+      g.stash.reset();  // its host buffer goes back to the pool now
+    }
+    const auto element = static_cast<std::int64_t>(s.options.dtype().itemsize());
+    const std::int64_t offset = g.restored.storage_offset() + (s.byte_offset - g.begin);
+    TORCH_CHECK(offset % element == 0, "actckpt: a saved tensor of layer '", label_, "' ([", s.meta.str(),
+                "]) came back at a byte offset (", offset, ") that is not a multiple of its element size; "
+                "its storage was not aligned to its element size.");
+    c10::NoGradGuard no_grad;
+    return at::empty({0}, s.options).set_(g.restored.storage(), offset / element, s.sizes, s.strides);
+  }
+
+ public:
   /// Autograd dropped the saved tensor of slot `index` (its node ran, or the graph went).
   void release(std::size_t index) noexcept {
     std::lock_guard<std::recursive_mutex> lock(mutex_);
@@ -215,6 +227,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
 
  private:
   struct Slot {
+    Slot(detail::TensorMeta meta, detail::VersionStamp stamp) : meta(std::move(meta)), stamp(std::move(stamp)) {}
     detail::TensorMeta meta;
     detail::VersionStamp stamp;
     at::Tensor tensor;  // detached: kept on the device, or (moved slots) until the forward returned
