@@ -550,3 +550,33 @@ TEST_CASE_TEMPLATE("offload-saved: after each layer's forward its activations le
   CHECK(offloaded < unwrapped / 4);
   CHECK(iso.pool->stats().live_bytes == 0);
 }
+
+TEST_CASE_TEMPLATE("offload-saved: transposed, sliced, expanded and channels-last inputs, bitwise", Policy,
+                   OFFLOAD_SAVED_POLICIES) {
+  torch::manual_seed(13);
+  IsolatedOffload iso;
+  MlpBlock mlp(32, 64, /*dropout=*/0.2);
+  auto wrapped = wrap_on<Policy>(mlp, iso, "mlp");
+  auto o = Policy::options();
+  o.min_offload_bytes = 1;
+  wrapped->set_stash_options(o);
+  std::vector<std::pair<const char*, std::function<torch::Tensor()>>> inputs{
+      {"transposed", [] { return torch::randn({32, 16}).t(); }},
+      {"sliced", [] { return torch::randn({16, 48}).narrow(1, 8, 32); }},
+      {"expanded", [] { return torch::randn({1, 32}).expand({16, 32}); }},
+      {"expanded then materialized", [] { return torch::randn({1, 32}).expand({16, 32}).contiguous(); }},
+  };
+  for (auto& [name, make] : inputs) {
+    CAPTURE(name);
+    auto leaf = make().requires_grad_(true);  // keeps its layout: strides, offset, stride 0
+    auto run = [&](auto& m) { torch::manual_seed(5); m(leaf).sum().backward(); };
+    check_bitwise_equal(seeded_grads(wrapped, *mlp, {leaf}, run), seeded_grads(mlp, *mlp, {leaf}, run));
+  }
+  LayoutBlock conv;
+  auto wc = wrap_on<Policy>(conv, iso, "conv");
+  auto x = torch::randn({2, 4, 8, 8}).contiguous(at::MemoryFormat::ChannelsLast).requires_grad_(true);
+  auto run = [&](auto& m) { m(x).backward(); };
+  check_bitwise_equal(seeded_grads(wc, *conv, {x}, run), seeded_grads(conv, *conv, {x}, run));
+  CHECK(iso.pool->stats().live_bytes == 0);
+  CHECK(iso.context->stack().size() == 0);
+}
