@@ -1,5 +1,5 @@
 // actckpt_bench: Google Benchmark fixtures, one per mode (baseline, ckpt_classic,
-// ckpt_sync_offload, ckpt_async_offload, and ckpt_planned with --memory_budget: the memory
+// ckpt_sync_offload, ckpt_async_offload, offload_saved, and ckpt_planned with --memory_budget: the memory
 // planner's plan, bench_planner.hpp), templated on the checkpoint policy. One iteration is
 // one full training step (forward, backward, SGD step), timed manually after a device sync.
 // Counters: ms_per_iter (median step), peak_MB, host_stash_MB, floor_MB, over_floor_pct and
@@ -98,6 +98,9 @@ struct Run {
   }
 };
 
+/// Modes whose floor is built from the unwrapped block's probe (no recompute).
+constexpr bool keeps_activations(StackMode mode) { return mode == StackMode::baseline || mode == StackMode::offload_saved; }
+
 template <class Policy>
 class TrainStep : public benchmark::Fixture {
  public:
@@ -106,7 +109,7 @@ class TrainStep : public benchmark::Fixture {
   void SetUp(benchmark::State&) override {
     auto& run = Run::get();
     try {
-      run.probe(StackMode::baseline == mode ? StackMode::baseline : StackMode::ckpt_classic);
+      run.probe(keeps_activations(mode) ? StackMode::baseline : StackMode::ckpt_classic);
       run.progress(mode, "building the model");
       session_.emplace(run.options.model, mode, run.options.model.num_layers, /*input_requires_grad=*/false,
                        run.options.seed);
@@ -178,8 +181,11 @@ class TrainStep : public benchmark::Fixture {
     result.peak_bytes = std::max(result.peak_bytes, meter.device_peak_bytes());
     result.allocated_peak_bytes = std::max(result.allocated_peak_bytes, meter.device_allocated_peak_bytes());
     result.host_stash_peak_bytes = std::max(result.host_stash_peak_bytes, meter.host_stash_peak_bytes());
+    const auto pool = meter.pool().stats();
+    result.pool_peak_stashed_bytes = std::max(result.pool_peak_stashed_bytes, static_cast<int64_t>(pool.peak_stashed_bytes));
+    result.pool_peak_reserved_bytes = std::max(result.pool_peak_reserved_bytes, static_cast<int64_t>(pool.peak_reserved_bytes));
     result.resident_bytes = meter.device_bytes();
-    result.floor = analytic_floor(*session_, run.options.model, result.resident_bytes, run.probe(StackMode::baseline == mode ? StackMode::baseline : StackMode::ckpt_classic),
+    result.floor = analytic_floor(*session_, run.options.model, result.resident_bytes, run.probe(keeps_activations(mode) ? StackMode::baseline : StackMode::ckpt_classic),
                                   run.probe(StackMode::ckpt_classic));
     if constexpr (mode == StackMode::ckpt_planned) use_predicted_floor(result.floor, run.report.plan->plan);
 
@@ -209,6 +215,7 @@ BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, baseline, NoCheckpoint)(benchmark::State&
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_classic, actckpt::NoOffload)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_sync_offload, actckpt::SyncOffload)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_async_offload, actckpt::AsyncOffload)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, offload_saved, actckpt::OffloadSaved)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_classic_reentrant, actckpt::Reentrant<actckpt::NoOffload>)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_sync_offload_reentrant, actckpt::Reentrant<actckpt::SyncOffload>)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_async_offload_reentrant, actckpt::Reentrant<actckpt::AsyncOffload>)(benchmark::State& state) { run(state); }
@@ -229,6 +236,7 @@ void register_fixtures() {
   BENCHMARK_REGISTER_F(TrainStep, ckpt_classic)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_sync_offload)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_async_offload)->Apply(configure);
+  BENCHMARK_REGISTER_F(TrainStep, offload_saved)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_classic_reentrant)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_sync_offload_reentrant)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_async_offload_reentrant)->Apply(configure);

@@ -42,12 +42,22 @@ struct ModeResult {
   int64_t peak_bytes = 0;        // device peak over the measured steps (CUDA: active bytes)
   int64_t allocated_peak_bytes = 0;  // CUDA: the allocator's allocated-bytes peak (CPU: = peak_bytes)
   int64_t host_stash_peak_bytes = 0;
+  // The host pool over the measured steps: the most bytes live stashes asked for, and the most
+  // the pool held (reserved from the system) to place them; their ratio is what rounding costs.
+  int64_t pool_peak_stashed_bytes = 0;
+  int64_t pool_peak_reserved_bytes = 0;
   int64_t resident_bytes = 0;    // device bytes between steps
   Floor floor;
   std::unique_ptr<actckpt::MemoryTimeline> timeline;
 
   std::vector<double> round_ms;  // --rounds: this mode's step in round 0, 1, ... (aligned across modes)
   std::vector<actckpt::OffloadTelemetry> telemetry;  // per measured step (spans dropped)
+
+  /// How much more the host pool held than the stashes asked for, at the peak (null: nothing stashed).
+  std::optional<double> pool_held_over_stashed_pct() const {
+    if (pool_peak_stashed_bytes == 0) return std::nullopt;
+    return 100.0 * (static_cast<double>(pool_peak_reserved_bytes) / static_cast<double>(pool_peak_stashed_bytes) - 1.0);
+  }
 
   bool moved_anything() const {
     for (const auto& t : telemetry)
@@ -196,7 +206,8 @@ class Report {
       const auto* r = find(mode);
       if (!r) continue;
       const auto same = actckpt::models::default_form_of(mode);
-      const bool offload = same == StackMode::ckpt_sync_offload || same == StackMode::ckpt_async_offload;
+      const bool offload = same == StackMode::ckpt_sync_offload || same == StackMode::ckpt_async_offload ||
+                           same == StackMode::offload_saved;
       out << "| " << pad(std::string(actckpt::models::to_string(mode)), 18, false) << " | "
           << pad(fmt("%.2f", r->table_ms()), 14) << " | " << pad(fmt_delta(time_vs(mode, StackMode::baseline)), 13)
           << " | " << pad(fmt("%.2f", mib(r->peak_bytes)), 9) << " | "
@@ -215,11 +226,14 @@ class Report {
     add_pair(StackMode::ckpt_async_offload, StackMode::ckpt_sync_offload, "async vs sync");
     add_pair(StackMode::ckpt_async_offload, StackMode::ckpt_classic, "async vs classic");
     add_pair(StackMode::ckpt_sync_offload, StackMode::ckpt_classic, "sync vs classic");
+    add_pair(StackMode::offload_saved, StackMode::ckpt_classic, "offload_saved vs classic");
+    add_pair(StackMode::offload_saved, StackMode::ckpt_async_offload, "offload_saved vs async");
     if (!pairs.empty())
       out << "\nTime between checkpointed modes (" << (rounds() ? "median of per-round ratios" : "ratio of medians")
           << "): " << pairs << ".\n";
     write_form_lines(out);
     write_telemetry_table(out);
+    write_pool_lines(out);
     write_plan_lines(out);
     out << "\nMB = 2^20 bytes. Peak: " << (m.torch_device().is_cuda()
                                              ? "CUDA caching allocator's active bytes (what the device holds, "
@@ -300,6 +314,21 @@ class Report {
         << " ms (" << fmt_delta(delta_pct(p.plan.predicted_step_ms, r->table_ms())) << "); vs classic: predicted "
         << fmt("%+.2f%%", predicted_vs_classic) << ", measured " << fmt_delta(time_vs(StackMode::ckpt_planned, StackMode::ckpt_classic))
         << ". Fits the budget: " << (r->peak_bytes <= p.plan.budget_bytes ? "yes" : "NO") << ".\n";
+  }
+
+  /// Host pool bytes held vs bytes stashed at the peak, per mode that stashed anything.
+  void write_pool_lines(std::ostream& out) const {
+    std::string lines;
+    for (auto mode : actckpt::models::all_stack_modes) {
+      const auto* r = find(mode);
+      if (!r || r->pool_peak_stashed_bytes == 0) continue;
+      lines += std::string(lines.empty() ? "" : "; ") + std::string(actckpt::models::to_string(mode)) + " held " +
+               fmt("%.2f", mib(r->pool_peak_reserved_bytes)) + " MB for " + fmt("%.2f", mib(r->pool_peak_stashed_bytes)) +
+               " MB stashed (" + fmt_delta(r->pool_held_over_stashed_pct()) + ")";
+    }
+    if (lines.empty()) return;
+    out << "\nHost pool at the peak (bytes the pool held from the system vs bytes the stashes asked for): " << lines
+        << ".\n";
   }
 
   std::size_t steps_measured() const {
@@ -389,6 +418,9 @@ class Report {
       out << "],\n     \"peak_MB\": " << fmt("%.4f", mib(r->peak_bytes)) << ", \"peak_bytes\": " << r->peak_bytes
           << ", \"allocated_peak_MB\": " << fmt("%.4f", mib(r->allocated_peak_bytes))
           << ", \"host_stash_MB\": " << fmt("%.4f", mib(r->host_stash_peak_bytes))
+          << ", \"pool_peak_stashed_MB\": " << fmt("%.4f", mib(r->pool_peak_stashed_bytes))
+          << ", \"pool_peak_held_MB\": " << fmt("%.4f", mib(r->pool_peak_reserved_bytes))
+          << ", \"pool_held_over_stashed_pct\": " << num(r->pool_held_over_stashed_pct())
           << ", \"resident_MB\": " << fmt("%.4f", mib(r->resident_bytes)) << ",\n     \"time_vs_baseline_pct\": "
           << num(time_vs(mode, StackMode::baseline)) << ", \"peak_vs_baseline_pct\": "
           << num(peak_vs(mode, StackMode::baseline)) << ", \"time_vs_classic_pct\": "

@@ -98,3 +98,27 @@ if(NOT "${out2}${err2}" MATCHES "smallest feasible budget")
   message(FATAL_ERROR "an infeasible budget did not name the smallest feasible one:\n${out2}\n${err2}")
 endif()
 message(STATUS "actckpt_bench --memory_budget OK: ${plan}, peak ${peak} MB")
+
+# Mode offload_saved: no recompute, every saved activation in the host pool. Its row is in the
+# table, results.json has its copies (each way the same bytes), the pool's peak stashed and held
+# bytes, and its memory timeline is written.
+file(MAKE_DIRECTORY ${WORK_DIR}/offload_saved)
+execute_process(
+  COMMAND ${BENCH} --num_layers=2 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=128
+          --batch_size=2 --steps=1 --quiet=true --out=${WORK_DIR}/offload_saved
+          --benchmark_filter=baseline/|offload_saved
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "\\| offload_saved" OR NOT out MATCHES "Host pool at the peak")
+  message(FATAL_ERROR "actckpt_bench offload_saved exited with ${rc}, or no offload_saved row / pool line:\n${out}\n${err}")
+endif()
+file(READ ${WORK_DIR}/offload_saved/results.json results)
+string(JSON saved_mode GET "${results}" modes 1 mode)
+string(JSON d2h GET "${results}" modes 1 telemetry d2h_bytes)
+string(JSON h2d GET "${results}" modes 1 telemetry h2d_bytes)
+string(JSON stashed GET "${results}" modes 1 pool_peak_stashed_MB)
+string(JSON held GET "${results}" modes 1 pool_peak_held_MB)
+if(NOT saved_mode STREQUAL "offload_saved" OR d2h LESS_EQUAL 0 OR NOT d2h EQUAL h2d OR stashed LESS_EQUAL 0
+   OR held LESS stashed OR NOT EXISTS ${WORK_DIR}/offload_saved/timeline_offload_saved.csv)
+  message(FATAL_ERROR "results.json: offload_saved without copies, pool figures or timeline:\n${results}")
+endif()
+message(STATUS "actckpt_bench offload_saved OK: ${d2h} bytes each way, pool held ${held} MB for ${stashed} MB stashed")

@@ -197,7 +197,9 @@ struct Floor {
 ///  - baseline keeps the activations of the L-1 blocks before it;
 ///  - classic keeps the inputs of blocks 1..L-1 (block 0's input is the data itself);
 ///  - sync offload keeps nothing on the device; the last block's restored input is one stash;
-///  - async offload keeps the newest stash (keep-N = 1) and prefetches the next: two stashes.
+///  - async offload keeps the newest stash (keep-N = 1) and prefetches the next: two stashes;
+///  - offload_saved keeps nothing on the device; the block before the last one comes back while
+///    the last runs backward: one block's activations beyond the last block's own working set.
 inline Floor analytic_floor(TrainSession& s, const StackConfig& cfg, int64_t resident_at_step_start,
                             const BlockProbe& unwrapped, const BlockProbe& checkpointed) {
   Floor f;
@@ -227,6 +229,11 @@ inline Floor analytic_floor(TrainSession& s, const StackConfig& cfg, int64_t res
       f.keep = std::min<int64_t>(L, 2) * stash;
       f.keep_formula = "2 x stash (kept + prefetched)";
       f.working_set = checkpointed.working_set_bytes;
+      break;
+    case StackMode::offload_saved:  // every block's activations wait on the host; one block's come back ahead
+      f.keep = std::min<int64_t>(L - 1, 1) * unwrapped.activation_bytes;
+      f.keep_formula = "1 x block activations (prefetched)";
+      f.working_set = unwrapped.working_set_bytes;
       break;
     case StackMode::ckpt_planned:  // what it keeps is the plan's; results.json's memory_plan predicts its peak
       f.keep = 0;

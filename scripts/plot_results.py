@@ -29,13 +29,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-MODES = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload", "ckpt_planned",
+MODES = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload", "offload_saved", "ckpt_planned",
          "ckpt_classic_reentrant", "ckpt_sync_offload_reentrant", "ckpt_async_offload_reentrant"]
 COLORS = {
     "baseline": "#7f7f7f",
     "ckpt_classic": "#1f77b4",
     "ckpt_sync_offload": "#ff7f0e",
     "ckpt_async_offload": "#2ca02c",
+    "offload_saved": "#d62728",
     "ckpt_planned": "#9467bd",
     "ckpt_classic_reentrant": "#aec7e8",
     "ckpt_sync_offload_reentrant": "#ffbb78",

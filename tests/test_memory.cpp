@@ -465,7 +465,8 @@ TEST_CASE("the transformer stack has the same parameter names in every mode and 
   TransformerStack base(block, 2, StackMode::baseline);
   auto x = torch::randn({2, 8, 32});
   base(x).pow(2).mean().backward();
-  for (auto mode : {StackMode::ckpt_classic, StackMode::ckpt_sync_offload, StackMode::ckpt_async_offload}) {
+  for (auto mode : {StackMode::ckpt_classic, StackMode::ckpt_sync_offload, StackMode::ckpt_async_offload,
+                    StackMode::offload_saved}) {
     CAPTURE(to_string(mode));
     TransformerStack other(block, 2, mode);
     CHECK(other->mode() == mode);
@@ -485,6 +486,9 @@ TEST_CASE("the transformer stack has the same parameter names in every mode and 
   CHECK(stack_mode_from_string("ckpt_async_offload") == StackMode::ckpt_async_offload);
   CHECK_FALSE(stack_mode_from_string("nope").has_value());
   CHECK(stack_mode_of<actckpt::SyncOffload>() == StackMode::ckpt_sync_offload);
+  CHECK(stack_mode_from_string("offload_saved") == StackMode::offload_saved);
+  CHECK(stack_mode_of<actckpt::OffloadSaved>() == StackMode::offload_saved);
+  CHECK(form_name(StackMode::offload_saved) == "none");  // nothing is recomputed
 }
 
 TEST_CASE("StackConfig follows the seed's CLI and rejects what cannot run") {

@@ -38,6 +38,7 @@
 #include "actckpt/observer.hpp"
 #include "actckpt/offload_context.hpp"
 #include "actckpt/policy.hpp"
+#include "actckpt/saved_offload.hpp"
 
 namespace actckpt {
 
@@ -104,6 +105,15 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
   template <class... Params>
   R run(Params... args) {
     if (!is_training() || !c10::GradMode::is_enabled()) return layer_->forward(std::forward<Params>(args)...);
+    if (options_.offload_saved) {
+      if (detail::offload_saved_runs_directly()) return layer_->forward(std::forward<Params>(args)...);
+      if (options_.mode == StashMode::device) return run_kept<Params...>(std::forward<Params>(args)...);
+      std::vector<at::Tensor> kept;
+      for (auto& p : layer_->parameters()) kept.push_back(p);
+      for (auto& b : layer_->buffers()) kept.push_back(b);
+      return run_offload_saved(options_, context_ ? context_ : OffloadContext::current(), label_, kept,
+                               [&]() -> R { return layer_->forward(std::forward<Params>(args)...); });
+    }
     if (!options_.checkpoint) {
       if (detail::in_non_reentrant_recompute()) return layer_->forward(std::forward<Params>(args)...);
       return run_kept<Params...>(std::forward<Params>(args)...);

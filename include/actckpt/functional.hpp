@@ -36,6 +36,7 @@
 #include "actckpt/observer.hpp"
 #include "actckpt/offload_context.hpp"
 #include "actckpt/policy.hpp"
+#include "actckpt/saved_offload.hpp"
 
 namespace actckpt {
 
@@ -64,6 +65,21 @@ checkpoint_result_t<F, Args...> checkpoint_callable(const StashOptions& options,
   static_assert(result_traits<R>::has_tensor,
                 "actckpt::checkpoint: the callable must return a tensor, a std::vector of tensors, or a "
                 "tuple/pair holding at least one tensor");
+  if (options.offload_saved) {  // no recompute: the form does not matter
+    if (!c10::GradMode::is_enabled() || offload_saved_runs_directly() || options.mode == StashMode::device)
+      return std::invoke(fn, std::forward<Args>(args)...);
+    // The callable's parameters are not known: leaves that require grad count as parameters,
+    // except the tensor arguments.
+    std::vector<at::Tensor> arguments;
+    (
+        [&](const auto& a) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(a)>, at::Tensor>) arguments.push_back(a);
+        }(args),
+        ...);
+    return run_offload_saved(
+        options, OffloadContext::current(), label, buffers,
+        [&]() -> R { return std::invoke(fn, std::forward<Args>(args)...); }, &arguments);
+  }
   TORCH_CHECK(options.form != CheckpointForm::reentrant, "actckpt::checkpoint (the functional form) is "
               "non-reentrant only: the reentrant form would give no gradient to the tensors a callable captures.");
   if (!c10::GradMode::is_enabled()) return std::invoke(fn, std::forward<Args>(args)...);

@@ -259,21 +259,22 @@ class RecomputeFrame {
 
 namespace detail {
 
-/// The hooks of the forward: each saved tensor becomes a slot of `frame`.
-class ForwardSlotHooks final : public SavedTensorHooksFactory {
+/// A hooks scope that turns each tensor saved while it is open into a slot of `frame`:
+/// `frame->add_slot(t)` on pack, `frame->unpack(i)` on unpack, `frame->release(i)` when autograd
+/// drops the saved tensor. The slots' hooks keep the frame alive.
+template <class Frame>
+class FrameSlotHooks final : public SavedTensorHooksFactory {
  public:
-  explicit ForwardSlotHooks(std::shared_ptr<RecomputeFrame> frame) : frame_(std::move(frame)) {
-    push_saved_tensor_hooks(this);
-  }
-  ~ForwardSlotHooks() override { pop_saved_tensor_hooks(this); }
-  ForwardSlotHooks(const ForwardSlotHooks&) = delete;
-  ForwardSlotHooks& operator=(const ForwardSlotHooks&) = delete;
+  explicit FrameSlotHooks(std::shared_ptr<Frame> frame) : frame_(std::move(frame)) { push_saved_tensor_hooks(this); }
+  ~FrameSlotHooks() override { pop_saved_tensor_hooks(this); }
+  FrameSlotHooks(const FrameSlotHooks&) = delete;
+  FrameSlotHooks& operator=(const FrameSlotHooks&) = delete;
 
   std::unique_ptr<torch::autograd::SavedVariableHooks> make() override { return std::make_unique<Handle>(frame_); }
 
  private:
   struct Handle final : torch::autograd::SavedVariableHooks {
-    explicit Handle(std::shared_ptr<RecomputeFrame> frame) : frame(std::move(frame)) {}
+    explicit Handle(std::shared_ptr<Frame> frame) : frame(std::move(frame)) {}
     ~Handle() override {
       if (packed) frame->release(index);
     }
@@ -282,12 +283,16 @@ class ForwardSlotHooks final : public SavedTensorHooksFactory {
       packed = true;
     }
     at::Tensor call_unpack_hook() override { return frame->unpack(index); }
-    std::shared_ptr<RecomputeFrame> frame;
+    std::shared_ptr<Frame> frame;
     std::size_t index = 0;
     bool packed = false;
   };
-  std::shared_ptr<RecomputeFrame> frame_;
+  std::shared_ptr<Frame> frame_;
 };
+
+/// The hooks of a non-reentrant checkpoint's forward: each saved tensor becomes a slot of its
+/// RecomputeFrame.
+using ForwardSlotHooks = FrameSlotHooks<RecomputeFrame>;
 
 }  // namespace detail
 

@@ -10,6 +10,7 @@
 /// Contexts share `HostBufferPool::shared()` unless given their own pool.
 
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -47,6 +48,15 @@ class OffloadContext {
   OffloadTelemetry take_telemetry() { return engine_.telemetry().take(); }
   void reset_telemetry() { engine_.telemetry().reset(); }
 
+  /// The offload-saved layer whose forward completed last in this context (saved_offload.hpp)
+  /// becomes `layer`; returns the one before it. A layer's backward prefetches the saved
+  /// tensors of the layer before it, so they are on their way back while it runs.
+  std::weak_ptr<StackEntry> exchange_last_saved_layer(std::weak_ptr<StackEntry> layer) {
+    std::lock_guard<std::mutex> lock(last_saved_layer_mutex_);
+    std::swap(last_saved_layer_, layer);
+    return layer;
+  }
+
  private:
   friend class OffloadContextScope;
   explicit OffloadContext(std::shared_ptr<HostBufferPool> pool) : pool_(std::move(pool)) {}
@@ -58,6 +68,8 @@ class OffloadContext {
   std::shared_ptr<HostBufferPool> pool_;
   CopyEngine engine_;
   StashStack stack_;
+  std::mutex last_saved_layer_mutex_;
+  std::weak_ptr<StackEntry> last_saved_layer_;
 };
 
 /// Makes `context` current on this thread for the guard's lifetime.

@@ -49,6 +49,7 @@
 #include "actckpt/checkpointed.hpp"
 #include "actckpt/no_offload.hpp"
 #include "actckpt/observer.hpp"
+#include "actckpt/offload_saved.hpp"
 #include "actckpt/sync_offload.hpp"
 #include "actckpt/models/transformer.hpp"
 
@@ -66,11 +67,14 @@ enum class StackMode {
   ckpt_classic_reentrant,        ///< Checkpointed<Block, Reentrant<NoOffload>>
   ckpt_sync_offload_reentrant,   ///< Checkpointed<Block, Reentrant<SyncOffload>>
   ckpt_async_offload_reentrant,  ///< Checkpointed<Block, Reentrant<AsyncOffload>>
+  /// Checkpointed<Block, OffloadSaved>: no recompute; every activation autograd saves (weights
+  /// aside) waits in the host pool, moved asynchronously and prefetched a layer ahead.
+  offload_saved,
 };
 
 inline constexpr StackMode all_stack_modes[] = {StackMode::baseline, StackMode::ckpt_classic,
                                                 StackMode::ckpt_sync_offload, StackMode::ckpt_async_offload,
-                                                StackMode::ckpt_planned, StackMode::ckpt_classic_reentrant,
+                                                StackMode::offload_saved, StackMode::ckpt_planned, StackMode::ckpt_classic_reentrant,
                                                 StackMode::ckpt_sync_offload_reentrant,
                                                 StackMode::ckpt_async_offload_reentrant};
 
@@ -84,6 +88,7 @@ constexpr std::string_view to_string(StackMode mode) noexcept {
     case StackMode::ckpt_classic_reentrant: return "ckpt_classic_reentrant";
     case StackMode::ckpt_sync_offload_reentrant: return "ckpt_sync_offload_reentrant";
     case StackMode::ckpt_async_offload_reentrant: return "ckpt_async_offload_reentrant";
+    case StackMode::offload_saved: return "offload_saved";
   }
   return "unknown";
 }
@@ -122,9 +127,10 @@ constexpr StackMode default_form_of(StackMode mode) noexcept {
   }
 }
 
-/// The checkpoint form a mode runs ("none" for baseline), for tables and results.json.
+/// The checkpoint form a mode runs ("none" for baseline and offload_saved, which recompute
+/// nothing), for tables and results.json.
 inline std::string_view form_name(StackMode mode) {
-  if (mode == StackMode::baseline) return "none";
+  if (mode == StackMode::baseline || mode == StackMode::offload_saved) return "none";
   return to_string(is_reentrant(mode) ? CheckpointForm::reentrant : resolve(CheckpointForm::process_default));
 }
 
@@ -139,8 +145,9 @@ constexpr StackMode stack_mode_of() {
   else if constexpr (std::is_same_v<Policy, PlannedCheckpoint>) return StackMode::ckpt_planned;
   else if constexpr (std::is_same_v<Policy, NoOffload>) return StackMode::ckpt_classic;
   else if constexpr (std::is_same_v<Policy, SyncOffload>) return StackMode::ckpt_sync_offload;
+  else if constexpr (std::is_same_v<Policy, OffloadSaved>) return StackMode::offload_saved;
   else {
-    static_assert(std::is_same_v<Policy, AsyncOffload>, "stack_mode_of: NoCheckpoint, NoOffload, SyncOffload or AsyncOffload");
+    static_assert(std::is_same_v<Policy, AsyncOffload>, "stack_mode_of: NoCheckpoint, NoOffload, SyncOffload, AsyncOffload or OffloadSaved");
     return StackMode::ckpt_async_offload;
   }
 }
@@ -250,6 +257,7 @@ class TransformerStackImpl : public torch::nn::Module {
         case StackMode::ckpt_classic_reentrant: add_checkpointed<Reentrant<NoOffload>>(b); break;
         case StackMode::ckpt_sync_offload_reentrant: add_checkpointed<Reentrant<SyncOffload>>(b); break;
         case StackMode::ckpt_async_offload_reentrant: add_checkpointed<Reentrant<AsyncOffload>>(b); break;
+        case StackMode::offload_saved: add_checkpointed<OffloadSaved>(b); break;
       }
       blocks_.push_back(std::move(b));
     }
