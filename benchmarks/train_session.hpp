@@ -3,6 +3,7 @@
 // (pool, copy engine, telemetry), a memory meter that starts before any of them, and the
 // analytic floor of the mode's peak memory.
 
+#include <actckpt/label_layers.hpp>
 #include <actckpt/memory_meter.hpp>
 #include <actckpt/memory_timeline.hpp>
 #include <actckpt/models/transformer_stack.hpp>
@@ -52,6 +53,7 @@ class TrainSession {
     model_ = actckpt::models::TransformerStack(cfg.block_options(), num_layers, mode);
     model_->to(device_);
     model_->train();
+    actckpt::label_layers(*model_);  // messages and plans name layers "blocks.3"
     input_ = torch::randn({cfg.batch_size, cfg.seq_len(), cfg.hidden_dim}, torch::TensorOptions().device(device_));
     if (input_requires_grad) input_.requires_grad_(true);
     params_ = model_->parameters();

@@ -1,6 +1,7 @@
 # Install and export rules for the header-only actckpt::actckpt target.
 # Consumers: find_package(actckpt 0.1 REQUIRED) + target_link_libraries(app PRIVATE actckpt::actckpt),
-# with CMAKE_PREFIX_PATH naming the install prefix or this build tree.
+# with CMAKE_PREFIX_PATH naming the install prefix or this build tree; for data parallelism
+# find_package(actckpt 0.1 REQUIRED COMPONENTS distributed) + actckpt::distributed.
 
 include(CMakePackageConfigHelpers)
 
@@ -13,9 +14,8 @@ install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/" DESTINATION "${CMAKE_INSTALL_
         COMPONENT actckpt_Development)
 
 install(TARGETS actckpt EXPORT actckptTargets)
-if(TARGET actckpt_distributed)
-  install(TARGETS actckpt_distributed EXPORT actckptTargets)
-endif()
+# actckpt::distributed is not exported: whether it can work depends on the consumer's machine
+# (Gloo's headers, a LibTorch with c10d), so the package config checks and declares it there.
 
 install(
   EXPORT actckptTargets
@@ -33,8 +33,11 @@ write_basic_package_version_file(
 
 install(FILES "${PROJECT_BINARY_DIR}/actckptConfig.cmake"
               "${PROJECT_BINARY_DIR}/actckptConfigVersion.cmake"
+              "${CMAKE_CURRENT_LIST_DIR}/actckptDistributed.cmake"
         DESTINATION "${ACTCKPT_INSTALL_CMAKEDIR}" COMPONENT actckpt_Development)
 
 # The same config file works from the build tree (CMAKE_PREFIX_PATH=<build dir>): it includes
-# the targets file that sits next to it.
+# the targets file and the distributed checks that sit next to it.
+configure_file("${CMAKE_CURRENT_LIST_DIR}/actckptDistributed.cmake" "${PROJECT_BINARY_DIR}/actckptDistributed.cmake"
+               COPYONLY)
 export(EXPORT actckptTargets NAMESPACE actckpt:: FILE "${PROJECT_BINARY_DIR}/actckptTargets.cmake")

@@ -179,7 +179,7 @@ def plot_timelines(results, out_dir, path):
             ax.axvspan(begin, end, color=color, linewidth=0)
             parts = phase.split()
             if len(parts) == 2 and end - begin > 0.012 * (t[-1] - t[0]):
-                ax.text((begin + end) / 2, top * 0.97, parts[1], ha="center", va="top", fontsize=7, color="#555555")
+                ax.text((begin + end) / 2, top * 0.97, parts[1].removeprefix("blocks."), ha="center", va="top", fontsize=7, color="#555555")
         ax.step(t, [r[1] for r in rows], where="post", color=COLORS[mode], linewidth=1.2)
         starts = [r for r in rows if r[4] in ("forward_begin", "backward_begin")]
         ax.plot([r[0] for r in starts], [r[1] for r in starts], color="black", linewidth=0.8, marker="o",

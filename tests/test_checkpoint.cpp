@@ -239,7 +239,8 @@ TEST_CASE_TEMPLATE("a recompute that differs from the forward raises an error na
   auto x = torch::randn({3, 4});
   auto y = wrapped(x);
   if (!non_reentrant_form<Policy>()) {
-    CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("recompute of checkpointed layer 'shifty'"), c10::Error);
+    CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("recompute of checkpointed layer 'shifty'"),
+                         actckpt::RecomputeMismatch);
   } else {
     // Non-reentrant: backward runs the forward's graph, and this recompute saved the same tensors
     // (the final narrow saves none), so the gradients are the forward's, bitwise the unwrapped
@@ -269,7 +270,7 @@ TEST_CASE_TEMPLATE("an input modified in place after it was stashed raises an er
   CHECK_THROWS_WITH_AS(y.sum().backward(),
                        doctest::Contains(own_copy ? "was modified by an in-place operation after the forward saved it"
                                                   : "was modified in place after the forward stashed it"),
-                       c10::Error);
+                       actckpt::InputMutated);
 }
 
 namespace {
@@ -294,7 +295,7 @@ TEST_CASE_TEMPLATE("a layer that writes to its own input during forward raises a
   wrapped->set_label("writer");
   auto x = torch::randn({3, 4}, torch::requires_grad()) * 1.0;  // not a leaf: in-place is legal
   CHECK_THROWS_WITH_AS(wrapped(x), doctest::Contains("'writer' modified its input #0 in place during forward"),
-                       c10::Error);
+                       actckpt::InputMutated);
   CHECK(iso.context->stack().size() == 0);
   CHECK(iso.pool->stats().live_bytes == 0);
 }
@@ -310,7 +311,7 @@ TEST_CASE_TEMPLATE("a parameter changed in place between forward and backward ra
     block->fc1->weight.mul_(0.5);
   }
   CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("modified in place between its forward and its backward"),
-                       c10::Error);
+                       actckpt::InputMutated);
 }
 
 TEST_CASE_TEMPLATE("a second backward through a consumed checkpoint raises, not crashes", Policy, ACTCKPT_POLICIES) {
@@ -322,7 +323,7 @@ TEST_CASE_TEMPLATE("a second backward through a consumed checkpoint raises, not 
   auto loss = wrapped(x).sum();
   loss.backward({}, /*retain_graph=*/true);
   if (!non_reentrant_form<Policy>()) {
-    CHECK_THROWS_WITH_AS(loss.backward(), doctest::Contains("a second time"), c10::Error);
+    CHECK_THROWS_WITH_AS(loss.backward(), doctest::Contains("a second time"), actckpt::StashConsumed);
   } else {
     // Non-reentrant: as the unwrapped layer, a retained graph backpropagates again (recomputing).
     auto g1 = x.grad().clone();

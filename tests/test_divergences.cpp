@@ -98,8 +98,10 @@ Step step(torch::nn::Module& module, const std::function<std::pair<torch::Tensor
     s.grads = take_grads(module);
     for (std::size_t i = 0; i < leaves.size(); ++i)
       s.grads["<leaf " + std::to_string(i) + ">"] = leaves[i].grad().defined() ? leaves[i].grad().clone() : torch::Tensor();
-  } catch (const c10::Error& e) {
+  } catch (const c10::Error& e) {  // autograd's own errors
     s.error = e.what_without_backtrace();
+  } catch (const std::exception& e) {  // actckpt::Error and others
+    s.error = e.what();
   }
   for (auto& p : module.parameters()) p.mutable_grad().reset();
   return s;

@@ -438,7 +438,7 @@ TEST_CASE("MemoryTimeline takes no phases from another thread's model") {
   CHECK(contains(phases_of(timeline), "bwd 0"));
 }
 
-TEST_CASE("the unwrapped transformer stack announces fwd i / bwd i, so baseline timelines show phases") {
+TEST_CASE("the unwrapped transformer stack announces fwd blocks.i / bwd blocks.i, so baseline timelines show phases") {
   using namespace actckpt::models;
   TransformerStack stack(TransformerBlockOptions(32, 16, 64), 3, StackMode::baseline);
   auto x = torch::randn({2, 8, 32});
@@ -449,9 +449,16 @@ TEST_CASE("the unwrapped transformer stack announces fwd i / bwd i, so baseline 
   loss.backward();
   timeline.stop();
   const auto seen = phases_of(timeline);
-  const std::vector<std::string> expected = {"zero_grad", "fwd 0", "fwd", "fwd 1", "fwd", "fwd 2", "fwd",
-                                             "loss",      "bwd 2", "bwd 1", "bwd 0"};
+  const std::vector<std::string> expected = {"zero_grad",    "fwd blocks.0", "fwd",          "fwd blocks.1",
+                                             "fwd",          "fwd blocks.2", "fwd",          "loss",
+                                             "bwd blocks.2", "bwd blocks.1", "bwd blocks.0"};
   CHECK(seen == expected);
+  // The checkpointed modes name their layers the same way.
+  TransformerStack classic(TransformerBlockOptions(32, 16, 64), 3, StackMode::ckpt_classic);
+  auto* layer = dynamic_cast<actckpt::CheckpointedLayer*>(classic->named_modules()["blocks.1"].get());
+  REQUIRE(layer != nullptr);
+  CHECK(layer->label() == "blocks.1");
+  CHECK_FALSE(layer->label_is_explicit());
 
   // Without an observer the stack adds no hooks (and therefore nothing to the graph).
   auto y = stack(x);

@@ -210,7 +210,8 @@ TEST_CASE_TEMPLATE("non-reentrant: a recompute that saves other tensors raises a
     auto x = torch::randn({24, 16}, torch::requires_grad());
     auto y = wrapped(x);
     const std::string expected = mode == 0 ? "saved 3 tensors for backward, its forward saved 5" : "as [[2, 16]";
-    CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("recompute of checkpointed layer 'drifter'"), c10::Error);
+    CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("recompute of checkpointed layer 'drifter'"),
+                         actckpt::RecomputeMismatch);
     y = torch::Tensor();
     CHECK(iso.pool->stats().live_bytes == 0);
     // The message says what differed.
@@ -218,8 +219,9 @@ TEST_CASE_TEMPLATE("non-reentrant: a recompute that saves other tensors raises a
     std::string message;
     try {
       y2.sum().backward();
-    } catch (const c10::Error& e) {
+    } catch (const actckpt::RecomputeMismatch& e) {
       message = e.what();
+      CHECK(e.layer() == "drifter");
     }
     CHECK(message.find(expected) != std::string::npos);
   }
@@ -340,7 +342,7 @@ TEST_CASE_TEMPLATE("non-reentrant: a captured tensor changed in place before bac
   auto loss = actckpt::checkpoint<Policy>([&mask](const torch::Tensor& t) { return (t * mask).sum(); }, y);
   mask.mul_(2.0);  // after the forward saved it
   CHECK_THROWS_WITH_AS(loss.backward(), doctest::Contains("was modified by an in-place operation after the forward saved it"),
-                       c10::Error);
+                       actckpt::InputMutated);
 }
 
 TEST_CASE_TEMPLATE("non-reentrant: BatchNorm statistics change once per step, also with a retained second backward",
@@ -457,14 +459,15 @@ TEST_CASE_TEMPLATE("functional: checkpoint_sequential over segments, BatchNorm i
     }
   }
   CHECK_THROWS_WITH_AS(actckpt::checkpoint_sequential<Policy>(seq, 8, torch::randn({2, 16})),
-                       doctest::Contains("segments must be between 1 and the number of modules (7)"), c10::Error);
+                       doctest::Contains("segments must be between 1 and the number of modules (7)"),
+                       actckpt::UsageError);
 }
 
 TEST_CASE("functional: an explicit reentrant policy is refused (captured tensors would get no gradient)") {
   auto w = torch::randn({4, 4}, torch::requires_grad());
   CHECK_THROWS_WITH_AS(actckpt::checkpoint<Reentrant<actckpt::NoOffload>>([&](const torch::Tensor& x) { return x.mm(w); },
                                                                           torch::randn({2, 4})),
-                       doctest::Contains("non-reentrant only"), c10::Error);
+                       doctest::Contains("non-reentrant only"), actckpt::UsageError);
 }
 
 TEST_CASE_TEMPLATE("nesting: non-reentrant and reentrant checkpoints inside each other match the unwrapped model",

@@ -150,7 +150,7 @@ TEST_CASE("planner depth: random chains of 4-8 layers, every budget against brut
     // The smallest feasible budget is exact: a plan fits it, none fits a byte less.
     CHECK(fastest[0] < std::numeric_limits<double>::infinity());
     CHECK(fastest.back() == std::numeric_limits<double>::infinity());
-    CHECK_THROWS_AS(actckpt::plan_for_budget(p, floor - 1), c10::Error);
+    CHECK_THROWS_AS(actckpt::plan_for_budget(p, floor - 1), actckpt::InfeasibleBudget);
     for (std::size_t b = 0; b + 1 < budgets.size(); ++b) {
       CAPTURE(b);
       // What users get (exact at this size), and the bounded search forced on.
@@ -236,7 +236,7 @@ TEST_CASE("planner depth: 128 and 512 layers plan in bounded time and memory, un
       const double floor_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - floor_start).count();
       CHECK(floor_s < 5.0);
       CHECK_NOTHROW(actckpt::plan_for_budget(p, floor));
-      CHECK_THROWS_AS(actckpt::plan_for_budget(p, floor - 1), c10::Error);
+      CHECK_THROWS_AS(actckpt::plan_for_budget(p, floor - 1), actckpt::InfeasibleBudget);
       const auto top = keep_all_peak(p);
       for (double at : {0.3, 0.7}) {
         const auto budget = floor + static_cast<std::int64_t>(static_cast<double>(top - floor) * at);

@@ -154,8 +154,11 @@ int main(int argc, char** argv) {
     }
     std::printf("custom_block OK\n");
     return 0;
-  } catch (const c10::Error& e) {
+  } catch (const c10::Error& e) {  // LibTorch's own errors
     std::cerr << "custom_block: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {  // actckpt::Error and the others: the message alone
+    std::cerr << "custom_block: " << e.what() << "\n";
     return 1;
   }
 }

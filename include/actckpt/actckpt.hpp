@@ -7,6 +7,7 @@
 /// \endcode
 
 #include "actckpt/config.hpp"
+#include "actckpt/errors.hpp"
 #include "actckpt/stash_options.hpp"
 #include "actckpt/policy.hpp"
 #include "actckpt/no_offload.hpp"
@@ -21,6 +22,7 @@
 #include "actckpt/argument_storage.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/checkpointed_layer.hpp"
+#include "actckpt/label_layers.hpp"
 #include "actckpt/saved_tensor_hooks.hpp"
 #include "actckpt/saved_offload.hpp"
 #include "actckpt/checkpointed.hpp"
@@ -29,4 +31,5 @@
 #include "actckpt/wrap_every.hpp"
 #include "actckpt/memory_meter.hpp"
 #include "actckpt/memory_timeline.hpp"
+#include "actckpt/optimizer_state.hpp"
 #include "actckpt/planner.hpp"

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "actckpt/errors.hpp"
 #include "actckpt/autocast_state.hpp"
 #include "actckpt/checkpoint_record.hpp"
 #include "actckpt/observer.hpp"
@@ -130,12 +131,16 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       grads = torch::autograd::grad(roots, targets, root_grads, /*retain_graph=*/create_graph, create_graph,
                                     /*allow_unused=*/true);
       const auto changed = watch.first_changed(record->params());
-      TORCH_CHECK(changed < 0, "actckpt: the reentrant recompute of checkpointed layer '", record->label(),
-                  "' would give parameter #", changed, " of the layer its gradient twice: LibTorch accumulated it "
-                  "into .grad during the recompute's own autograd::grad call (this happens when the layer "
-                  "applies a parameter in place to a view of an intermediate, e.g. h.view(...).add_(bias)). "
-                  "Use the non-reentrant form (the default; not Reentrant<...>, not "
-                  "ACTCKPT_CHECKPOINT_FORM=reentrant), or make that operation out of place (h = h + bias).");
+      if (changed >= 0) {
+        throw RecomputeMismatch(
+            c10::str("actckpt: the reentrant recompute of checkpointed layer '", record->label(),
+                     "' would give parameter #", changed, " of the layer its gradient twice: LibTorch accumulated it "
+                     "into .grad during the recompute's own autograd::grad call (this happens when the layer "
+                     "applies a parameter in place to a view of an intermediate, e.g. h.view(...).add_(bias)). "
+                     "Use the non-reentrant form (the default; not Reentrant<...>, not "
+                     "ACTCKPT_CHECKPOINT_FORM=reentrant), or make that operation out of place (h = h + bias)."),
+            record->label());
+      }
     }
     outputs.clear();
     roots.clear();

@@ -23,6 +23,7 @@
 
 #include "actckpt/argument_storage.hpp"
 #include "actckpt/autocast_state.hpp"
+#include "actckpt/errors.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/rng_state.hpp"
 #include "actckpt/tensor_stash.hpp"
@@ -121,9 +122,12 @@ class CheckpointRecord : public torch::CustomClassHolder {
   /// (`keep` false: no backward will need them, nothing is stashed).
   void stash_inputs(at::TensorList inputs, bool keep = true) {
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-      TORCH_CHECK(!input_versions_[i].changed(), "actckpt: checkpointed layer '", label_,
-                  "' modified its input #", i, " in place during forward; its recompute would read "
-                  "the modified value. Make the layer work on a copy (e.g. x = x.clone()).");
+      if (input_versions_[i].changed()) {
+        throw InputMutated(c10::str("actckpt: checkpointed layer '", label_, "' modified its input #", i,
+                                    " in place during forward; its recompute would read the modified value. "
+                                    "Make the layer work on a copy (e.g. x = x.clone())."),
+                           label_);
+      }
     }
     if (!keep) {
       ready_marks_.clear();
@@ -147,10 +151,13 @@ class CheckpointRecord : public torch::CustomClassHolder {
   /// matters only when the stash would hand the recompute the changed values, so stashes that
   /// hold their own copy (sync offload) pass. Otherwise (reentrant) every change is refused.
   std::vector<at::Tensor> restore_inputs(bool saved_tensors_checked = false) {
-    TORCH_CHECK(!consumed_, "actckpt: backward ran through checkpointed layer '", label_,
-                "' a second time, but its stashed inputs were consumed by the first backward. "
-                "Checkpointed layers support one backward per forward (no retain_graph=true); run "
-                "the forward again for another backward.");
+    if (consumed_) {
+      throw StashConsumed(c10::str("actckpt: backward ran through checkpointed layer '", label_,
+                                   "' a second time, but its stashed inputs were consumed by the first backward. "
+                                   "Checkpointed layers support one backward per forward (no retain_graph=true); "
+                                   "run the forward again for another backward."),
+                          label_);
+    }
     consumed_ = true;
     // Whatever happens below, the stashes' memory is returned when this function exits.
     auto stashes = std::move(stashes_);
@@ -158,30 +165,46 @@ class CheckpointRecord : public torch::CustomClassHolder {
     restored.reserve(stashes.size());
     for (std::size_t i = 0; i < stashes.size(); ++i) {
       const bool unaffected = saved_tensors_checked && stashes[i]->holds_snapshot();
-      TORCH_CHECK(unaffected || !input_versions_[i].changed(), "actckpt: input #", i, " of checkpointed layer '", label_,
-                  "' was modified in place after the forward stashed it (version ", input_versions_[i].version,
-                  ", now ", input_versions_[i].now(), "). Checkpointing recomputes from the stashed input; "
-                  "modify a clone instead, or do not checkpoint this layer.");
+      if (!unaffected && input_versions_[i].changed()) {
+        throw InputMutated(c10::str("actckpt: input #", i, " of checkpointed layer '", label_,
+                                    "' was modified in place after the forward stashed it (version ",
+                                    input_versions_[i].version, ", now ", input_versions_[i].now(),
+                                    "). Checkpointing recomputes from the stashed input; modify a clone "
+                                    "instead, or do not checkpoint this layer."),
+                           label_);
+      }
       restored.push_back(stashes[i]->restore());
     }
     for (std::size_t i = 0; i < params_.size(); ++i) {
-      TORCH_CHECK(!param_versions_[i].changed(), "actckpt: a parameter of checkpointed layer '", label_,
-                  "' was modified in place between its forward and its backward (for example an "
-                  "optimizer step before backward); the recompute would use different weights.");
+      if (param_versions_[i].changed()) {
+        throw InputMutated(c10::str("actckpt: a parameter of checkpointed layer '", label_,
+                                    "' was modified in place between its forward and its backward (for "
+                                    "example an optimizer step before backward); the recompute would use "
+                                    "different weights."),
+                           label_);
+      }
     }
     return restored;
   }
 
   /// Raises a clear error when the recompute produced something else than the forward.
   void check_recompute(const std::vector<at::Tensor>& outputs) const {
-    TORCH_CHECK(outputs.size() == output_meta_.size(), "actckpt: the recompute of checkpointed layer '", label_,
-                "' returned ", outputs.size(), " tensors, the forward returned ", output_meta_.size(),
-                ". The layer's forward must return the same outputs when run again on the same inputs.");
+    if (outputs.size() != output_meta_.size()) {
+      throw RecomputeMismatch(c10::str("actckpt: the recompute of checkpointed layer '", label_, "' returned ",
+                                       outputs.size(), " tensors, the forward returned ", output_meta_.size(),
+                                       ". The layer's forward must return the same outputs when run again on "
+                                       "the same inputs."),
+                              label_);
+    }
     for (std::size_t i = 0; i < outputs.size(); ++i) {
       const auto meta = detail::TensorMeta::of(outputs[i]);
-      TORCH_CHECK(meta == output_meta_[i], "actckpt: the recompute of checkpointed layer '", label_,
-                  "' produced output #", i, " as [", meta.str(), "], the forward as [", output_meta_[i].str(),
-                  "]. The layer's forward must not depend on state that changes between forward and backward.");
+      if (!(meta == output_meta_[i])) {
+        throw RecomputeMismatch(c10::str("actckpt: the recompute of checkpointed layer '", label_,
+                                         "' produced output #", i, " as [", meta.str(), "], the forward as [",
+                                         output_meta_[i].str(), "]. The layer's forward must not depend on "
+                                         "state that changes between forward and backward."),
+                                label_);
+      }
     }
   }
 

@@ -31,6 +31,7 @@
 
 #include "actckpt/checkpoint_function.hpp"
 #include "actckpt/checkpointed_layer.hpp"
+#include "actckpt/errors.hpp"
 #include "actckpt/layer_stand_in.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/no_offload.hpp"
@@ -175,17 +176,27 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
   const std::shared_ptr<OffloadContext>& offload_context() const { return context_; }
   void set_offload_context(std::shared_ptr<OffloadContext> context) { context_ = std::move(context); }
 
-  /// The name used in error messages and observer events; defaults to the layer's type name.
+  /// The name used in error messages and observer events; defaults to the layer's type name
+  /// (`label_layers` names it by its path in the model, e.g. "blocks.3").
   const std::string& label() const override { return label_; }
-  void set_label(std::string label) override { label_ = std::move(label); }
+  void set_label(std::string label) override {
+    label_ = std::move(label);
+    label_explicit_ = true;
+  }
+  bool label_is_explicit() const override { return label_explicit_; }
+  void set_derived_label(std::string label) override {
+    label_ = std::move(label);
+    label_explicit_ = false;
+  }
 
   /// A deep copy: the layer is cloned; the options, label and context are kept.
   std::shared_ptr<torch::nn::Module> clone(const c10::optional<c10::Device>& device = c10::nullopt) const override {
     auto layer_copy = std::dynamic_pointer_cast<LayerImpl>(layer_->clone(device));
-    TORCH_CHECK(layer_copy != nullptr, "actckpt: cloning the layer of '", label_, "' did not give a ", layer_->name());
+    ACTCKPT_CHECK(layer_copy != nullptr, UsageError, "actckpt: cloning the layer of '", label_, "' did not give a ", layer_->name());
     auto copy = std::make_shared<CheckpointedImpl>(Layer(std::move(layer_copy)));
     copy->options_ = options_;
     copy->label_ = label_;
+    copy->label_explicit_ = label_explicit_;
     copy->context_ = context_;
     copy->train(is_training());
     return copy;
@@ -218,7 +229,7 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
   }
 
   static std::shared_ptr<torch::nn::Module> checked_ptr(const Layer& layer) {
-    TORCH_CHECK(!layer.is_empty(), "actckpt: Checkpointed was given an empty layer holder (nullptr)");
+    ACTCKPT_CHECK(!layer.is_empty(), UsageError, "actckpt: Checkpointed was given an empty layer holder (nullptr)");
     return layer.ptr();
   }
 
@@ -226,6 +237,7 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
   StashOptions options_;
   std::shared_ptr<OffloadContext> context_;
   std::string label_;
+  bool label_explicit_ = false;  // set_label chose label_ (label_layers keeps it)
 };
 
 /// The holder users write: `Checkpointed<Block, AsyncOffload> layer(block);`, `layer(x)`,

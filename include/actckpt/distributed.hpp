@@ -67,6 +67,8 @@
 #include <utility>
 #include <vector>
 
+#include "actckpt/errors.hpp"
+
 namespace actckpt {
 
 /// How to join the process group. Every field left unset is read from the environment that
@@ -106,7 +108,7 @@ struct World {
 namespace detail {
 
 [[noreturn]] inline void bad_environment(const std::string& what) {
-  throw std::invalid_argument(
+  throw UsageError(
       "actckpt::init_process_group: " + what +
       ". Launch with `torchrun --no_python --nproc_per_node=N <program> ...`, or set RANK, WORLD_SIZE, "
       "MASTER_ADDR and MASTER_PORT for each process by hand (or in actckpt::ProcessGroupOptions)");
@@ -209,7 +211,7 @@ inline c10::intrusive_ptr<c10d::Store> rendezvous_store(const std::string& addr,
     store = c10::make_intrusive<c10d::TCPStore>(addr, options);
   } catch (const std::exception& e) {
     const std::string what = e.what();
-    throw std::runtime_error(
+    throw DistributedError(
         "actckpt::init_process_group: rank " + std::to_string(rank) + " could not " +
         (options.isServer ? "host" : "reach") + " the rendezvous store at MASTER_ADDR=" + addr +
         " MASTER_PORT=" + std::to_string(port) + " within " + std::to_string(timeout.count()) +
@@ -311,12 +313,12 @@ inline World init_process_group(const ProcessGroupOptions& options = {}) {
   if (addr.empty()) detail::bad_environment("MASTER_ADDR is not set");
   const int port = detail::integer_setting(options.master_port(), "MASTER_PORT", std::nullopt, 1, 65535);
   if (options.timeout().count() <= 0) {
-    throw std::invalid_argument("actckpt::init_process_group: the timeout must be positive");
+    throw UsageError("actckpt::init_process_group: the timeout must be positive");
   }
 
   const bool nccl = options.device_type() == c10::kCUDA;
   if (!nccl && options.device_type() != c10::kCPU) {
-    throw std::invalid_argument("actckpt::init_process_group: the device type must be CPU (Gloo) or CUDA (NCCL)");
+    throw UsageError("actckpt::init_process_group: the device type must be CPU (Gloo) or CUDA (NCCL)");
   }
 #if ACTCKPT_WITH_NCCL
   if (nccl) {
@@ -330,7 +332,7 @@ inline World init_process_group(const ProcessGroupOptions& options = {}) {
   }
 #else
   if (nccl) {
-    throw std::invalid_argument(
+    throw UsageError(
         "actckpt::init_process_group: NCCL (CUDA) was asked for, but this LibTorch has no NCCL process "
         "group (a CPU build, or ACTCKPT_WITH_CUDA is off); use the CPU device type (Gloo)");
   }
@@ -358,7 +360,7 @@ inline World init_process_group(const ProcessGroupOptions& options = {}) {
     }
   } catch (const std::exception& e) {
     const std::string what = e.what();
-    throw std::runtime_error("actckpt::init_process_group: rank " + std::to_string(world.rank) + " of " +
+    throw DistributedError("actckpt::init_process_group: rank " + std::to_string(world.rank) + " of " +
                              std::to_string(world.size) + " could not connect to the other ranks within " +
                              std::to_string(options.timeout().count()) +
                              " ms (did every rank start?): " + what.substr(0, what.find('\n')));
@@ -503,8 +505,8 @@ inline void check_same_parameters(const World& world, const std::vector<at::Tens
   for (int r = 1; r < world.size; ++r) {
     const auto difference = first_difference(zero, as_vector(all[static_cast<std::size_t>(r)]), names, r);
     if (!difference.empty()) {
-      throw std::invalid_argument("actckpt::DistributedDataParallel: the model differs across ranks: " + difference +
-                                  ". Every rank must build the same model (same sizes, same order).");
+      throw DistributedError("actckpt::DistributedDataParallel: the model differs across ranks: " + difference +
+                             ". Every rank must build the same model (same sizes, same order).");
     }
   }
 }
@@ -523,14 +525,14 @@ struct DataParallelState {
 
   DataParallelState(torch::nn::Module& module, World w, DataParallelOptions o)
       : world(std::move(w)), options(std::move(o)) {
-    TORCH_CHECK(world.group, "actckpt::DistributedDataParallel: the World has no process group "
+    ACTCKPT_CHECK(world.group, UsageError, "actckpt::DistributedDataParallel: the World has no process group "
                              "(create it with actckpt::init_process_group)");
     std::vector<at::Tensor> params;
     std::vector<std::string> names;
     for (const auto& item : module.named_parameters()) {
       if (!item.value().requires_grad()) continue;
       if (item.value().device() != world.device) {
-        throw std::invalid_argument("actckpt::DistributedDataParallel: parameter \"" + item.key() + "\" is on " +
+        throw UsageError("actckpt::DistributedDataParallel: parameter \"" + item.key() + "\" is on " +
                                     item.value().device().str() + ", but this rank communicates on " +
                                     world.device.str() + ": move the model to World::device first");
       }
@@ -538,7 +540,7 @@ struct DataParallelState {
       params.push_back(item.value());
     }
     if (params.empty()) {
-      throw std::invalid_argument("actckpt::DistributedDataParallel: the module has no parameter that requires grad");
+      throw UsageError("actckpt::DistributedDataParallel: the module has no parameter that requires grad");
     }
     for (const auto& b : module.buffers()) buffers.push_back(b);
 

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "actckpt/checkpoint_record.hpp"
+#include "actckpt/errors.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/no_offload.hpp"
 #include "actckpt/non_reentrant.hpp"
@@ -80,7 +81,7 @@ checkpoint_result_t<F, Args...> checkpoint_callable(const StashOptions& options,
         options, OffloadContext::current(), label, buffers,
         [&]() -> R { return std::invoke(fn, std::forward<Args>(args)...); }, &arguments);
   }
-  TORCH_CHECK(options.form != CheckpointForm::reentrant, "actckpt::checkpoint (the functional form) is "
+  ACTCKPT_CHECK(options.form != CheckpointForm::reentrant, UsageError, "actckpt::checkpoint (the functional form) is "
               "non-reentrant only: the reentrant form would give no gradient to the tensors a callable captures.");
   if (!c10::GradMode::is_enabled()) return std::invoke(fn, std::forward<Args>(args)...);
   if (in_non_reentrant_recompute()) {  // nested in a recompute: see DiscardSavedTensors
@@ -119,9 +120,9 @@ detail::checkpoint_result_t<F, Args...> checkpoint(F&& fn, Args&&... args) {
 /// size(seq) / segments modules, the last one taking the rest.
 template <OffloadPolicy Policy = NoOffload>
 at::Tensor checkpoint_sequential(const torch::nn::Sequential& seq, int64_t segments, at::Tensor input) {
-  TORCH_CHECK(!seq.is_empty(), "actckpt::checkpoint_sequential: the Sequential is empty (nullptr)");
+  ACTCKPT_CHECK(!seq.is_empty(), UsageError, "actckpt::checkpoint_sequential: the Sequential is empty (nullptr)");
   const auto n = static_cast<int64_t>(seq->size());
-  TORCH_CHECK(segments >= 1 && segments <= n, "actckpt::checkpoint_sequential: segments must be between 1 and "
+  ACTCKPT_CHECK(segments >= 1 && segments <= n, UsageError, "actckpt::checkpoint_sequential: segments must be between 1 and "
               "the number of modules (", n, "), got ", segments);
   auto run = [impl = seq.ptr()](int64_t first, int64_t last, at::Tensor x) {
     for (int64_t i = first; i <= last; ++i) x = (impl->begin() + i)->forward(std::move(x));

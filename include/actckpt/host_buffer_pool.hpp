@@ -46,6 +46,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "actckpt/errors.hpp"
 #include "actckpt/config.hpp"
 
 #if ACTCKPT_WITH_CUDA
@@ -360,7 +361,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
         return {};
       }
 #else
-      TORCH_CHECK(false, "actckpt: pinned host memory needs a CUDA build of LibTorch and actckpt "
+      ACTCKPT_CHECK(false, UsageError, "actckpt: pinned host memory needs a CUDA build of LibTorch and actckpt "
                          "(ACTCKPT_WITH_CUDA)");
 #endif
     }

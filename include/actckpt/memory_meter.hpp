@@ -55,6 +55,7 @@
 #include <utility>
 
 #include "actckpt/config.hpp"
+#include "actckpt/errors.hpp"
 #include "actckpt/host_buffer_pool.hpp"
 #include "actckpt/offload_context.hpp"
 
@@ -273,7 +274,7 @@ class MemoryMeter {
 
  private:
   static c10::Device checked(c10::Device device) {
-    TORCH_CHECK(device.is_cpu() || device.is_cuda(), "actckpt::MemoryMeter measures CPU or CUDA devices, not ",
+    ACTCKPT_CHECK(device.is_cpu() || device.is_cuda(), UsageError, "actckpt::MemoryMeter measures CPU or CUDA devices, not ",
                 device);
 #if ACTCKPT_WITH_CUDA
     if (device.is_cuda()) {
@@ -283,7 +284,7 @@ class MemoryMeter {
       if (!device.has_index()) return c10::Device(c10::kCUDA, c10::cuda::current_device());
     }
 #else
-    TORCH_CHECK(!device.is_cuda(), "actckpt::MemoryMeter: measuring ", device,
+    ACTCKPT_CHECK(!device.is_cuda(), UsageError, "actckpt::MemoryMeter: measuring ", device,
                 " needs a CUDA build of actckpt (ACTCKPT_WITH_CUDA)");
 #endif
     return device;

@@ -44,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "actckpt/errors.hpp"
 #include "actckpt/memory_meter.hpp"
 #include "actckpt/observer.hpp"
 #include "actckpt/offload_telemetry.hpp"
@@ -288,7 +289,7 @@ class MemoryTimeline {
   }
   void write_csv(const std::string& path) const {
     std::ofstream out(path);
-    TORCH_CHECK(out, "actckpt::MemoryTimeline: cannot write ", path);
+    ACTCKPT_CHECK(out, Error, "actckpt::MemoryTimeline: cannot write ", path);
     write_csv(out);
   }
 
@@ -375,7 +376,7 @@ class MemoryTimeline {
   }
   static void write_trace(const std::string& path, const std::vector<const MemoryTimeline*>& timelines) {
     std::ofstream out(path);
-    TORCH_CHECK(out, "actckpt::MemoryTimeline: cannot write ", path);
+    ACTCKPT_CHECK(out, Error, "actckpt::MemoryTimeline: cannot write ", path);
     write_trace(out, timelines);
   }
   /// This timeline alone.

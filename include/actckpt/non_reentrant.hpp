@@ -29,6 +29,7 @@
 
 #include "actckpt/autocast_state.hpp"
 #include "actckpt/checkpoint_record.hpp"
+#include "actckpt/errors.hpp"
 #include "actckpt/observer.hpp"
 #include "actckpt/recompute_state.hpp"
 #include "actckpt/rng_state.hpp"
@@ -56,9 +57,9 @@ class DiscardSavedTensors {
   struct Hooks final : torch::autograd::SavedVariableHooks {
     void call_pack_hook(const at::Tensor&) override {}
     at::Tensor call_unpack_hook() override {
-      TORCH_CHECK(false, "actckpt: a checkpointed layer nested in another one used autograd inside its forward "
-                         "(a tensor it saved was needed) while the outer layer was being recomputed; this "
-                         "is not supported. Checkpoint the inner layer only, or the outer one only.");
+      throw UsageError("actckpt: a checkpointed layer nested in another one used autograd inside its forward "
+                       "(a tensor it saved was needed) while the outer layer was being recomputed; this "
+                       "is not supported. Checkpoint the inner layer only, or the outer one only.");
     }
   };
   struct Factory final : SavedTensorHooksFactory {
@@ -123,9 +124,13 @@ class RecomputeFrame {
   /// The recompute saved `t` (its hook calls this in order); throws StopRecomputation after the last.
   void recomputed(const at::Tensor& t) {
     const std::size_t index = recompute_count_++;
-    TORCH_CHECK(index < recompute_target_, "actckpt: the recompute of checkpointed layer '", record_->label(),
-                "' saved more tensors for backward than its forward did (", recompute_target_,
-                "). The layer's forward must do the same work when run again on the same inputs.");
+    if (index >= recompute_target_) {
+      throw RecomputeMismatch(c10::str("actckpt: the recompute of checkpointed layer '", record_->label(),
+                                       "' saved more tensors for backward than its forward did (", recompute_target_,
+                                       "). The layer's forward must do the same work when run again on the same "
+                                       "inputs."),
+                              record_->label());
+    }
     if (slots_[index].alive) slots_[index].value = t;
     if (recompute_count_ == recompute_target_) throw detail::StopRecomputation{};
   }
@@ -173,8 +178,10 @@ class RecomputeFrame {
 
   void recompute_locked() {
     const auto& label = record_->label();
-    TORCH_CHECK(!recomputing_, "actckpt: checkpointed layer '", label,
-                "' needed one of its own saved tensors while it was being recomputed.");
+    if (recomputing_) {
+      throw UsageError(c10::str("actckpt: checkpointed layer '", label,
+                                "' needed one of its own saved tensors while it was being recomputed."));
+    }
     std::vector<at::Tensor> inputs;
     if (!forward_completed_) {
       inputs = forward_inputs_;  // an autograd call inside the layer's own forward
@@ -191,11 +198,15 @@ class RecomputeFrame {
     // Autograd checks a saved tensor's version only without hooks: check here, as it would.
     for (std::size_t i = 0; i < slots_.size(); ++i) {
       const auto& s = slots_[i];
-      TORCH_CHECK(!s.alive || !s.stamp.changed(), "actckpt: a tensor that checkpointed layer '", label,
-                  "' saved for backward (saved tensor #", i, ", [", s.meta.str(),
-                  "]) was modified by an in-place operation after the forward saved it (version ", s.stamp.version,
-                  ", now ", s.stamp.now(), "). Its gradient would be computed from the modified value, as "
-                  "autograd refuses for the unwrapped layer. Modify a clone instead.");
+      if (s.alive && s.stamp.changed()) {
+        throw InputMutated(c10::str("actckpt: a tensor that checkpointed layer '", label,
+                                    "' saved for backward (saved tensor #", i, ", [", s.meta.str(),
+                                    "]) was modified by an in-place operation after the forward saved it (version ",
+                                    s.stamp.version, ", now ", s.stamp.now(), "). Its gradient would be computed "
+                                    "from the modified value, as autograd refuses for the unwrapped layer. Modify "
+                                    "a clone instead."),
+                           label);
+      }
     }
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       inputs[i] = inputs[i].detach();
@@ -226,19 +237,25 @@ class RecomputeFrame {
     for (auto& s : slots_)
       if (s.buffer) s.stamp.version = s.stamp.now();
 
-    TORCH_CHECK(recompute_count_ == recompute_target_, "actckpt: the recompute of checkpointed layer '", label,
-                "' saved ", recompute_count_, " tensors for backward, its forward saved ", recompute_target_,
-                ". The layer's forward must do the same work when run again on the same inputs (a layer "
-                "that depends on state changing between forward and backward cannot be checkpointed).");
+    if (recompute_count_ != recompute_target_) {
+      throw RecomputeMismatch(c10::str("actckpt: the recompute of checkpointed layer '", label, "' saved ",
+                                       recompute_count_, " tensors for backward, its forward saved ",
+                                       recompute_target_, ". The layer's forward must do the same work when run "
+                                       "again on the same inputs (a layer that depends on state changing between "
+                                       "forward and backward cannot be checkpointed)."),
+                              label);
+    }
     for (std::size_t i = 0; i < recompute_target_; ++i) {
       auto& s = slots_[i];
       if (!s.alive || !s.value.defined()) continue;
       const auto meta = detail::TensorMeta::of(s.value);
       if (meta == s.meta) continue;
       for (auto& other : slots_) other.value.reset();
-      TORCH_CHECK(false, "actckpt: the recompute of checkpointed layer '", label, "' saved tensor #", i, " as [",
-                  meta.str(), "], the forward as [", s.meta.str(), "]. The layer's forward must do the same work "
-                  "when run again on the same inputs.");
+      throw RecomputeMismatch(c10::str("actckpt: the recompute of checkpointed layer '", label, "' saved tensor #",
+                                       i, " as [", meta.str(), "], the forward as [", s.meta.str(),
+                                       "]. The layer's forward must do the same work when run again on the same "
+                                       "inputs."),
+                              label);
     }
   }
 

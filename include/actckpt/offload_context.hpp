@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "actckpt/copy_engine.hpp"
+#include "actckpt/errors.hpp"
 #include "actckpt/host_buffer_pool.hpp"
 #include "actckpt/stash_stack.hpp"
 
@@ -23,7 +24,7 @@ namespace actckpt {
 class OffloadContext {
  public:
   static std::shared_ptr<OffloadContext> create(std::shared_ptr<HostBufferPool> pool = HostBufferPool::shared()) {
-    TORCH_CHECK(pool != nullptr, "actckpt: OffloadContext::create needs a host buffer pool, got null");
+    ACTCKPT_CHECK(pool != nullptr, UsageError, "actckpt: OffloadContext::create needs a host buffer pool, got null");
     return std::shared_ptr<OffloadContext>(new OffloadContext(std::move(pool)));
   }
 
@@ -76,7 +77,7 @@ class OffloadContext {
 class OffloadContextScope {
  public:
   explicit OffloadContextScope(std::shared_ptr<OffloadContext> context) {
-    TORCH_CHECK(context != nullptr, "actckpt: OffloadContextScope needs a context, got null");
+    ACTCKPT_CHECK(context != nullptr, UsageError, "actckpt: OffloadContextScope needs a context, got null");
     OffloadContext::scoped_stack().push_back(std::move(context));
   }
   ~OffloadContextScope() { OffloadContext::scoped_stack().pop_back(); }

@@ -20,6 +20,7 @@
 #include <ostream>
 #include <utility>
 
+#include "actckpt/errors.hpp"
 #include "actckpt/layer_stand_in.hpp"
 #include "actckpt/layer_traits.hpp"
 
@@ -47,7 +48,7 @@ class PlainImpl<Layer, R(Args...)> : public detail::LayerStandIn {
   /// A deep copy: the layer is cloned.
   std::shared_ptr<torch::nn::Module> clone(const c10::optional<c10::Device>& device = c10::nullopt) const override {
     auto layer_copy = std::dynamic_pointer_cast<LayerImpl>(layer_->clone(device));
-    TORCH_CHECK(layer_copy != nullptr, "actckpt: cloning the layer of a Plain did not give a ", layer_->name());
+    ACTCKPT_CHECK(layer_copy != nullptr, UsageError, "actckpt: cloning the layer of a Plain did not give a ", layer_->name());
     auto copy = std::make_shared<PlainImpl>(Layer(std::move(layer_copy)));
     copy->train(is_training());
     return copy;
@@ -61,7 +62,7 @@ class PlainImpl<Layer, R(Args...)> : public detail::LayerStandIn {
 
  private:
   static std::shared_ptr<torch::nn::Module> checked_ptr(const Layer& layer) {
-    TORCH_CHECK(!layer.is_empty(), "actckpt: Plain was given an empty layer holder (nullptr)");
+    ACTCKPT_CHECK(!layer.is_empty(), UsageError, "actckpt: Plain was given an empty layer holder (nullptr)");
     return layer.ptr();
   }
 

@@ -140,9 +140,12 @@
 
 #include "actckpt/checkpointed_layer.hpp"
 #include "actckpt/config.hpp"
+#include "actckpt/errors.hpp"
+#include "actckpt/label_layers.hpp"
 #include "actckpt/memory_meter.hpp"
 #include "actckpt/observer.hpp"
 #include "actckpt/saved_tensor_hooks.hpp"
+#include "actckpt/optimizer_state.hpp"
 #include "actckpt/stash_options.hpp"
 
 #if ACTCKPT_WITH_CUDA
@@ -224,6 +227,11 @@ struct PlannerOptions {
   /// on CPU it counts what is allocated while it lives, so pass a meter created before the model
   /// to have weights, gradients and optimizer state in the budget.
   MemoryMeter* meter = nullptr;
+  /// Bytes the training step will hold that do not exist while the sample steps run, added to
+  /// every level of the profile: above all the optimizer's state before its first `step()`
+  /// (LibTorch creates SGD's momentum and Adam's averages there). `optimizer_state_bytes(optimizer,
+  /// device)` estimates it; `plan_memory(model, step, budget, optimizer, options)` adds it here.
+  std::int64_t reserve_bytes = 0;
   int warmup_steps = 1;   ///< untimed sample steps per configuration (allocates gradients, warms caches)
   int profile_steps = 1;  ///< measured sample steps per configuration (medians)
   OffloadCosts costs;
@@ -255,7 +263,9 @@ namespace detail::planner {
 
 inline std::vector<CheckpointedLayer*> find_layers(torch::nn::Module& model) {
   std::vector<CheckpointedLayer*> layers;
-  for (const auto& m : model.modules(/*include_self=*/true))
+  // The model itself apart: modules(include_self) needs it to be held by a shared_ptr.
+  if (auto* self = dynamic_cast<CheckpointedLayer*>(&model)) layers.push_back(self);
+  for (const auto& m : model.modules(/*include_self=*/false))
     if (auto* layer = dynamic_cast<CheckpointedLayer*>(m.get())) layers.push_back(layer);
   return layers;
 }
@@ -291,6 +301,7 @@ class ModelStateGuard {
     for (auto* l : layers_) {
       options_.push_back(l->stash_options());
       labels_.push_back(l->label());
+      explicit_.push_back(l->label_is_explicit());
     }
     torch::NoGradGuard no_grad;
     for (auto& b : model.buffers()) buffers_.emplace_back(b, b.clone());  // BatchNorm statistics
@@ -298,7 +309,8 @@ class ModelStateGuard {
   ~ModelStateGuard() {
     for (std::size_t i = 0; i < layers_.size(); ++i) {
       layers_[i]->set_stash_options(options_[i]);
-      layers_[i]->set_label(labels_[i]);
+      if (explicit_[i]) layers_[i]->set_label(labels_[i]);
+      else layers_[i]->set_derived_label(labels_[i]);
     }
     torch::NoGradGuard no_grad;
     for (auto& [b, saved] : buffers_) b.copy_(saved);
@@ -311,6 +323,7 @@ class ModelStateGuard {
   std::vector<CheckpointedLayer*> layers_;
   std::vector<StashOptions> options_;
   std::vector<std::string> labels_;
+  std::vector<bool> explicit_;
   std::vector<std::pair<at::Tensor, at::Tensor>> buffers_;
 };
 
@@ -443,17 +456,17 @@ inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::in
     if (m.kind != EventKind::forward_begin && m.kind != EventKind::forward_end && m.kind != EventKind::backward_begin)
       continue;
     auto& slot = m.kind == EventKind::forward_begin ? fb[m.layer] : m.kind == EventKind::forward_end ? fe[m.layer] : bb[m.layer];
-    TORCH_CHECK(slot == none, "actckpt::profile_step: layer '", labels[m.layer], "' ran ",
+    ACTCKPT_CHECK(slot == none, UsageError, "actckpt::profile_step: layer '", labels[m.layer], "' ran ",
                 m.kind == EventKind::backward_begin ? "its backward" : "its forward",
                 " twice in one sample step; the planner models a chain in which every Checkpointed layer runs once");
     slot = bounds.size();
     bounds.push_back(&m);
   }
   for (std::size_t i = 0; i < n; ++i) {
-    TORCH_CHECK(fb[i] != none && fe[i] != none, "actckpt::profile_step: layer '", labels[i],
+    ACTCKPT_CHECK(fb[i] != none && fe[i] != none, UsageError, "actckpt::profile_step: layer '", labels[i],
                 "' did not run its forward in the sample step; every Checkpointed layer of the model must run once "
                 "per step (is the model in training mode, with grad mode on?)");
-    TORCH_CHECK(bb[i] != none, "actckpt::profile_step: layer '", labels[i],
+    ACTCKPT_CHECK(bb[i] != none, UsageError, "actckpt::profile_step: layer '", labels[i],
                 "' did not run its backward in the sample step; the step must call backward on a loss that "
                 "depends on every Checkpointed layer's output");
   }
@@ -465,7 +478,7 @@ inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::in
     const auto k = f.order[p];
     // A link of a chain: nothing else starts or ends between its forward's begin and end, and
     // the layer below starts its backward after it.
-    TORCH_CHECK(fb[k] + 1 == fe[k] && (p == 0 || bb[f.order[p - 1]] > bb[k]),
+    ACTCKPT_CHECK(fb[k] + 1 == fe[k] && (p == 0 || bb[f.order[p - 1]] > bb[k]), UsageError,
                 "actckpt::profile_step: layer '", labels[k], "' does not run as a link of a chain (its forward "
                 "overlaps another layer's, or the backwards do not run in reverse forward order); the planner "
                 "plans chains of layers");
@@ -556,7 +569,7 @@ class CostModel {
     separate_ = costs.host_memory_separate.value_or(p.host_memory_separate);
     d2h_ = costs.d2h_bytes_per_s.value_or(p.d2h_bytes_per_s);
     h2d_ = costs.h2d_bytes_per_s.value_or(p.h2d_bytes_per_s);
-    TORCH_CHECK(d2h_ >= 0 && h2d_ >= 0, "actckpt: offload bandwidths must not be negative");
+    ACTCKPT_CHECK(d2h_ >= 0 && h2d_ >= 0, UsageError, "actckpt: offload bandwidths must not be negative");
   }
   std::size_t size() const { return p_.layers.size(); }
   bool can_offload() const { return d2h_ > 0 && h2d_ > 0; }
@@ -1036,7 +1049,7 @@ inline std::optional<std::vector<LayerChoice>> search(const CostModel& model, st
 inline PlanEstimate evaluate_plan(const StepProfile& profile, const std::vector<LayerChoice>& choices,
                                   const OffloadCosts& costs = {}) {
   using namespace detail::planner;
-  TORCH_CHECK(choices.size() == profile.layers.size(), "actckpt::evaluate_plan: ", choices.size(),
+  ACTCKPT_CHECK(choices.size() == profile.layers.size(), UsageError, "actckpt::evaluate_plan: ", choices.size(),
               " choices for a profile of ", profile.layers.size(), " layers");
   const CostModel model(profile, costs);
   const std::size_t n = choices.size();
@@ -1046,10 +1059,10 @@ inline PlanEstimate evaluate_plan(const StepProfile& profile, const std::vector<
   std::int64_t held = 0, in_flight = 0, prefetch_bytes = 0, saved_prefetch = 0;
   for (std::size_t k = 0; k < n; ++k) {
     const auto c = choices[k];
-    TORCH_CHECK(model.can_offload() || (c != LayerChoice::sync_offload && c != LayerChoice::async_offload &&
-                                        c != LayerChoice::offload_saved),
+    ACTCKPT_CHECK(model.can_offload() || (c != LayerChoice::sync_offload && c != LayerChoice::async_offload &&
+                                          c != LayerChoice::offload_saved), UsageError,
                 "actckpt::evaluate_plan: layer ", k, " offloads, but no offload bandwidth was measured or given");
-    TORCH_CHECK(c != LayerChoice::offload_saved || model.allows(k, c), "actckpt::evaluate_plan: layer ", k,
+    ACTCKPT_CHECK(c != LayerChoice::offload_saved || model.allows(k, c), UsageError, "actckpt::evaluate_plan: layer ", k,
                 " is 'offload saved', which needs host memory separate from the device's (here it is the same "
                 "memory, so it would save nothing) and a profile that measured the layer's saved activations");
     bool async_above = false;
@@ -1077,7 +1090,7 @@ inline std::int64_t smallest_feasible_budget(const StepProfile& profile, const O
   using namespace detail::planner;
   const CostModel model(profile, costs);
   auto any = search(model, std::nullopt, feasibility_only);
-  TORCH_CHECK(any.has_value(), "actckpt: the profile has no plan at all (empty?)");
+  ACTCKPT_CHECK(any.has_value(), UsageError, "actckpt: the profile has no plan at all (empty?)");
   // Bisection on "does any plan fit", which keeps one node per state and so stays small however
   // unlike the layers are (minimizing the peak directly keeps every (held, peak) pair that no
   // other dominates, as many as there are subsets of layers). Below the peak before the first
@@ -1096,19 +1109,20 @@ inline std::int64_t smallest_feasible_budget(const StepProfile& profile, const O
 /// reads bytes). Raises an error naming the smallest feasible budget if none fits.
 inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budget_bytes, const OffloadCosts& costs = {}) {
   using namespace detail::planner;
-  TORCH_CHECK(budget_bytes > 0, "actckpt::plan_for_budget: the memory budget must be positive, got ", budget_bytes,
+  ACTCKPT_CHECK(budget_bytes > 0, UsageError, "actckpt::plan_for_budget: the memory budget must be positive, got ", budget_bytes,
               " bytes");
-  TORCH_CHECK(!profile.layers.empty(), "actckpt::plan_for_budget: the profile has no layers");
+  ACTCKPT_CHECK(!profile.layers.empty(), UsageError, "actckpt::plan_for_budget: the profile has no layers");
   const CostModel model(profile, costs);
   auto choices = search(model, budget_bytes, plan_time_tolerance);
   if (!choices) {
     const auto floor = smallest_feasible_budget(profile, costs);
-    TORCH_CHECK(false, "actckpt::plan_for_budget: no plan fits a budget of ", mib(budget_bytes),
-                "; the smallest feasible budget for this model and step is ", mib(floor),
-                (costs.host_memory_separate.value_or(profile.host_memory_separate)
-                     ? ""
-                     : " (host and device memory are the same here, so offloading saves nothing)"),
-                ". Raise the budget, or make the step smaller (batch, sequence length).");
+    throw InfeasibleBudget(c10::str("actckpt::plan_for_budget: no plan fits a budget of ", mib(budget_bytes),
+                                    "; the smallest feasible budget for this model and step is ", mib(floor),
+                                    (costs.host_memory_separate.value_or(profile.host_memory_separate)
+                                         ? ""
+                                         : " (host and device memory are the same here, so offloading saves nothing)"),
+                                    ". Raise the budget, or make the step smaller (batch, sequence length)."),
+                           budget_bytes, floor);
   }
   MemoryPlan plan;
   plan.choices = *choices;
@@ -1129,30 +1143,43 @@ inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budge
 inline StepProfile profile_step(torch::nn::Module& model, const std::function<void()>& step,
                                 const PlannerOptions& options = {}) {
   using namespace detail::planner;
-  TORCH_CHECK(step != nullptr, "actckpt::profile_step: no sample step given");
-  TORCH_CHECK(options.warmup_steps >= 0 && options.profile_steps >= 1, "actckpt::profile_step: warmup_steps (",
+  ACTCKPT_CHECK(step != nullptr, UsageError, "actckpt::profile_step: no sample step given");
+  ACTCKPT_CHECK(options.reserve_bytes >= 0, UsageError, "actckpt::profile_step: reserve_bytes must not be negative, got ",
+                options.reserve_bytes);
+  ACTCKPT_CHECK(options.warmup_steps >= 0 && options.profile_steps >= 1, UsageError, "actckpt::profile_step: warmup_steps (",
               options.warmup_steps, ") must be >= 0 and profile_steps (", options.profile_steps, ") >= 1");
   auto layers = find_layers(model);
-  TORCH_CHECK(!layers.empty(), "actckpt::profile_step: the model has no Checkpointed layers to plan for; wrap the "
+  ACTCKPT_CHECK(!layers.empty(), UsageError, "actckpt::profile_step: the model has no Checkpointed layers to plan for; wrap the "
               "layers the planner may choose for in actckpt::Checkpointed (any policy: the plan sets each layer's "
               "mode at run time)");
-  TORCH_CHECK(model.is_training(), "actckpt::profile_step: the model is in eval mode, where Checkpointed layers run "
+  ACTCKPT_CHECK(model.is_training(), UsageError, "actckpt::profile_step: the model is in eval mode, where Checkpointed layers run "
               "directly; call model->train() before planning");
   c10::Device device(c10::kCPU);
   for (const auto& p : model.parameters()) {
     device = p.device();
     break;
   }
-  ModelStateGuard restore(model, layers);
-  const std::size_t n = layers.size();
-  std::vector<std::string> labels;
-  for (std::size_t i = 0; i < n; ++i) {
-    labels.push_back(restore.label(i));
-    layers[i]->set_label(std::string(label_prefix) + std::to_string(i));
-  }
   std::optional<MemoryMeter> own_meter;
   if (options.meter == nullptr) own_meter.emplace(device);
   MemoryMeter& meter = options.meter ? *options.meter : *own_meter;
+  // The guard's copies of the buffers exist only while profiling: what the meter counts for
+  // them comes off the figures below.
+  const std::int64_t before_guard = meter.device_bytes();
+  ModelStateGuard restore(model, layers);
+  const std::int64_t guard_bytes = meter.device_bytes() - before_guard;
+  const std::size_t n = layers.size();
+  // A layer without an explicit label is named by its path in the model ("blocks.3").
+  std::vector<std::string> labels;
+  const auto paths = detail::layer_paths(model);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::string label = restore.label(i);
+    if (!layers[i]->label_is_explicit()) {
+      for (const auto& [layer, path] : paths)
+        if (layer == layers[i] && !path.empty()) label = path;
+    }
+    labels.push_back(std::move(label));
+    layers[i]->set_label(std::string(label_prefix) + std::to_string(i));
+  }
   auto recorder = std::make_shared<StepRecorder>(meter, device);
   {  // saves of parameters and buffers (or views of them) are not activations
     std::vector<const void*> storages;
@@ -1193,8 +1220,8 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
         step();
         marks = recorder->finish(end_peak, end_ms);
       } catch (const std::exception& e) {
-        TORCH_CHECK(false, "actckpt::profile_step: the sample step threw while profiling (every layer ", names[mode],
-                    "); the model was left as it was. The error: ", e.what());
+        throw Error(c10::str("actckpt::profile_step: the sample step threw while profiling (every layer ", names[mode],
+                             "); the model was left as it was. The error: ", e.what()));
       }
       if (s >= options.warmup_steps) {
         runs[mode].push_back(reduce(marks, n, end_peak, end_ms, labels));
@@ -1204,8 +1231,8 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
     }
     const auto& order = runs[mode].front().order;
     for (const auto& r : runs[mode])
-      TORCH_CHECK(r.order == order, "actckpt::profile_step: the layers ran in different orders in two sample steps");
-    TORCH_CHECK(mode == 0 || order == runs[0].front().order,
+      ACTCKPT_CHECK(r.order == order, UsageError, "actckpt::profile_step: the layers ran in different orders in two sample steps");
+    ACTCKPT_CHECK(mode == 0 || order == runs[0].front().order, UsageError,
                 "actckpt::profile_step: the layers ran in a different order when ", names[mode]);
   }
   const auto& order = runs[0].front().order;
@@ -1244,14 +1271,17 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
     for (const auto& r : runs[mode]) v.push_back(r.*member);
     return median(v);
   };
+  // The absolute levels (the others are differences): without the guard's buffer copies, with
+  // what the step will hold later (the optimizer's state).
+  const std::int64_t shift = options.reserve_bytes - guard_bytes;
   const auto K = CostModel::idx(ProfiledMode::keep);
-  profile.start_bytes = scalar(K, &StepFigures::start_bytes);
-  profile.head_peak_bytes = scalar(K, &StepFigures::head_peak);
+  profile.start_bytes = scalar(K, &StepFigures::start_bytes) + shift;
+  profile.head_peak_bytes = scalar(K, &StepFigures::head_peak) + shift;
   profile.tail_peak_bytes = scalar(K, &StepFigures::tail_peak);
   profile.tail_ms = scalar(K, &StepFigures::tail_ms);
   for (std::size_t mode = 0; mode < profiled_modes; ++mode) {
     profile.step_ms[mode] = scalar(mode, &StepFigures::step_ms);
-    profile.step_peak_bytes[mode] = scalar(mode, &StepFigures::step_peak);
+    profile.step_peak_bytes[mode] = scalar(mode, &StepFigures::step_peak) + shift;
   }
   if (copied > 0 && offload_ms > 0) profile.d2h_bytes_per_s = copied / (offload_ms / 1e3);
   if (copied > 0 && restore_ms > 0) profile.h2d_bytes_per_s = copied / (restore_ms / 1e3);
@@ -1262,7 +1292,22 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
 /// `apply`). Bad input raises an error and leaves the model as it was.
 inline MemoryPlan plan_memory(torch::nn::Module& model, const std::function<void()>& step, std::int64_t budget_bytes,
                               const PlannerOptions& options = {}) {
-  TORCH_CHECK(budget_bytes > 0, "actckpt::plan_memory: the memory budget must be positive, got ", budget_bytes, " bytes");
+  ACTCKPT_CHECK(budget_bytes > 0, UsageError, "actckpt::plan_memory: the memory budget must be positive, got ", budget_bytes, " bytes");
+  return plan_for_budget(profile_step(model, step, options), budget_bytes, options.costs);
+}
+
+/// The same, planned before `optimizer`'s first step: the state that step will create on the
+/// model's device (`optimizer_state_bytes`) is added to `options.reserve_bytes`.
+inline MemoryPlan plan_memory(torch::nn::Module& model, const std::function<void()>& step, std::int64_t budget_bytes,
+                              const torch::optim::Optimizer& optimizer, PlannerOptions options = {}) {
+  ACTCKPT_CHECK(budget_bytes > 0, UsageError, "actckpt::plan_memory: the memory budget must be positive, got ",
+                budget_bytes, " bytes");
+  c10::Device device(c10::kCPU);
+  for (const auto& p : model.parameters()) {
+    device = p.device();
+    break;
+  }
+  options.reserve_bytes += optimizer_state_bytes(optimizer, options.meter ? options.meter->device() : device);
   return plan_for_budget(profile_step(model, step, options), budget_bytes, options.costs);
 }
 
@@ -1284,7 +1329,7 @@ inline void MemoryPlan::apply(torch::nn::Module& model) const {
   auto layers = detail::planner::find_layers(model);
   std::size_t wanted = 0;
   for (auto i : module_index) wanted = std::max(wanted, i + 1);
-  TORCH_CHECK(layers.size() == choices.size() && wanted == layers.size(), "actckpt::MemoryPlan::apply: the plan is for ",
+  ACTCKPT_CHECK(layers.size() == choices.size() && wanted == layers.size(), UsageError, "actckpt::MemoryPlan::apply: the plan is for ",
               choices.size(), " Checkpointed layers, the model has ", layers.size());
   for (std::size_t p = 0; p < choices.size(); ++p) {
     auto* layer = layers[module_index[p]];

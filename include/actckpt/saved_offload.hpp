@@ -40,6 +40,7 @@
 #include <utility>
 #include <vector>
 
+#include "actckpt/errors.hpp"
 #include "actckpt/checkpoint_record.hpp"
 #include "actckpt/non_reentrant.hpp"
 #include "actckpt/observer.hpp"
@@ -155,10 +156,14 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
     {
       std::lock_guard<std::recursive_mutex> lock(mutex_);
       auto& s = slots_[index];
-      TORCH_CHECK(!s.stamp.changed(), "actckpt: a tensor that layer '", label_, "' saved for backward (saved tensor #",
-                  index, ", [", s.meta.str(), "]) was modified by an in-place operation after the forward saved it "
-                  "(version ", s.stamp.version, ", now ", s.stamp.now(), "). Its gradient would be computed from "
-                  "the modified value, as autograd refuses for the unwrapped layer. Modify a clone instead.");
+      if (s.stamp.changed()) {
+        throw InputMutated(c10::str("actckpt: a tensor that layer '", label_, "' saved for backward (saved tensor #",
+                                    index, ", [", s.meta.str(), "]) was modified by an in-place operation after the "
+                                    "forward saved it (version ", s.stamp.version, ", now ", s.stamp.now(),
+                                    "). Its gradient would be computed from the modified value, as autograd refuses "
+                                    "for the unwrapped layer. Modify a clone instead."),
+                           label_);
+      }
       if (forward_completed_ && !backward_started_) {  // (an autograd call inside the forward is not backward)
         backward_started_ = true;
         emit(EventKind::backward_begin, label_);
@@ -190,7 +195,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
     }
     const auto element = static_cast<std::int64_t>(s.options.dtype().itemsize());
     const std::int64_t offset = g.restored.storage_offset() + (s.byte_offset - g.begin);
-    TORCH_CHECK(offset % element == 0, "actckpt: a saved tensor of layer '", label_, "' ([", s.meta.str(),
+    TORCH_INTERNAL_ASSERT(offset % element == 0, "actckpt: a saved tensor of layer '", label_, "' ([", s.meta.str(),
                 "]) came back at a byte offset (", offset, ") that is not a multiple of its element size; "
                 "its storage was not aligned to its element size.");
     c10::NoGradGuard no_grad;

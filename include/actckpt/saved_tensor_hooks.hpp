@@ -57,6 +57,8 @@
 #include <utility>
 #include <vector>
 
+#include "actckpt/errors.hpp"
+
 namespace actckpt {
 
 namespace detail {
@@ -117,7 +119,7 @@ inline const EngineState hooks_engine_at_startup = install_hooks_engine();
 /// Raises a clear error when saved-tensor hooks would not be called.
 inline void require_hooks_engine() {
   if (&torch::autograd::Engine::get_default_engine() == &HooksEngine::instance()) return;
-  TORCH_CHECK(install_hooks_engine() == EngineState::ours,
+  ACTCKPT_CHECK(install_hooks_engine() == EngineState::ours, UsageError,
               "actckpt: saved-tensor hooks need actckpt's autograd engine, but another engine is LibTorch's "
               "default (PyTorch's Python engine, installed when the torch Python module is imported, or one "
               "installed by another library). Its hooks would never be called, so actckpt refuses instead of "
@@ -178,7 +180,7 @@ class SavedTensorHooks {
     explicit Hooks(std::shared_ptr<Callables> callables) : callables_(std::move(callables)) {}
     void call_pack_hook(const at::Tensor& tensor) override { packed_.emplace(callables_->pack(tensor)); }
     at::Tensor call_unpack_hook() override {
-      TORCH_CHECK(packed_.has_value(), "actckpt: a saved tensor was unpacked, but its pack hook never returned");
+      ACTCKPT_CHECK(packed_.has_value(), UsageError, "actckpt: a saved tensor was unpacked, but its pack hook never returned");
       return callables_->unpack(*packed_);
     }
 

@@ -9,6 +9,8 @@
 #include <string>
 #include <string_view>
 
+#include "actckpt/errors.hpp"
+
 namespace actckpt {
 
 /// Where stashed inputs wait for backward.
@@ -79,8 +81,8 @@ inline CheckpointForm resolve(CheckpointForm form) {
     const std::string_view value(v);
     if (value == "reentrant") return CheckpointForm::reentrant;
     if (value == "non_reentrant") return CheckpointForm::non_reentrant;
-    throw std::invalid_argument("actckpt: ACTCKPT_CHECKPOINT_FORM is '" + std::string(value) +
-                                "'; it must be 'reentrant' or 'non_reentrant' (or unset)");
+    throw UsageError("actckpt: ACTCKPT_CHECKPOINT_FORM is '" + std::string(value) +
+                     "'; it must be 'reentrant' or 'non_reentrant' (or unset)");
   }();
   return by_default;
 }

@@ -35,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "actckpt/errors.hpp"
 #include "actckpt/observer.hpp"
 #include "actckpt/offload_context.hpp"
 #include "actckpt/stash_options.hpp"
@@ -141,7 +142,7 @@ class TensorStash final : public StackEntry {
       on_stack_ = false;
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    TORCH_CHECK(!consumed_, "actckpt: the stash of layer '", label_, "' was already restored once");
+    if (consumed_) throw StashConsumed(c10::str("actckpt: the stash of layer '", label_, "' was already restored once"), label_);
     consumed_ = true;
     at::Tensor result;
     if (location_ == Location::device) {
@@ -158,8 +159,9 @@ class TensorStash final : public StackEntry {
       } catch (const std::exception& e) {
         release_host_locked();
         incoming_.reset();
-        TORCH_CHECK(false, "actckpt: moving the stashed input of layer '", label_,
-                    "' between device and host memory failed: ", e.what());
+        throw OffloadFailed(c10::str("actckpt: moving the stashed input of layer '", label_,
+                                     "' between device and host memory failed: ", e.what()),
+                            label_);
       }
       result = std::move(incoming_);
       record_on_consuming_stream(result);
@@ -266,12 +268,15 @@ class TensorStash final : public StackEntry {
     const bool pinned = device_.is_cuda();
     host_ = context_->pool().try_acquire(bytes_, pinned);
     if (!host_) {
-      TORCH_CHECK(options_.on_exhausted != PoolExhaustion::throw_error,
-                  "actckpt: host buffer pool exhausted: the ", bytes_, "-byte input of layer '", label_,
-                  "' does not fit under the pool limit of ", context_->pool().limit(), " bytes (",
-                  context_->pool().stats().live_bytes,
-                  " bytes in use). Raise it with HostBufferPool::set_limit, or choose "
-                  "PoolExhaustion::keep_on_device to keep such stashes on the device.");
+      if (options_.on_exhausted == PoolExhaustion::throw_error) {
+        const auto limit = context_->pool().limit();
+        const auto live = context_->pool().stats().live_bytes;
+        throw HostPoolExhausted(c10::str("actckpt: host buffer pool exhausted: the ", bytes_, "-byte input of layer '",
+                                         label_, "' does not fit under the pool limit of ", limit, " bytes (", live,
+                                         " bytes in use). Raise it with HostBufferPool::set_limit, or choose "
+                                         "PoolExhaustion::keep_on_device to keep such stashes on the device."),
+                                label_, bytes_, limit, live);
+      }
       offloadable_ = false;  // documented fallback: stays on the device
       return;
     }
@@ -298,8 +303,9 @@ class TensorStash final : public StackEntry {
         wait_for_host(*offload_ticket_);
       } catch (const std::exception& e) {
         release_host_locked();
-        TORCH_CHECK(false, "actckpt: moving the stashed input of layer '", label_,
-                    "' to host memory failed: ", e.what());
+        throw OffloadFailed(c10::str("actckpt: moving the stashed input of layer '", label_,
+                                     "' to host memory failed: ", e.what()),
+                            label_);
       }
     }
   }
@@ -381,11 +387,14 @@ class TensorStash final : public StackEntry {
 
   void verify_checksum(const at::Tensor& restored) const {
     const auto now = checksum_of(restored);
-    TORCH_CHECK(now == *checksum_, "actckpt: the stashed input of layer '", label_, "' (", bytes_,
-                " bytes) came back from host memory different from what left the device (checksums ",
-                checksum_->first, "/", checksum_->second, " then, ", now.first, "/", now.second,
-                " now): something wrote to its host buffer or to the device tensor while a copy was "
-                "in flight. Training on it would give wrong gradients.");
+    if (now != *checksum_) {
+      throw StashCorrupted(c10::str("actckpt: the stashed input of layer '", label_, "' (", bytes_,
+                                    " bytes) came back from host memory different from what left the device "
+                                    "(checksums ", checksum_->first, "/", checksum_->second, " then, ", now.first,
+                                    "/", now.second, " now): something wrote to its host buffer or to the device "
+                                    "tensor while a copy was in flight. Training on it would give wrong gradients."),
+                           label_);
+    }
   }
 
   static bool is_cuda_ticket([[maybe_unused]] const CopyTicket& ticket) {

@@ -17,6 +17,8 @@
 /// A Sequential holds only modules with one non-template `forward` (AnyModule's rule): a layer
 /// left unwrapped whose forward is not one (a `torch::nn::Sequential` block) goes in as
 /// `Plain<Layer>`, which runs it directly under the same parameter names.
+/// Each wrapped layer is labelled by its name in the stack ("3"; see `label_layers`), a label
+/// that `label_layers(model)` replaces by its full path ("blocks.3") once the stack is in a model.
 
 #include <c10/util/Exception.h>
 #include <torch/nn/modules/container/any.h>
@@ -28,6 +30,8 @@
 #include <vector>
 
 #include "actckpt/checkpointed.hpp"
+#include "actckpt/errors.hpp"
+#include "actckpt/label_layers.hpp"
 #include "actckpt/layer_traits.hpp"
 #include "actckpt/plain.hpp"
 #include "actckpt/policy.hpp"
@@ -41,7 +45,7 @@ inline bool wrap_every_selects(std::size_t count, std::size_t k, std::size_t fir
 }
 
 inline void check_wrap_every_step(std::size_t k) {
-  TORCH_CHECK(k > 0, "actckpt::wrap_every: k must be at least 1 (1 checkpoints every layer), got 0");
+  ACTCKPT_CHECK(k > 0, UsageError, "actckpt::wrap_every: k must be at least 1 (1 checkpoints every layer), got 0");
 }
 }  // namespace detail
 
@@ -53,7 +57,7 @@ torch::nn::Sequential wrap_every(const std::vector<Layer>& layers, std::size_t k
   detail::check_wrap_every_step(k);
   torch::nn::Sequential stack;
   for (std::size_t i = 0; i < layers.size(); ++i) {
-    TORCH_CHECK(!layers[i].is_empty(), "actckpt::wrap_every: layer ", i, " is an empty holder (nullptr)");
+    ACTCKPT_CHECK(!layers[i].is_empty(), UsageError, "actckpt::wrap_every: layer ", i, " is an empty holder (nullptr)");
     if (detail::wrap_every_selects(i, k, first)) {
       stack->push_back(Checkpointed<Layer, Policy>(layers[i]));
     } else if constexpr (detail::has_single_forward<typename Layer::ContainedType>) {
@@ -62,6 +66,7 @@ torch::nn::Sequential wrap_every(const std::vector<Layer>& layers, std::size_t k
       stack->push_back(Plain<Layer>(layers[i]));
     }
   }
+  label_layers(*stack);
   return stack;
 }
 
@@ -75,10 +80,10 @@ template <OffloadPolicy Policy, CheckpointableLayer Layer>
 torch::nn::Sequential wrap_every(const torch::nn::Sequential& layers, std::size_t k, std::size_t first = 0) {
   using Impl = typename Layer::ContainedType;
   detail::check_wrap_every_step(k);
-  TORCH_CHECK(!layers.is_empty(), "actckpt::wrap_every: the Sequential is an empty holder (nullptr)");
+  ACTCKPT_CHECK(!layers.is_empty(), UsageError, "actckpt::wrap_every: the Sequential is an empty holder (nullptr)");
   // Sequential registers its children in the order it holds them.
   const auto names = layers->named_children().keys();
-  TORCH_CHECK(names.size() == layers->size(), "actckpt::wrap_every: the Sequential has ", layers->size(),
+  ACTCKPT_CHECK(names.size() == layers->size(), UsageError, "actckpt::wrap_every: the Sequential has ", layers->size(),
               " layers but ", names.size(), " registered children");
   torch::nn::Sequential stack;
   std::size_t count = 0;  // layers of type Layer seen so far
@@ -95,6 +100,7 @@ torch::nn::Sequential wrap_every(const torch::nn::Sequential& layers, std::size_
       stack->push_back(std::move(name), layer);
     }
   }
+  label_layers(*stack);
   return stack;
 }
 

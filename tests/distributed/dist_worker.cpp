@@ -437,7 +437,7 @@ void model_mismatch(const actckpt::World& world) {
   model->to(world.device);
   try {
     actckpt::DistributedDataParallel<GptModel> ddp(model, world);
-  } catch (const std::invalid_argument& e) {
+  } catch (const actckpt::DistributedError& e) {
     const std::string what = e.what();
     expect(what.find("differs across ranks") != std::string::npos && what.find("tok_emb.weight") != std::string::npos,
            "unexpected error: " + what);
@@ -473,7 +473,7 @@ void expect_refused(const std::vector<std::pair<const char*, std::string>>& vari
 
 void bad_environment() {
   const std::string port = std::to_string(free_port());
-  using Invalid = std::invalid_argument;
+  using Invalid = actckpt::UsageError;
   expect_refused<Invalid>({{"RANK", "0"}, {"WORLD_SIZE", "0"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}},
                           "WORLD_SIZE=0 must be between 1");
   expect_refused<Invalid>({{"RANK", "2"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}},
@@ -483,11 +483,11 @@ void bad_environment() {
   expect_refused<Invalid>({{"RANK", "one"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}},
                           "RANK=one is not a whole number");
   // Nobody listens on the port: the client gives up after the timeout.
-  expect_refused<std::runtime_error>(
+  expect_refused<actckpt::DistributedError>(
       {{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}},
       "could not reach the rendezvous store at MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port);
   // Rank 0 hosts the store, but rank 1 never comes.
-  expect_refused<std::runtime_error>(
+  expect_refused<actckpt::DistributedError>(
       {{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}}, "within 1000 ms");
 }
 

@@ -26,11 +26,12 @@
 /// Parameter names are the same in every mode (`blocks.3.attn.qkv.weight`; checkpointing keeps
 /// names, see checkpointed.hpp), so a model saved in one mode loads into another.
 ///
-/// Phases: layer i is labelled "i". Checkpointed layers announce their forward and backward
+/// Phases: layer i is labelled by its path, "blocks.i" (a derived label: `label_layers` on a model
+/// holding the stack gives the full path). Checkpointed layers announce their forward and backward
 /// through actckpt's observer events; in `baseline` mode the stack announces the same events for
 /// its unwrapped blocks (forward_begin/forward_end around each block, backward_begin from a
 /// gradient hook on its output) while an observer is installed, so memory timelines of every
-/// mode show `fwd i` / `bwd i`. Without an observer it adds nothing.
+/// mode show `fwd blocks.i` / `bwd blocks.i`. Without an observer it adds nothing.
 
 #include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
@@ -244,7 +245,7 @@ class TransformerStackImpl : public torch::nn::Module {
     blocks_list_ = register_module("blocks", torch::nn::ModuleList());
     for (int64_t i = 0; i < num_layers; ++i) {
       TransformerBlock b(block);
-      labels_.push_back(std::to_string(i));
+      labels_.push_back("blocks." + std::to_string(i));
       switch (mode) {
         case StackMode::baseline:
           blocks_list_->push_back(b.ptr());
@@ -296,7 +297,7 @@ class TransformerStackImpl : public torch::nn::Module {
   template <class Policy>
   void add_checkpointed(const TransformerBlock& b) {
     Checkpointed<TransformerBlock, Policy> layer(b);
-    layer->set_label(labels_.back());
+    layer->set_derived_label(labels_.back());
     blocks_list_->push_back(layer.ptr());
     calls_.emplace_back([layer](const torch::Tensor& x) mutable { return layer(x); });
   }
