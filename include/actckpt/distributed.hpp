@@ -251,14 +251,14 @@ inline void wait_for_every_rank(c10d::Store& store, int rank, int world_size,
     }
   } catch (const std::exception& e) {  // the store itself is gone (its host died)
     const std::string what = e.what();
-    throw std::runtime_error("actckpt::init_process_group: rank " + std::to_string(rank) + " of " +
+    throw DistributedError("actckpt::init_process_group: rank " + std::to_string(rank) + " of " +
                              std::to_string(world_size) + " lost the rendezvous store " + where +
                              " while waiting for the other ranks (did its host, rank 0 or torchrun's agent, exit?): " +
                              what.substr(0, what.find('\n')));
   }
   if (count == 0) return;  // the last one came just as the time ran out
   if (count > 8) missing += " and " + std::to_string(count - 8) + " more";
-  throw std::runtime_error("actckpt::init_process_group: rank " + std::to_string(rank) + " of " +
+  throw DistributedError("actckpt::init_process_group: rank " + std::to_string(rank) + " of " +
                            std::to_string(world_size) + ": rank" + (count > 1 ? "s " : " ") + missing +
                            " did not arrive at the rendezvous store " + where + " within " +
                            std::to_string(timeout.count()) +

@@ -529,7 +529,7 @@ void never_arrives() {
   const int rank = std::atoi(std::getenv("RANK") != nullptr ? std::getenv("RANK") : "0");
   try {
     actckpt::init_process_group(actckpt::ProcessGroupOptions().timeout(kFaultTimeout));
-  } catch (const std::runtime_error& e) {
+  } catch (const actckpt::DistributedError& e) {
     const std::string what = first_line(e.what());
     const double waited = seconds_since(started);
     std::printf("[rank %d] failed after %.1f s: %s\n", rank, waited, what.c_str());
