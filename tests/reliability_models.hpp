@@ -12,6 +12,11 @@
 #include "test_models.hpp"
 
 #include <atomic>
+#include <sstream>
+#include <array>
+#include <ostream>
+#include <random>
+#include <cstdlib>
 #include <chrono>
 #include <cstdint>
 #include <fstream>
@@ -240,6 +245,79 @@ inline std::map<std::string, torch::Tensor> gradients_of(torch::nn::Module& mode
   auto grads = take_grads(model);
   if (x.requires_grad()) grads["<input>"] = x.grad().defined() ? x.grad().clone() : torch::Tensor();
   return grads;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomized tests (test_randomized_parity.cpp, test_randomized_programs.cpp)
+
+/// The seeds a randomized test runs, from the environment it shares with the other one:
+///   ACTCKPT_PARITY_SEED=<seed>       one case (a replay)
+///   ACTCKPT_PARITY_CASES=<n>         number of cases (default `default_cases`)
+///   ACTCKPT_PARITY_BASE_SEED=<seed>  first seed (default `default_base`, so CI is reproducible;
+///                                    "random" draws one)
+/// The choice is reported (doctest MESSAGE), `what` naming the test.
+inline std::vector<uint64_t> randomized_seeds(const char* what, uint64_t default_base, int default_cases) {
+  auto env = [](const char* name) -> const char* {
+    const char* v = std::getenv(name);
+    return v != nullptr && *v != '\0' ? v : nullptr;
+  };
+  std::vector<uint64_t> seeds;
+  if (const char* one = env("ACTCKPT_PARITY_SEED")) {
+    seeds.push_back(std::stoull(one));
+    MESSAGE(std::string(what), ": replaying one case, ACTCKPT_PARITY_SEED=", std::string(one));
+    return seeds;
+  }
+  uint64_t base = default_base;
+  if (const char* b = env("ACTCKPT_PARITY_BASE_SEED")) base = std::string(b) == "random" ? std::random_device{}() : std::stoull(b);
+  const int cases = env("ACTCKPT_PARITY_CASES") ? std::stoi(env("ACTCKPT_PARITY_CASES")) : default_cases;
+  for (int i = 0; i < cases; ++i) seeds.push_back(base + static_cast<uint64_t>(i));
+  MESSAGE(std::string(what), ": ", cases, " cases, seeds ", base, "..", base + cases - 1);
+  return seeds;
+}
+
+/// StashOptions a layer gets at run time in a random case: any mode, keep-N 0-2, one of
+/// `thresholds` as the size threshold, the keep-on-device fallback. `pick(lo, hi)` draws an int;
+/// the draws are made in that order, so a seed keeps drawing the same case.
+template <class Pick>
+actckpt::StashOptions draw_stash_options(Pick& pick, const std::array<std::size_t, 3>& thresholds) {
+  static const actckpt::StashMode modes[] = {actckpt::StashMode::device, actckpt::StashMode::sync_host,
+                                             actckpt::StashMode::async_host};
+  actckpt::StashOptions o;
+  o.mode = modes[pick(0, 2)];
+  o.keep_on_device = static_cast<std::size_t>(pick(0, 2));
+  o.min_offload_bytes = thresholds[static_cast<std::size_t>(pick(0, 2))];
+  o.on_exhausted = actckpt::PoolExhaustion::keep_on_device;
+  return o;
+}
+
+/// " options{async_host, keep 1, min 1024}": what a random case's description says of them.
+inline std::string describe_stash_options(const actckpt::StashOptions& o) {
+  std::ostringstream s;
+  s << " options{" << actckpt::to_string(o.mode) << ", keep " << o.keep_on_device << ", min " << o.min_offload_bytes << "}";
+  return s.str();
+}
+
+/// Compares a wrapped step's named tensors with the unwrapped step's: a tensor missing, or
+/// defined on one side only, is described in `why`; for each pair defined on both sides,
+/// `compare(name, actual, expected, why)` judges the values.
+inline void compare_named_tensors(
+    const std::map<std::string, torch::Tensor>& actual, const std::map<std::string, torch::Tensor>& expected,
+    std::ostream& why,
+    const std::function<void(const std::string&, const torch::Tensor&, const torch::Tensor&, std::ostream&)>& compare) {
+  for (const auto& [name, e] : expected) {
+    auto it = actual.find(name);
+    if (it == actual.end()) {
+      why << "\n  " << name << ": missing";
+      continue;
+    }
+    const auto& a = it->second;
+    if (a.defined() != e.defined()) {
+      why << "\n  " << name << ": " << (a.defined() ? "defined" : "undefined") << " wrapped, "
+          << (e.defined() ? "defined" : "undefined") << " unwrapped";
+      continue;
+    }
+    if (a.defined()) compare(name, a, e, why);
+  }
 }
 
 }  // namespace reliability

@@ -74,9 +74,7 @@ struct CaseSpec {
       if (l.dropout > 0) s << " dropout " << l.dropout;
       if (l.wrapped) {
         s << " wrapped " << policies[l.policy];
-        if (l.override_options)
-          s << " options{" << actckpt::to_string(l.options.mode) << ", keep " << l.options.keep_on_device
-            << ", min " << l.options.min_offload_bytes << "}";
+        if (l.override_options) s << describe_stash_options(l.options);
       }
     }
     return s.str();
@@ -101,15 +99,7 @@ CaseSpec draw_case(uint64_t seed) {
     l.wrapped = pick(0, 3) != 0;
     l.policy = pick(0, 2);
     l.override_options = pick(0, 2) == 0;
-    if (l.override_options) {
-      static const actckpt::StashMode modes[] = {actckpt::StashMode::device, actckpt::StashMode::sync_host,
-                                                 actckpt::StashMode::async_host};
-      static const std::size_t thresholds[] = {0, 1024, std::size_t{1} << 20};
-      l.options.mode = modes[pick(0, 2)];
-      l.options.keep_on_device = static_cast<std::size_t>(pick(0, 2));
-      l.options.min_offload_bytes = thresholds[pick(0, 2)];
-      l.options.on_exhausted = actckpt::PoolExhaustion::keep_on_device;
-    }
+    if (l.override_options) l.options = draw_stash_options(pick, {0, 1024, std::size_t{1} << 20});
     c.layers.push_back(l);
     width = l.out;
   }
@@ -218,54 +208,28 @@ std::string run_case(const CaseSpec& c, double& worst) {
 
   std::ostringstream why;
   if (!torch::equal(actual.rng_after, expected.rng_after)) why << "\n  the CPU generator's state after the step differs";
-  for (const auto& [name, e] : expected.tensors) {
-    auto it = actual.tensors.find(name);
-    if (it == actual.tensors.end()) {
-      why << "\n  " << name << ": missing";
-      continue;
-    }
-    const auto& a = it->second;
-    if (a.defined() != e.defined()) {
-      why << "\n  " << name << ": " << (a.defined() ? "defined" : "undefined") << " wrapped, "
-          << (e.defined() ? "defined" : "undefined") << " unwrapped";
-      continue;
-    }
+  compare_named_tensors(actual.tensors, expected.tensors, why,
+                        [&](const std::string& name, const torch::Tensor& a, const torch::Tensor& e, std::ostream& out) {
     if (!c.autocast) {
-      if (!bitwise_equal(a, e)) why << "\n  " << name << ": not bitwise equal, max |diff| " << max_abs_diff(a, e);
-      continue;
+      if (!bitwise_equal(a, e)) out << "\n  " << name << ": not bitwise equal, max |diff| " << max_abs_diff(a, e);
+      return;
     }
     const double diff = max_abs_diff(a, e);
     const double scale = e.numel() == 0 ? 0.0 : e.to(torch::kDouble).abs().max().item<double>();
     if (scale > 0) worst = std::max(worst, diff / scale);
     if (diff > autocast_relative_tolerance * scale + autocast_absolute_tolerance)
-      why << "\n  " << name << ": max |diff| " << diff << " exceeds the tolerance (max |value| " << scale << ")";
-  }
+      out << "\n  " << name << ": max |diff| " << diff << " exceeds the tolerance (max |value| " << scale << ")";
+  });
   if (!wait_until_idle(*offload.context)) why << "\n  the copy worker did not finish";
   if (offload.pool->stats().live_bytes != 0) why << "\n  host pool bytes left live: " << offload.pool->stats().live_bytes;
   if (offload.context->stack().size() != 0) why << "\n  stashes left on the stack: " << offload.context->stack().size();
   return why.str();
 }
 
-const char* env(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? v : nullptr;
-}
-
 }  // namespace
 
 TEST_CASE("randomized parity: random stacks, policies and options match the unwrapped model") {
-  std::vector<uint64_t> seeds;
-  if (const char* one = env("ACTCKPT_PARITY_SEED")) {
-    seeds.push_back(std::stoull(one));
-    MESSAGE("replaying one case: ACTCKPT_PARITY_SEED=", std::string(one));
-  } else {
-    uint64_t base = default_base_seed;
-    if (const char* b = env("ACTCKPT_PARITY_BASE_SEED"))
-      base = std::string(b) == "random" ? std::random_device{}() : std::stoull(b);
-    const int cases = env("ACTCKPT_PARITY_CASES") ? std::stoi(env("ACTCKPT_PARITY_CASES")) : default_cases;
-    for (int i = 0; i < cases; ++i) seeds.push_back(base + static_cast<uint64_t>(i));
-    MESSAGE("randomized parity: ", cases, " cases, seeds ", base, "..", base + cases - 1);
-  }
+  const auto seeds = randomized_seeds("randomized parity", default_base_seed, default_cases);
 
   SingleIntraOpThread one_thread;
   int failures = 0, cases_run = 0, autocast_cases = 0, wrapped_layers = 0, layers = 0;

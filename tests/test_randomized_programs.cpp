@@ -166,9 +166,7 @@ struct CaseSpec {
       s << "] returns " << ending_names[l.ending];
       if (l.wrapped) {
         s << ", wrapped " << policies[l.policy];
-        if (l.override_options)
-          s << " options{" << actckpt::to_string(l.options.mode) << ", keep " << l.options.keep_on_device << ", min "
-            << l.options.min_offload_bytes << "}";
+        if (l.override_options) s << describe_stash_options(l.options);
       } else {
         s << ", unwrapped";
       }
@@ -197,15 +195,7 @@ CaseSpec draw_case(uint64_t seed) {
     l.wrapped = pick(0, 4) != 0;
     l.policy = pick(0, 2);
     l.override_options = pick(0, 3) == 0;
-    if (l.override_options) {
-      static const actckpt::StashMode modes[] = {actckpt::StashMode::device, actckpt::StashMode::sync_host,
-                                                 actckpt::StashMode::async_host};
-      static const std::size_t thresholds[] = {0, 64, 1024};
-      l.options.mode = modes[pick(0, 2)];
-      l.options.keep_on_device = static_cast<std::size_t>(pick(0, 2));
-      l.options.min_offload_bytes = thresholds[pick(0, 2)];
-      l.options.on_exhausted = actckpt::PoolExhaustion::keep_on_device;
-    }
+    if (l.override_options) l.options = draw_stash_options(pick, {0, 64, 1024});
     c.layers.push_back(l);
   }
   const int calls = pick(1, 6);
@@ -398,32 +388,22 @@ std::string run_case(const CaseSpec& c, bool reentrant, Tally& tally) {
   } else {
     if (!torch::equal(actual.rng_after, expected.rng_after)) why << "\n  the CPU generator's state after the step differs";
     bool rounded = false;
-    for (const auto& [name, e] : expected.tensors) {
-      auto it = actual.tensors.find(name);
-      if (it == actual.tensors.end()) {
-        why << "\n  " << name << ": missing";
-        continue;
-      }
-      const auto& a = it->second;
-      if (a.defined() != e.defined()) {
-        why << "\n  " << name << ": " << (a.defined() ? "defined" : "undefined") << " wrapped, "
-            << (e.defined() ? "defined" : "undefined") << " unwrapped";
-        continue;
-      }
-      if (!a.defined() || bitwise_equal(a, e)) continue;
+    compare_named_tensors(actual.tensors, expected.tensors, why,
+                          [&](const std::string& name, const torch::Tensor& a, const torch::Tensor& e, std::ostream& out) {
+      if (bitwise_equal(a, e)) return;
       if (a.sizes() != e.sizes()) {
-        why << "\n  " << name << ": sizes " << a.sizes() << " wrapped, " << e.sizes() << " unwrapped";
-        continue;
+        out << "\n  " << name << ": sizes " << a.sizes() << " wrapped, " << e.sizes() << " unwrapped";
+        return;
       }
       const double ulps = in_scale_ulps(a, e);
       if (reentrant && ulps <= reentrant_rounding_allowance) {
         rounded = true;
         tally.worst_ulps = std::max(tally.worst_ulps, ulps);
-        continue;
+        return;
       }
-      why << "\n  " << name << ": not bitwise equal, max |diff| " << max_abs_diff(a, e) << " (" << ulps
+      out << "\n  " << name << ": not bitwise equal, max |diff| " << max_abs_diff(a, e) << " (" << ulps
           << " roundings of its largest value)";
-    }
+    });
     tally.reentrant_rounded += rounded;
   }
   if (!wait_until_idle(*offload.context)) why << "\n  the copy worker did not finish";
@@ -432,28 +412,12 @@ std::string run_case(const CaseSpec& c, bool reentrant, Tally& tally) {
   return why.str();
 }
 
-const char* env(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? v : nullptr;
-}
-
 }  // namespace
 
 TEST_CASE("randomized parity: random programs (views, in-place ops, inputs used twice, one-sided errors)") {
   const bool reentrant = !test_models::non_reentrant_form<actckpt::NoOffload>();
-  std::vector<uint64_t> seeds;
-  if (const char* one = env("ACTCKPT_PARITY_SEED")) {
-    seeds.push_back(std::stoull(one));
-    MESSAGE("replaying one case: ACTCKPT_PARITY_SEED=", std::string(one));
-  } else {
-    uint64_t base = default_base_seed;
-    if (const char* b = env("ACTCKPT_PARITY_BASE_SEED"))
-      base = std::string(b) == "random" ? std::random_device{}() : std::stoull(b);
-    const int cases = env("ACTCKPT_PARITY_CASES") ? std::stoi(env("ACTCKPT_PARITY_CASES")) : default_cases;
-    for (int i = 0; i < cases; ++i) seeds.push_back(base + static_cast<uint64_t>(i));
-    MESSAGE("randomized programs: ", cases, " cases, seeds ", base, "..", base + cases - 1, ", ",
-            std::string(reentrant ? "reentrant" : "non-reentrant"), " form");
-  }
+  const auto seeds = randomized_seeds(reentrant ? "randomized programs (reentrant form)" : "randomized programs",
+                                      default_base_seed, default_cases);
 
   SingleIntraOpThread one_thread;
   Tally tally;
