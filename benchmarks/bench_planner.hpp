@@ -3,7 +3,7 @@
 // classic / baseline peaks the planner's profile measures), the plan of mode ckpt_planned, and the
 // budget sweep behind memory_budget_pareto.png (pareto.json).
 
-#include <actckpt/planner.hpp>
+#include <actckpt/planner/planner.hpp>
 
 #include <algorithm>
 #include <cstdio>

@@ -3,9 +3,9 @@
 // plots are drawn from (results.json, results.csv, results.md, timeline_<mode>.csv,
 // memory_timeline.json). MB = 2^20 bytes throughout, as LibTorch reports memory.
 
-#include <actckpt/memory_timeline.hpp>
+#include <actckpt/measure/memory_timeline.hpp>
 #include <actckpt/models/transformer_stack.hpp>
-#include <actckpt/planner.hpp>
+#include <actckpt/planner/planner.hpp>
 
 #include <algorithm>
 #include <cmath>

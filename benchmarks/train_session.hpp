@@ -3,9 +3,9 @@
 // (pool, copy engine, telemetry), a memory meter that starts before any of them, and the
 // analytic floor of the mode's peak memory.
 
-#include <actckpt/label_layers.hpp>
-#include <actckpt/memory_meter.hpp>
-#include <actckpt/memory_timeline.hpp>
+#include <actckpt/layer/label_layers.hpp>
+#include <actckpt/measure/memory_meter.hpp>
+#include <actckpt/measure/memory_timeline.hpp>
 #include <actckpt/models/transformer_stack.hpp>
 #include <torch/cuda.h>
 #include <torch/optim/sgd.h>

@@ -1,4 +1,4 @@
-# What actckpt::distributed (include/actckpt/distributed.hpp) needs beyond LibTorch's own package,
+# What actckpt::distributed (include/actckpt/distributed/distributed.hpp) needs beyond LibTorch's own package,
 # checked in one place for actckpt's build and for an installed actckpt's package config:
 #  - a LibTorch built with c10d and Gloo: the `torch_cpu` target defines USE_C10D_GLOO, and
 #    torch/csrc/distributed/c10d/ProcessGroupGloo.hpp is in its include folders;

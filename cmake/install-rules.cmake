@@ -10,7 +10,11 @@ set(ACTCKPT_INSTALL_CMAKEDIR "${CMAKE_INSTALL_DATADIR}/cmake/actckpt"
     CACHE STRING "Install directory of actckpt's CMake package files, relative to the prefix")
 mark_as_advanced(ACTCKPT_INSTALL_CMAKEDIR)
 
-install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
+# The library's rooms, and the deprecated forwarding headers of the old flat paths beside them
+# (include/compat/actckpt/*.hpp -> <prefix>/include/actckpt/*.hpp): one include folder either way.
+install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/actckpt" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
+        COMPONENT actckpt_Development)
+install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/compat/actckpt" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
         COMPONENT actckpt_Development)
 
 install(TARGETS actckpt EXPORT actckptTargets)

@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages actckpt builds and tests with; does nothing when all are there.
 set -euo pipefail
 
-# libgloo-dev: the Gloo headers that actckpt/distributed.hpp (c10d's ProcessGroupGloo) includes.
+# libgloo-dev: the Gloo headers that actckpt/distributed/distributed.hpp (c10d's ProcessGroupGloo) includes.
 # torchrun (python3-torch) is not installed: it is large, and the distributed tests start their
 # ranks with torchrun's variables and agent store themselves (tests/distributed).
 packages=(libtorch-dev doctest-dev libbenchmark-dev libopenblas0-pthread cmake g++ ninja-build

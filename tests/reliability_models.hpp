@@ -4,7 +4,7 @@
 // the process RSS, and gradient comparison by parameter name. Built on test_models.hpp.
 
 #include <actckpt/actckpt.hpp>
-#include <actckpt/memory_meter.hpp>
+#include <actckpt/measure/memory_meter.hpp>
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 #include <unistd.h>

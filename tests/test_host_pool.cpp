@@ -6,7 +6,7 @@
 
 #include <doctest/doctest.h>
 
-#include <actckpt/host_buffer_pool.hpp>
+#include <actckpt/offload/host_buffer_pool.hpp>
 
 #include <algorithm>
 #include <cstdint>

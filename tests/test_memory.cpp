@@ -5,8 +5,8 @@
 
 #include "test_models.hpp"
 
-#include <actckpt/memory_meter.hpp>
-#include <actckpt/memory_timeline.hpp>
+#include <actckpt/measure/memory_meter.hpp>
+#include <actckpt/measure/memory_timeline.hpp>
 #include <actckpt/models/transformer_stack.hpp>
 
 #include <cctype>

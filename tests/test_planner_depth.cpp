@@ -3,7 +3,7 @@
 // (medium ones), with its approximation forced on; the smallest feasible budget exact; deep
 // chains (128 and 512 layers, unlike and uniform) planned in bounded time and memory.
 
-#include <actckpt/planner.hpp>
+#include <actckpt/planner/planner.hpp>
 #include <doctest/doctest.h>
 
 #include <algorithm>

@@ -3,7 +3,7 @@
 // after the scope closed and more than once (retain_graph), double backward works, and a foreign
 // engine gives a clear error instead of silently ignored hooks.
 
-#include <actckpt/saved_tensor_hooks.hpp>
+#include <actckpt/hooks/saved_tensor_hooks.hpp>
 
 #include <map>
 

@@ -14,10 +14,10 @@
 // checkpoint does not depend on the number of ranks, so it resumes under any other.
 
 #include <actckpt/actckpt.hpp>
-#include <actckpt/memory_meter.hpp>
+#include <actckpt/measure/memory_meter.hpp>
 #include <actckpt/models/transformer_stack.hpp>
 #ifdef ACTCKPT_EXAMPLE_DISTRIBUTED
-#include <actckpt/distributed.hpp>
+#include <actckpt/distributed/distributed.hpp>
 #endif
 
 #include <ATen/CPUGeneratorImpl.h>

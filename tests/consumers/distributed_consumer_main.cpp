@@ -3,7 +3,7 @@
 // actckpt::UsageError, and a one-rank data-parallel step over Gloo gives the gradients of the
 // same model trained without it.
 #include <actckpt/actckpt.hpp>
-#include <actckpt/distributed.hpp>
+#include <actckpt/distributed/distributed.hpp>
 #include <torch/torch.h>
 
 #include <arpa/inet.h>

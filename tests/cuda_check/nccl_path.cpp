@@ -1,4 +1,4 @@
-// Compile check (never run) of the NCCL path of actckpt/distributed.hpp: init_process_group on
+// Compile check (never run) of the NCCL path of actckpt/distributed/distributed.hpp: init_process_group on
 // CUDA (ProcessGroupNCCL, the device set to LOCAL_RANK) and DistributedDataParallel over it,
 // together with the whole CUDA path of cuda_path.cpp (one parse of LibTorch's headers checks
 // both). See tests/cuda_check/CMakeLists.txt and scripts/cuda-compile-check.sh.
@@ -12,9 +12,9 @@
 #define USE_C10D_NCCL 1
 #endif
 
-#include <actckpt/checkpointed.hpp>
-#include <actckpt/distributed.hpp>
-#include <actckpt/no_offload.hpp>
+#include <actckpt/wrap/checkpointed.hpp>
+#include <actckpt/distributed/distributed.hpp>
+#include <actckpt/policy/no_offload.hpp>
 
 #include <torch/nn/modules/linear.h>
 

@@ -1,4 +1,4 @@
-// Multi-process tests of actckpt/distributed.hpp (ctest label `distributed`), in one program:
+// Multi-process tests of actckpt/distributed/distributed.hpp (ctest label `distributed`), in one program:
 //
 //   dist_worker launch [--nproc N] [--timeout S] [--expect-exit C0,C1,...] -- PROGRAM ARGS...
 //       starts N copies of PROGRAM the way torchrun's agent does: it hosts the TCP store itself
@@ -31,7 +31,7 @@
 // OPENBLAS_NUM_THREADS=1 for its workers (Debian's OpenBLAS reads the environment, not
 // torch::set_num_threads).
 
-#include <actckpt/distributed.hpp>
+#include <actckpt/distributed/distributed.hpp>
 #include <actckpt/models/transformer_stack.hpp>
 
 #include <torch/torch.h>

@@ -45,13 +45,13 @@
 #include <utility>
 #include <vector>
 
-#include "actckpt/autocast_state.hpp"
-#include "actckpt/async_offload.hpp"
-#include "actckpt/checkpointed.hpp"
-#include "actckpt/no_offload.hpp"
-#include "actckpt/observer.hpp"
-#include "actckpt/offload_saved.hpp"
-#include "actckpt/sync_offload.hpp"
+#include "actckpt/replay/autocast_state.hpp"
+#include "actckpt/policy/async_offload.hpp"
+#include "actckpt/wrap/checkpointed.hpp"
+#include "actckpt/policy/no_offload.hpp"
+#include "actckpt/base/observer.hpp"
+#include "actckpt/policy/offload_saved.hpp"
+#include "actckpt/policy/sync_offload.hpp"
 #include "actckpt/models/transformer.hpp"
 
 namespace actckpt::models {

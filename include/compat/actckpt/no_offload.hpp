@@ -1,0 +1,5 @@
+#pragma once
+/// \file no_offload.hpp
+/// Deprecated path, kept for one release: this header moved to <actckpt/policy/no_offload.hpp>.
+/// Include that path (or <actckpt/actckpt.hpp>); this forwarding header will be removed.
+#include "actckpt/policy/no_offload.hpp"

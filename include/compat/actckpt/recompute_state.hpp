@@ -1,0 +1,5 @@
+#pragma once
+/// \file recompute_state.hpp
+/// Deprecated path, kept for one release: this header moved to <actckpt/replay/recompute_state.hpp>.
+/// Include that path (or <actckpt/actckpt.hpp>); this forwarding header will be removed.
+#include "actckpt/replay/recompute_state.hpp"
