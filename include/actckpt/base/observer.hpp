@@ -58,12 +58,25 @@ constexpr std::string_view to_string(EventKind k) noexcept {
   return "unknown";
 }
 
-/// One event. `label` names the layer (its `CheckpointedImpl::label()`), `bytes` the stash size.
+/// Who events are about: a checkpointed call's label (for people) and, where it has one, the
+/// identity of its layer (for programs). A listener that must tell layers apart compares
+/// `layer`, never parses `label`: labels are the user's to choose and need not be unique.
+struct EventSource {
+  std::string label;
+  /// The emitting layer's `CheckpointedLayer` (its address; only a key, never dereferenced by
+  /// actckpt, and possibly gone by the time an event from the copy worker arrives); null for the
+  /// functional form and for unwrapped layers that announce their phases.
+  const void* layer = nullptr;
+};
+
+/// One event. `label` names the layer (its `CheckpointedImpl::label()`), `layer` is its identity
+/// (see EventSource), `bytes` the stash size.
 struct Event {
   EventKind kind;
   std::string_view label;
   std::int64_t bytes = 0;
   std::chrono::steady_clock::time_point time = std::chrono::steady_clock::now();
+  const void* layer = nullptr;
 };
 
 /// Receives events; `on_event` may be called from any thread (forward, autograd, copy worker)
@@ -152,7 +165,7 @@ class ObserverScope {
 
 /// Sends an event to every installed observer (cheap no-op when none is installed). Never
 /// throws: safe in destructors and on the copy worker.
-inline void emit(EventKind kind, std::string_view label, std::int64_t bytes = 0) noexcept {
+inline void emit(EventKind kind, std::string_view label, std::int64_t bytes = 0, const void* layer = nullptr) noexcept {
   if (!observing()) return;
   auto& r = detail::ObserverRegistry::instance();
   std::vector<std::shared_ptr<Observer>> snapshot;
@@ -163,7 +176,7 @@ inline void emit(EventKind kind, std::string_view label, std::int64_t bytes = 0)
     detail::observer_failed(kind, e.what());
     return;
   }
-  const Event event{kind, label, bytes};
+  const Event event{kind, label, bytes, std::chrono::steady_clock::now(), layer};
   for (const auto& o : snapshot) {
     try {
       o->on_event(event);
@@ -173,6 +186,11 @@ inline void emit(EventKind kind, std::string_view label, std::int64_t bytes = 0)
       detail::observer_failed(kind, "an exception not derived from std::exception");
     }
   }
+}
+
+/// `emit` for `source`'s layer.
+inline void emit(EventKind kind, const EventSource& source, std::int64_t bytes = 0) noexcept {
+  emit(kind, source.label, bytes, source.layer);
 }
 
 }  // namespace actckpt

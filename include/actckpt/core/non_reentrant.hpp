@@ -1,5 +1,5 @@
 #pragma once
-/// \file non_reentrant.hpp
+/// \file core/non_reentrant.hpp
 /// Non-reentrant checkpointing (PyTorch's `use_reentrant=False`), on C++ saved-tensor hooks.
 ///
 /// Forward: the layer runs under the caller's grad mode, so autograd records its graph as for the
@@ -27,13 +27,17 @@
 #include <utility>
 #include <vector>
 
-#include "actckpt/replay/autocast_state.hpp"
-#include "actckpt/core/checkpoint_record.hpp"
 #include "actckpt/base/errors.hpp"
 #include "actckpt/base/observer.hpp"
+#include "actckpt/core/checkpoint_record.hpp"
+#include "actckpt/core/nesting.hpp"
+#include "actckpt/core/tensor_checks.hpp"
+#include "actckpt/hooks/frame_slot_hooks.hpp"
+#include "actckpt/hooks/saved_tensor_hooks.hpp"
+#include "actckpt/replay/autocast_state.hpp"
+#include "actckpt/replay/buffer_replay.hpp"
 #include "actckpt/replay/recompute_state.hpp"
 #include "actckpt/replay/rng_state.hpp"
-#include "actckpt/hooks/saved_tensor_hooks.hpp"
 
 namespace actckpt {
 
@@ -118,7 +122,7 @@ class RecomputeFrame {
     if (!slot.alive) return;
     slot.alive = false;
     slot.value.reset();
-    if (--alive_ == 0 && backward_started_) emit(EventKind::backward_end, record_->label());
+    if (--alive_ == 0 && backward_started_) emit(EventKind::backward_end, record_->source());
   }
 
   /// The recompute saved `t` (its hook calls this in order); throws StopRecomputation after the last.
@@ -188,7 +192,7 @@ class RecomputeFrame {
     } else {
       if (!inputs_restored_) {
         backward_started_ = true;
-        emit(EventKind::backward_begin, label);
+        emit(EventKind::backward_begin, record_->source());
         restored_inputs_ = record_->restore_inputs(/*saved_tensors_checked=*/true);
         inputs_restored_ = true;
       }
@@ -232,7 +236,7 @@ class RecomputeFrame {
       } catch (const detail::StopRecomputation&) {
       }
     }
-    if (forward_completed_) emit(EventKind::recompute_end, label);
+    if (forward_completed_) emit(EventKind::recompute_end, record_->source());
     // The buffers were put back by a copy, which bumped their versions: that write is ours.
     for (auto& s : slots_)
       if (s.buffer) s.stamp.version = s.stamp.now();
@@ -276,37 +280,6 @@ class RecomputeFrame {
 
 namespace detail {
 
-/// A hooks scope that turns each tensor saved while it is open into a slot of `frame`:
-/// `frame->add_slot(t)` on pack, `frame->unpack(i)` on unpack, `frame->release(i)` when autograd
-/// drops the saved tensor. The slots' hooks keep the frame alive.
-template <class Frame>
-class FrameSlotHooks final : public SavedTensorHooksFactory {
- public:
-  explicit FrameSlotHooks(std::shared_ptr<Frame> frame) : frame_(std::move(frame)) { push_saved_tensor_hooks(this); }
-  ~FrameSlotHooks() override { pop_saved_tensor_hooks(this); }
-  FrameSlotHooks(const FrameSlotHooks&) = delete;
-  FrameSlotHooks& operator=(const FrameSlotHooks&) = delete;
-
-  std::unique_ptr<torch::autograd::SavedVariableHooks> make() override { return std::make_unique<Handle>(frame_); }
-
- private:
-  struct Handle final : torch::autograd::SavedVariableHooks {
-    explicit Handle(std::shared_ptr<Frame> frame) : frame(std::move(frame)) {}
-    ~Handle() override {
-      if (packed) frame->release(index);
-    }
-    void call_pack_hook(const at::Tensor& t) override {
-      index = frame->add_slot(t);
-      packed = true;
-    }
-    at::Tensor call_unpack_hook() override { return frame->unpack(index); }
-    std::shared_ptr<Frame> frame;
-    std::size_t index = 0;
-    bool packed = false;
-  };
-  std::shared_ptr<Frame> frame_;
-};
-
 /// The hooks of a non-reentrant checkpoint's forward: each saved tensor becomes a slot of its
 /// RecomputeFrame.
 using ForwardSlotHooks = FrameSlotHooks<RecomputeFrame>;
@@ -324,6 +297,7 @@ inline std::vector<at::Tensor> run_non_reentrant(const c10::intrusive_ptr<Checkp
   std::vector<at::Tensor> outputs;
   {
     detail::ForwardSlotHooks hooks(frame);
+    detail::CheckpointedForwardScope forward(&hooks);
     outputs = record->run_layer(inputs);
   }
   frame->forward_completed();

@@ -1,5 +1,7 @@
 #pragma once
-/// \file saved_offload.hpp
+/// \file core/offload_saved.hpp
+/// (The mechanism; the policies that select it, OffloadSaved and SyncOffloadSaved, are in
+/// policy/offload_saved.hpp.)
 /// Offloading every activation autograd saves, without recompute (`StashOptions::offload_saved`;
 /// torchtune's `OffloadActivations` and Megatron-Core's fine-grained activation offload).
 ///
@@ -41,15 +43,15 @@
 #include <vector>
 
 #include "actckpt/base/errors.hpp"
-#include "actckpt/core/checkpoint_record.hpp"
-#include "actckpt/core/non_reentrant.hpp"
 #include "actckpt/base/observer.hpp"
+#include "actckpt/core/nesting.hpp"
+#include "actckpt/core/tensor_checks.hpp"
+#include "actckpt/hooks/frame_slot_hooks.hpp"
 #include "actckpt/offload/offload_context.hpp"
-#include "actckpt/replay/recompute_state.hpp"
-#include "actckpt/hooks/saved_tensor_hooks.hpp"
-#include "actckpt/policy/stash_options.hpp"
 #include "actckpt/offload/stash_stack.hpp"
 #include "actckpt/offload/tensor_stash.hpp"
+#include "actckpt/policy/stash_options.hpp"
+#include "actckpt/replay/recompute_state.hpp"
 
 namespace actckpt {
 
@@ -63,13 +65,6 @@ inline std::int64_t addressed_bytes(const at::Tensor& t) {
   return (last + 1) * static_cast<std::int64_t>(t.element_size());
 }
 
-/// True when the innermost saved-tensor hooks scope is a non-reentrant checkpoint's forward: a
-/// layer run there must save into that checkpoint's slots, as it will in the recompute.
-inline bool in_checkpointed_forward() {
-  const auto& stack = saved_tensor_hooks_stack();
-  return !stack.empty() && dynamic_cast<ForwardSlotHooks*>(stack.back()) != nullptr;
-}
-
 }  // namespace detail
 
 /// What one offload-saved call keeps between forward and backward (file comment). Owned by the
@@ -80,9 +75,9 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
   /// `kept`: the layer's parameters and buffers (never moved). `arguments`: when not null, the
   /// layer's parameters are not known (a callable): leaves that require grad then count as
   /// parameters, except the tensors among `*arguments`.
-  SavedOffloadFrame(const StashOptions& options, std::shared_ptr<OffloadContext> context, std::string label,
+  SavedOffloadFrame(const StashOptions& options, std::shared_ptr<OffloadContext> context, EventSource source,
                     const std::vector<at::Tensor>& kept, const std::vector<at::Tensor>* arguments = nullptr)
-      : options_(options), context_(std::move(context)), label_(std::move(label)), leaves_are_parameters_(arguments != nullptr) {
+      : options_(options), context_(std::move(context)), source_(std::move(source)), leaves_are_parameters_(arguments != nullptr) {
     for (const auto& t : kept)
       if (t.defined() && t.has_storage()) kept_storages_.push_back(t.storage().unsafeGetStorageImpl());
     if (arguments != nullptr)
@@ -141,7 +136,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
       at::Tensor flat = at::empty({0}, g.source.options().dtype(at::kByte))
                             .set_(g.source.storage(), g.begin, {g.end - g.begin}, {1});
       g.source.reset();
-      g.stash = std::make_unique<TensorStash>(flat, stash_options_, context_, label_);
+      g.stash = std::make_unique<TensorStash>(flat, stash_options_, context_, source_);
     }
     // The moved slots now live in their stashes only.
     for (auto& s : slots_)
@@ -157,16 +152,16 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
       std::lock_guard<std::recursive_mutex> lock(mutex_);
       auto& s = slots_[index];
       if (s.stamp.changed()) {
-        throw InputMutated(c10::str("actckpt: a tensor that layer '", label_, "' saved for backward (saved tensor #",
+        throw InputMutated(c10::str("actckpt: a tensor that layer '", source_.label, "' saved for backward (saved tensor #",
                                     index, ", [", s.meta.str(), "]) was modified by an in-place operation after the "
                                     "forward saved it (version ", s.stamp.version, ", now ", s.stamp.now(),
                                     "). Its gradient would be computed from the modified value, as autograd refuses "
                                     "for the unwrapped layer. Modify a clone instead."),
-                           label_);
+                           source_.label);
       }
       if (forward_completed_ && !backward_started_) {  // (an autograd call inside the forward is not backward)
         backward_started_ = true;
-        emit(EventKind::backward_begin, label_);
+        emit(EventKind::backward_begin, source_);
         if (options_.mode == StashMode::async_host) {
           begin_prefetch_locked();
           previous = previous_.lock();
@@ -195,7 +190,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
     }
     const auto element = static_cast<std::int64_t>(s.options.dtype().itemsize());
     const std::int64_t offset = g.restored.storage_offset() + (s.byte_offset - g.begin);
-    TORCH_INTERNAL_ASSERT(offset % element == 0, "actckpt: a saved tensor of layer '", label_, "' ([", s.meta.str(),
+    TORCH_INTERNAL_ASSERT(offset % element == 0, "actckpt: a saved tensor of layer '", source_.label, "' ([", s.meta.str(),
                 "]) came back at a byte offset (", offset, ") that is not a multiple of its element size; "
                 "its storage was not aligned to its element size.");
     c10::NoGradGuard no_grad;
@@ -217,7 +212,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
         g.stash.reset();
       }
     }
-    if (--alive_ == 0 && backward_started_) emit(EventKind::backward_end, label_);
+    if (--alive_ == 0 && backward_started_) emit(EventKind::backward_end, source_);
   }
 
   void begin_offload() override {}  // the stashes move themselves (sync at once, async via the stack)
@@ -228,7 +223,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
     begin_prefetch_locked();
   }
 
-  const std::string& label() const { return label_; }
+  const std::string& label() const { return source_.label; }
 
  private:
   struct Slot {
@@ -273,7 +268,7 @@ class SavedOffloadFrame final : public StackEntry, public std::enable_shared_fro
   const StashOptions options_;
   StashOptions stash_options_;
   const std::shared_ptr<OffloadContext> context_;
-  const std::string label_;
+  const EventSource source_;
   const bool leaves_are_parameters_;
   std::vector<const c10::StorageImpl*> kept_storages_;
   std::vector<const c10::TensorImpl*> argument_impls_;
@@ -301,17 +296,17 @@ inline bool offload_saved_runs_directly() { return recomputing() || in_checkpoin
 /// `options` (file comment), announcing the layer's forward to observers; returns what it returns.
 /// `kept`: the layer's parameters and buffers; `arguments`: see SavedOffloadFrame.
 template <class Run>
-auto run_offload_saved(const StashOptions& options, std::shared_ptr<OffloadContext> context, const std::string& label,
+auto run_offload_saved(const StashOptions& options, std::shared_ptr<OffloadContext> context, const EventSource& source,
                        const std::vector<at::Tensor>& kept, Run&& run,
                        const std::vector<at::Tensor>* arguments = nullptr) {
-  auto frame = std::make_shared<SavedOffloadFrame>(options, std::move(context), label, kept, arguments);
-  emit(EventKind::forward_begin, label);
+  auto frame = std::make_shared<SavedOffloadFrame>(options, std::move(context), source, kept, arguments);
+  emit(EventKind::forward_begin, source);
   auto result = [&] {
     detail::SavedOffloadHooks hooks(frame);
     return run();
   }();
   frame->forward_completed();
-  emit(EventKind::forward_end, label);
+  emit(EventKind::forward_end, source);
   return result;
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-/// \file checkpoint_function.hpp
-/// The custom autograd function behind every checkpointed call.
+/// \file core/reentrant.hpp
+/// The reentrant form (PyTorch's `use_reentrant=True`): the custom autograd function behind a
+/// call checkpointed in that form.
 ///
 /// forward (run by autograd with grad mode off): captures RNG and autocast state, runs the
 /// layer, stashes its inputs. backward: restores the inputs, replays RNG, autocast and buffers,
@@ -24,6 +25,7 @@
 #include "actckpt/replay/autocast_state.hpp"
 #include "actckpt/core/checkpoint_record.hpp"
 #include "actckpt/base/observer.hpp"
+#include "actckpt/replay/buffer_replay.hpp"
 #include "actckpt/replay/recompute_state.hpp"
 
 namespace actckpt {
@@ -89,7 +91,7 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
     auto record = c10::static_intrusive_pointer_cast<CheckpointRecord>(ctx->saved_data.at(record_key).toCapsule());
-    emit(EventKind::backward_begin, record->label());
+    emit(EventKind::backward_begin, record->source());
     const bool create_graph = c10::GradMode::is_enabled();  // true under backward(create_graph=true)
 
     std::vector<at::Tensor> inputs = record->restore_inputs();
@@ -115,7 +117,7 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       detail::RecomputeScope recomputing(/*non_reentrant=*/false);
       outputs = record->run_layer(inputs);
     }
-    emit(EventKind::recompute_end, record->label());
+    emit(EventKind::recompute_end, record->source());
     record->check_recompute(outputs);
 
     std::vector<at::Tensor> roots, root_grads;
@@ -156,7 +158,7 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       if (wanted) ++next;
     }
     for (std::size_t i = 0; i < record->params().size(); ++i) result.push_back(grads.empty() ? at::Tensor() : grads[next++]);
-    emit(EventKind::backward_end, record->label());
+    emit(EventKind::backward_end, record->source());
     return result;
   }
 };

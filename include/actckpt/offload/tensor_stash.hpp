@@ -47,7 +47,7 @@ class TensorStash final : public StackEntry {
   /// Where the stash's data is now.
   enum class Location { device, host };
 
-  /// Stashes `tensor` for layer `label`. Sync stashes are on the host when this returns (or on
+  /// Stashes `tensor` for the layer `source` names. Sync stashes are on the host when this returns (or on
   /// the device after the documented pool fallback); async stashes start on the device and
   /// join the context's stack, which moves them out once N newer stashes exist.
   /// An expanded tensor (a dimension of stride 0, as `expand` or broadcasting make) is stashed
@@ -56,8 +56,8 @@ class TensorStash final : public StackEntry {
   /// `ready` marks where the tensor's data was complete (`CopyEngine::mark_ready`, taken before
   /// the layer ran), so its copy need not wait for the layer's own work; null: now.
   TensorStash(const at::Tensor& tensor, const StashOptions& options, std::shared_ptr<OffloadContext> context,
-              std::string label, std::shared_ptr<const ReadyMark> ready = nullptr)
-      : TensorStash(unexpanded(tensor), tensor.sizes(), options, std::move(context), std::move(label),
+              EventSource source, std::shared_ptr<const ReadyMark> ready = nullptr)
+      : TensorStash(unexpanded(tensor), tensor.sizes(), options, std::move(context), std::move(source),
                     std::move(ready)) {}
 
   /// True when stash checksums are on for every stash: ACTCKPT_VERIFY_STASHES set to anything
@@ -72,10 +72,11 @@ class TensorStash final : public StackEntry {
 
  private:
   TensorStash(const at::Tensor& tensor, c10::IntArrayRef expanded_sizes, const StashOptions& options,
-              std::shared_ptr<OffloadContext> context, std::string label, std::shared_ptr<const ReadyMark> ready)
+              std::shared_ptr<OffloadContext> context, EventSource source, std::shared_ptr<const ReadyMark> ready)
       : options_(options),
         context_(std::move(context)),
-        label_(std::move(label)),
+        label_(std::move(source.label)),
+        layer_(source.layer),
         sizes_(tensor.sizes().vec()),
         strides_(tensor.strides().vec()),
         expanded_sizes_(tensor.sizes() == expanded_sizes ? std::vector<int64_t>{} : expanded_sizes.vec()),
@@ -127,7 +128,7 @@ class TensorStash final : public StackEntry {
     release_host_locked();
     device_.reset();
     incoming_.reset();
-    if (had_memory) emit(EventKind::stash_released, label_, static_cast<std::int64_t>(bytes_));
+    if (had_memory) emit(EventKind::stash_released, label_, static_cast<std::int64_t>(bytes_), layer_);
   }
 
   TensorStash(const TensorStash&) = delete;
@@ -166,7 +167,7 @@ class TensorStash final : public StackEntry {
       result = std::move(incoming_);
       record_on_consuming_stream(result);
       if (checksum_) verify_checksum(result);
-      emit(EventKind::restore_end, label_, static_cast<std::int64_t>(bytes_));
+      emit(EventKind::restore_end, label_, static_cast<std::int64_t>(bytes_), layer_);
     }
     release_host_locked();
     if (!expanded_sizes_.empty()) result = result.expand(expanded_sizes_);
@@ -286,11 +287,11 @@ class TensorStash final : public StackEntry {
     // A contiguous copy made here is written by the compute stream after the ready mark: its
     // copy must wait for the compute stream as it is now.
     if (made_now) ready_.reset();
-    emit(EventKind::offload_begin, label_, static_cast<std::int64_t>(bytes_));
+    emit(EventKind::offload_begin, label_, static_cast<std::int64_t>(bytes_), layer_);
     std::string label = label_;
     const auto bytes = static_cast<std::int64_t>(bytes_);
     offload_ticket_ = context_->engine().copy(host_view_, std::move(source), host_,
-                                              [label, bytes] { emit(EventKind::offload_end, label, bytes); },
+                                              [label, bytes, layer = layer_] { emit(EventKind::offload_end, label, bytes, layer); },
                                               CopyOptions{CopyDirection::device_to_host, label_, ready_, nullptr});
     ready_.reset();
     fence_host_buffer(offload_ticket_);
@@ -317,7 +318,7 @@ class TensorStash final : public StackEntry {
     if (incoming_.is_cuda()) incoming_stream_ = c10::cuda::getCurrentCUDAStream(incoming_.device().index());
 #endif
     // Ahead of need only for async stashes; a sync stash's copy back is its restore.
-    if (options_.mode == StashMode::async_host) emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_));
+    if (options_.mode == StashMode::async_host) emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_), layer_);
     prefetch_ticket_ = context_->engine().copy(incoming_, host_view_, host_, {},
                                                CopyOptions{CopyDirection::host_to_device, label_, nullptr, offload_ticket_});
     fence_host_buffer(prefetch_ticket_);
@@ -434,6 +435,7 @@ class TensorStash final : public StackEntry {
   const StashOptions options_;
   const std::shared_ptr<OffloadContext> context_;
   const std::string label_;
+  const void* const layer_;  // the layer's identity in events (EventSource::layer)
   const std::vector<int64_t> sizes_;
   const std::vector<int64_t> strides_;
   const std::vector<int64_t> expanded_sizes_;  // the sizes to expand to on restore; empty: none

@@ -1,5 +1,5 @@
 #pragma once
-/// \file checkpointed.hpp
+/// \file wrap/checkpointed.hpp
 /// `actckpt::Checkpointed<Layer, Policy>`: a LibTorch module that wraps a layer so that its
 /// activations are recomputed in backward instead of kept, and its inputs are kept per Policy.
 /// \code
@@ -29,17 +29,16 @@
 #include <utility>
 #include <vector>
 
-#include "actckpt/core/reentrant.hpp"
-#include "actckpt/layer/checkpointed_layer.hpp"
 #include "actckpt/base/errors.hpp"
+#include "actckpt/base/observer.hpp"
+#include "actckpt/core/argument_binding.hpp"
+#include "actckpt/core/dispatch.hpp"
+#include "actckpt/layer/checkpointed_layer.hpp"
 #include "actckpt/layer/layer_stand_in.hpp"
 #include "actckpt/layer/layer_traits.hpp"
-#include "actckpt/policy/no_offload.hpp"
-#include "actckpt/core/non_reentrant.hpp"
-#include "actckpt/base/observer.hpp"
 #include "actckpt/offload/offload_context.hpp"
+#include "actckpt/policy/no_offload.hpp"
 #include "actckpt/policy/policy.hpp"
-#include "actckpt/core/offload_saved.hpp"
 
 namespace actckpt {
 
@@ -105,61 +104,34 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
   /// the layer again with as many, so the layer's own defaults apply in the recompute too.
   template <class... Params>
   R run(Params... args) {
-    if (!is_training() || !c10::GradMode::is_enabled()) return layer_->forward(std::forward<Params>(args)...);
-    if (options_.offload_saved) {
-      if (detail::offload_saved_runs_directly()) return layer_->forward(std::forward<Params>(args)...);
-      if (options_.mode == StashMode::device) return run_kept<Params...>(std::forward<Params>(args)...);
-      std::vector<at::Tensor> kept;
-      for (auto& p : layer_->parameters()) kept.push_back(p);
-      for (auto& b : layer_->buffers()) kept.push_back(b);
-      return run_offload_saved(options_, context_ ? context_ : OffloadContext::current(), label_, kept,
-                               [&]() -> R { return layer_->forward(std::forward<Params>(args)...); });
-    }
-    if (!options_.checkpoint) {
-      if (detail::in_non_reentrant_recompute()) return layer_->forward(std::forward<Params>(args)...);
-      return run_kept<Params...>(std::forward<Params>(args)...);
-    }
-    if (detail::in_non_reentrant_recompute()) {
-      // Nested in a layer being recomputed: that recompute keeps only its own saved tensors.
-      detail::DiscardSavedTensors discard;
-      return layer_->forward(std::forward<Params>(args)...);
-    }
-
-    using Record = TypedCheckpointRecord<LayerImpl, R, Params...>;
-    auto context = context_ ? context_ : OffloadContext::current();
-    auto record = c10::make_intrusive<Record>(layer_.ptr(), label_, options_, std::move(context),
-                                              std::forward<Params>(args)...);
-    // The inputs travel through autograd and the stash only: the record must not keep them.
-    std::vector<at::Tensor> inputs = std::move(record->tensor_inputs());
-    record->tensor_inputs().clear();
-    std::vector<at::Tensor> params;
-    if (resolve(options_.form) == CheckpointForm::non_reentrant) {
-      for (auto& p : layer_->parameters())
-        if (p.requires_grad()) params.push_back(p);
-      emit(EventKind::forward_begin, label_);
-      R result = record->assemble(run_non_reentrant(record, std::move(inputs), params));
-      emit(EventKind::forward_end, label_);
-      return result;
-    }
-    bool any_requires_grad = false;
-    for (const auto& t : inputs) any_requires_grad = any_requires_grad || t.requires_grad();
-    for (auto& p : layer_->parameters()) {
-      if (!p.requires_grad()) continue;
-      params.push_back(p);
-      any_requires_grad = true;
-    }
-    if (!any_requires_grad) {  // nothing to differentiate: nothing to stash
-      return record->assemble(record->run_layer(inputs));
-    }
-
-    emit(EventKind::forward_begin, label_);
-    auto outputs = CheckpointFunction::apply(c10::intrusive_ptr<CheckpointRecord>(record), at::TensorList(inputs),
-                                             at::TensorList(params));
-    inputs.clear();
-    R result = record->assemble(outputs);
-    emit(EventKind::forward_end, label_);
-    return result;
+    const detail::CallSettings settings{source(), options_, context_ ? context_ : OffloadContext::current(),
+                                        is_training() && c10::GradMode::is_enabled()};
+    return detail::dispatch(
+        settings,
+        detail::CallWays{
+            [&]() -> R { return layer_->forward(std::forward<Params>(args)...); },
+            [&]() -> R { return run_kept<Params...>(std::forward<Params>(args)...); },
+            [&] {
+              std::vector<at::Tensor> kept;
+              for (auto& p : layer_->parameters()) kept.push_back(p);
+              for (auto& b : layer_->buffers()) kept.push_back(b);
+              return kept;
+            },
+            [&] {
+              using Record = TypedCheckpointRecord<LayerImpl, R, Params...>;
+              return c10::make_intrusive<Record>(layer_.ptr(), source(), options_, settings.context,
+                                                 std::forward<Params>(args)...);
+            },
+            [&] {
+              std::vector<at::Tensor> params;
+              for (auto& p : layer_->parameters())
+                if (p.requires_grad()) params.push_back(p);
+              return params;
+            }});
   }
+
+  /// This layer in events: its label, and its identity as a `CheckpointedLayer`.
+  EventSource source() const { return EventSource{label_, static_cast<const CheckpointedLayer*>(this)}; }
 
  public:
   /// The wrapped layer.
@@ -216,13 +188,14 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
   template <class... Params>
   R run_kept(Params... args) {
     if (!observing()) return layer_->forward(std::forward<Params>(args)...);
-    emit(EventKind::forward_begin, label_);
+    const EventSource me = source();
+    emit(EventKind::forward_begin, me);
     R result = layer_->forward(std::forward<Params>(args)...);
-    emit(EventKind::forward_end, label_);
+    emit(EventKind::forward_end, me);
     bool hooked = false;
     detail::for_each_result_tensor(result, [&](at::Tensor& t) {
       if (hooked || !t.defined() || !t.requires_grad()) return;
-      t.register_hook([label = label_](const at::Tensor&) { emit(EventKind::backward_begin, label); });
+      t.register_hook([me](const at::Tensor&) { emit(EventKind::backward_begin, me); });
       hooked = true;
     });
     return result;

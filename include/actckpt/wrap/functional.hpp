@@ -1,5 +1,5 @@
 #pragma once
-/// \file functional.hpp
+/// \file wrap/functional.hpp
 /// The functional form, as `torch.utils.checkpoint`: checkpoint any callable, lambdas that
 /// capture tensors included, and a `torch::nn::Sequential` in segments.
 /// \code
@@ -29,15 +29,14 @@
 #include <utility>
 #include <vector>
 
-#include "actckpt/core/checkpoint_record.hpp"
 #include "actckpt/base/errors.hpp"
-#include "actckpt/layer/layer_traits.hpp"
-#include "actckpt/policy/no_offload.hpp"
-#include "actckpt/core/non_reentrant.hpp"
 #include "actckpt/base/observer.hpp"
+#include "actckpt/core/argument_binding.hpp"
+#include "actckpt/core/dispatch.hpp"
+#include "actckpt/layer/layer_traits.hpp"
 #include "actckpt/offload/offload_context.hpp"
+#include "actckpt/policy/no_offload.hpp"
 #include "actckpt/policy/policy.hpp"
-#include "actckpt/core/offload_saved.hpp"
 
 namespace actckpt {
 
@@ -66,39 +65,31 @@ checkpoint_result_t<F, Args...> checkpoint_callable(const StashOptions& options,
   static_assert(result_traits<R>::has_tensor,
                 "actckpt::checkpoint: the callable must return a tensor, a std::vector of tensors, or a "
                 "tuple/pair holding at least one tensor");
-  if (options.offload_saved) {  // no recompute: the form does not matter
-    if (!c10::GradMode::is_enabled() || offload_saved_runs_directly() || options.mode == StashMode::device)
-      return std::invoke(fn, std::forward<Args>(args)...);
-    // The callable's parameters are not known: leaves that require grad count as parameters,
-    // except the tensor arguments.
-    std::vector<at::Tensor> arguments;
+  // The callable's parameters are not known: for offload saved, leaves that require grad count
+  // as parameters, except the tensor arguments.
+  std::vector<at::Tensor> arguments;
+  if (options.offload_saved) {
     (
         [&](const auto& a) {
           if constexpr (std::is_same_v<std::decay_t<decltype(a)>, at::Tensor>) arguments.push_back(a);
         }(args),
         ...);
-    return run_offload_saved(
-        options, OffloadContext::current(), label, buffers,
-        [&]() -> R { return std::invoke(fn, std::forward<Args>(args)...); }, &arguments);
   }
-  ACTCKPT_CHECK(options.form != CheckpointForm::reentrant, UsageError, "actckpt::checkpoint (the functional form) is "
-              "non-reentrant only: the reentrant form would give no gradient to the tensors a callable captures.");
-  if (!c10::GradMode::is_enabled()) return std::invoke(fn, std::forward<Args>(args)...);
-  if (in_non_reentrant_recompute()) {  // nested in a recompute: see DiscardSavedTensors
-    DiscardSavedTensors discard;
-    return std::invoke(fn, std::forward<Args>(args)...);
-  }
-  using Layer = CallableLayer<std::decay_t<F>>;
-  using Record = TypedCheckpointRecord<Layer, R, std::decay_t<Args>...>;
-  auto layer = std::make_shared<Layer>(Layer{std::forward<F>(fn), std::move(buffers)});
-  auto record = c10::make_intrusive<Record>(layer, label, options, OffloadContext::current(),
-                                            std::forward<Args>(args)...);
-  std::vector<at::Tensor> inputs = std::move(record->tensor_inputs());
-  record->tensor_inputs().clear();
-  emit(EventKind::forward_begin, label);
-  R result = record->assemble(run_non_reentrant(record, std::move(inputs), {}));
-  emit(EventKind::forward_end, label);
-  return result;
+  CallSettings settings{EventSource{std::move(label)}, options, OffloadContext::current(),
+                        c10::GradMode::is_enabled(), FormRule::non_reentrant_only, &arguments};
+  auto direct = [&]() -> R { return std::invoke(fn, std::forward<Args>(args)...); };
+  return dispatch(settings, CallWays{
+                                direct,
+                                direct,  // not checkpointed: runs as it is, unannounced
+                                [&] { return buffers; },
+                                [&] {
+                                  using Layer = CallableLayer<std::decay_t<F>>;
+                                  using Record = TypedCheckpointRecord<Layer, R, std::decay_t<Args>...>;
+                                  auto layer = std::make_shared<Layer>(Layer{std::forward<F>(fn), std::move(buffers)});
+                                  return c10::make_intrusive<Record>(layer, settings.source, options, settings.context,
+                                                                     std::forward<Args>(args)...);
+                                },
+                                [] { return std::vector<at::Tensor>{}; }});
 }
 
 }  // namespace detail
