@@ -25,7 +25,9 @@
 #include "actckpt/base/errors.hpp"
 #include "actckpt/base/observer.hpp"
 #include "actckpt/core/checkpoint_record.hpp"
-#include "actckpt/core/nesting.hpp"
+// Lets this room's detail/ headers in (they refuse to be included from outside the library).
+#define ACTCKPT_CORE_INTERNALS
+#include "actckpt/core/detail/nesting.hpp"
 #include "actckpt/core/non_reentrant.hpp"
 #include "actckpt/core/offload_saved.hpp"
 #include "actckpt/core/reentrant.hpp"

@@ -44,8 +44,10 @@
 
 #include "actckpt/base/errors.hpp"
 #include "actckpt/base/observer.hpp"
-#include "actckpt/core/nesting.hpp"
-#include "actckpt/core/tensor_checks.hpp"
+// Lets this room's detail/ headers in (they refuse to be included from outside the library).
+#define ACTCKPT_CORE_INTERNALS
+#include "actckpt/core/detail/nesting.hpp"
+#include "actckpt/core/detail/tensor_checks.hpp"
 #include "actckpt/hooks/frame_slot_hooks.hpp"
 #include "actckpt/offload/offload_context.hpp"
 #include "actckpt/offload/stash_stack.hpp"

@@ -1,5 +1,8 @@
 #pragma once
-/// \file core/nesting.hpp
+#if !defined(ACTCKPT_CORE_INTERNALS)
+#error "actckpt/core/detail/nesting.hpp is internal to actckpt: include <actckpt/actckpt.hpp> (or a header of actckpt/core/) instead"
+#endif
+/// \file core/detail/nesting.hpp
 /// What the calling thread is running inside of, for the dispatch of a checkpointed call nested
 /// in another one (dispatch.hpp): a recompute of either form (replay/recompute_state.hpp), or a
 /// non-reentrant checkpoint's forward. Thread-local state, like the recompute's depth: the modes

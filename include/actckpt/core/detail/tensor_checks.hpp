@@ -1,5 +1,8 @@
 #pragma once
-/// \file core/tensor_checks.hpp
+#if !defined(ACTCKPT_CORE_INTERNALS)
+#error "actckpt/core/detail/tensor_checks.hpp is internal to actckpt: include <actckpt/actckpt.hpp> (or a header of actckpt/core/) instead"
+#endif
+/// \file core/detail/tensor_checks.hpp
 /// What the checkpoint frames remember of a tensor to check it later without keeping its memory:
 /// its version (an in-place change between forward and backward) and its shape, dtype and
 /// device (a recompute that produced something else). Every check raises an error naming the
