@@ -60,11 +60,42 @@ def fmt_delta(value):
     return "" if value is None else f"{value:+.1f}%"
 
 
+def fmt_ms(value):
+    """Three significant digits at least: a tiny configuration's 8.16 ms must not print as 8."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def fit_labels(fig, ax, labels):
+    """Widen ax's x range until every label (an annotation at the end of a bar) ends inside the
+    axes: a label's width in pixels does not change with the range, so with w its share of the
+    axes' width and x its anchor, the range must reach x / (1 - w) (plus a margin)."""
+    fig.canvas.draw()
+    axes_px = ax.get_window_extent().width
+    right = ax.get_xlim()[1]
+    for label in labels:
+        share = (label.get_window_extent().width + 16) / axes_px  # 16 px: the offset and a margin
+        anchor = label.xy[0]
+        right = max(right, anchor / max(0.05, 1.0 - share))
+    ax.set_xlim(0, right)
+
+
 def plot_benchmark(results, path):
+    """Two panels side by side, one horizontal bar per mode, the modes down the shared y axis.
+
+    Horizontal, because the mode names are long (`ckpt_async_offload_reentrant`) and there may be
+    nine or more of them: written along the y axis they never collide, and each bar's label sits on
+    one line at the end of its bar, in its own row, so labels cannot overlap however many modes
+    there are. The figure grows by a fixed height per mode instead of squeezing the bars, which
+    keeps the text at the same size in the README whatever the number of modes."""
     modes = [m for m in results["modes"] if m["mode"] in MODES]
     names = [m["mode"] for m in modes]
-    x = range(len(modes))
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5.2))
+    colors = [COLORS[n] for n in names]
+    y = numpy.arange(len(modes))
+    row_height = 0.42  # inches per mode: the memory panel's two bars and their labels fit in it
+    # constrained layout sizes the left margin to the longest mode name and keeps the legend
+    # below the axes inside the picture
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, sharey=True, figsize=(10.5, 2.4 + row_height * len(modes)),
+                                     constrained_layout=True)
 
     times = [m["ms_per_iter"] for m in modes]
     # whiskers: the middle half of the steps the time comes from (how noisy the machine was):
@@ -75,57 +106,69 @@ def plot_benchmark(results, path):
     q3 = [float(numpy.percentile(m[source], 75)) for m in modes]
     low = [max(0.0, t - a) for t, a in zip(times, q1)]
     high = [max(0.0, b - t) for t, b in zip(times, q3)]
-    bars = ax_t.bar(x, times, color=[COLORS[n] for n in names], width=0.6, yerr=[low, high], capsize=6,
-                    error_kw={"elinewidth": 1, "ecolor": "#333333"},
-                    label=("median of the round-robin rounds" if rounds else "median step")
-                    + "; whiskers: 25th-75th percentile")
-    for bar, m, h in zip(bars, modes, high):
-        label = f"{m['ms_per_iter']:.0f} ms"
+    ax_t.barh(y, times, color=colors, height=0.62, xerr=[low, high], capsize=3,
+              error_kw={"elinewidth": 1, "ecolor": "#333333"})
+    time_labels = []
+    for i, (m, h) in enumerate(zip(modes, high)):
+        label = f"{fmt_ms(m['ms_per_iter'])} ms"
         if m["time_vs_baseline_pct"] is not None:
-            label += f"\n{fmt_delta(m['time_vs_baseline_pct'])} vs baseline"
-        ax_t.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height() + h), ha="center", va="bottom",
-                      fontsize=9, xytext=(0, 3), textcoords="offset points")
-    ax_t.set_ylabel("time per training step (ms)")
-    ax_t.set_title("Time per training step (lower is better)")
-    ax_t.set_ylim(0, max(t + h for t, h in zip(times, high)) * 1.3)
-    ax_t.legend(loc="upper left", fontsize=9)
+            label += f"  {fmt_delta(m['time_vs_baseline_pct'])}"
+        time_labels.append(ax_t.annotate(label, (m["ms_per_iter"] + h, i), ha="left", va="center", fontsize=10,
+                                         xytext=(4, 0), textcoords="offset points"))
+    ax_t.set_xlabel("ms per training step, vs baseline in %\n("
+                    + ("median of the round-robin rounds" if rounds else "median step")
+                    + "; whiskers: 25th-75th percentile)", fontsize=9)
+    ax_t.set_title("Time per training step (lower is better)", fontsize=11)
+    # room on the right for the labels (fit_labels widens it further where one needs more)
+    ax_t.set_xlim(0, max(t + h for t, h in zip(times, high)) * 1.15)
 
-    width = 0.38
+    width = 0.36
     peaks = [m["peak_MB"] for m in modes]
     hosts = [m["host_stash_MB"] for m in modes]
     floors = [m["floor"]["total_MB"] for m in modes]
-    dev = ax_m.bar([i - width / 2 for i in x], peaks, width=width, color=[COLORS[n] for n in names],
-                   label="compute-device peak")
-    ax_m.bar([i + width / 2 for i in x], hosts, width=width, color=[COLORS[n] for n in names], alpha=0.35,
-             hatch="//", edgecolor="black", linewidth=0.5, label="host stash peak (offload pool)")
-    for i, f in zip(x, floors):
-        ax_m.hlines(f, i - width, i, colors="black", linestyles="--", linewidth=1.5)
-    for bar, m in zip(dev, modes):
+    # device peak on the upper half of the row, host stash on the lower half (y grows downwards)
+    ax_m.barh(y - width / 2, peaks, height=width, color=colors)
+    ax_m.barh(y + width / 2, hosts, height=width, color=colors, alpha=0.35, hatch="//", edgecolor="black",
+              linewidth=0.5)
+    for i, f in enumerate(floors):
+        ax_m.vlines(f, i - width, i, colors="black", linestyles="--", linewidth=1.5)
+    memory_labels = []
+    for i, m in enumerate(modes):
         label = f"{m['peak_MB']:.1f} MB"
         if m["peak_vs_baseline_pct"] is not None:
-            label += f"\n{fmt_delta(m['peak_vs_baseline_pct'])}"
-        ax_m.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                      fontsize=9, xytext=(0, 3), textcoords="offset points")
-    for i, h in zip(x, hosts):
-        if h > 0:
-            ax_m.annotate(f"{h:.1f} MB\nhost", (i + width / 2, h), ha="center", va="bottom", fontsize=8,
-                          xytext=(0, 2), textcoords="offset points")
-    ax_m.set_ylabel("memory (MB = 2^20 bytes)")
-    ax_m.set_title("Peak memory per training step (lower is better)")
-    ax_m.set_ylim(0, max(peaks + hosts) * 1.25)
-    handles, labels = ax_m.get_legend_handles_labels()
-    handles.append(Line2D([0], [0], color="black", linestyle="--"))
-    labels.append("analytic floor of the mode")
-    ax_m.legend(handles, labels, loc="upper right", fontsize=9)
+            label += f"  {fmt_delta(m['peak_vs_baseline_pct'])}"
+        # past the floor's mark too, when the floor lies above the peak
+        memory_labels.append(ax_m.annotate(label, (max(m["peak_MB"], floors[i]), i - width / 2), ha="left",
+                                           va="center", fontsize=10, xytext=(4, 0), textcoords="offset points"))
+        if hosts[i] > 0:
+            memory_labels.append(ax_m.annotate(f"{hosts[i]:.1f} MB host", (hosts[i], i + width / 2), ha="left",
+                                               va="center", fontsize=9, xytext=(4, 0), textcoords="offset points",
+                                               color="#333333"))
+    ax_m.set_xlabel("peak memory, MB = 2^20 bytes (vs baseline in %)", fontsize=9)
+    ax_m.set_title("Peak memory per training step (lower is better)", fontsize=11)
+    ax_m.set_xlim(0, max(peaks + hosts + floors) * 1.15)
+    handles = [Patch(facecolor="#999999", label="device peak"),
+               Patch(facecolor="#999999", alpha=0.35, hatch="//", edgecolor="black", linewidth=0.5,
+                     label="host stash (offload pool)"),
+               Line2D([0], [0], color="black", linestyle="--", label="analytic floor")]
+    # below the panel, not over it: inside, it would cover some mode's bar or label
+    # (its top about half an inch below the axis, under the tick labels and the x label)
+    ax_m.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (row_height * len(modes) + 0.3)),
+                ncol=3, fontsize=9, frameon=False, handlelength=1.6, columnspacing=1.0)
 
+    ax_t.set_yticks(list(y))
+    ax_t.set_yticklabels(names, fontsize=10)
+    ax_t.set_ylim(len(modes) - 0.5, -0.5)  # the first mode on top, as in the table
     for ax in (ax_t, ax_m):
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(names, rotation=12)
-        ax.grid(axis="y", alpha=0.3)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=9)
     fig.suptitle("actckpt: activation checkpointing with CPU offload\n" + describe(results["config"], results["environment"]),
                  fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fit_labels(fig, ax_t, time_labels)
+    fit_labels(fig, ax_m, memory_labels)
+    # bbox_inches="tight" grows the picture to hold the legend under the panels (constrained
+    # layout in matplotlib 3.6 does not count a legend placed outside its axes)
+    fig.savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
 
 
