@@ -2,6 +2,45 @@
 // documented API. Checks for real that each offload policy gives the unwrapped block's
 // gradients bit for bit, with dropout on and an input that does not require grad.
 #include <actckpt/actckpt.hpp>
+// Code written against the flat include paths of earlier releases compiles unchanged: every
+// old path is a deprecated forwarding header (include/compat/actckpt/), kept for one release.
+// The layout test checks this list names each of them (distributed.hpp: distributed_consumer_main.cpp).
+#include <actckpt/argument_storage.hpp>
+#include <actckpt/async_offload.hpp>
+#include <actckpt/autocast_state.hpp>
+#include <actckpt/checkpoint_function.hpp>
+#include <actckpt/checkpoint_record.hpp>
+#include <actckpt/checkpointed.hpp>
+#include <actckpt/checkpointed_layer.hpp>
+#include <actckpt/config.hpp>
+#include <actckpt/copy_engine.hpp>
+#include <actckpt/errors.hpp>
+#include <actckpt/functional.hpp>
+#include <actckpt/host_buffer_pool.hpp>
+#include <actckpt/label_layers.hpp>
+#include <actckpt/layer_stand_in.hpp>
+#include <actckpt/layer_traits.hpp>
+#include <actckpt/memory_meter.hpp>
+#include <actckpt/memory_timeline.hpp>
+#include <actckpt/no_offload.hpp>
+#include <actckpt/non_reentrant.hpp>
+#include <actckpt/observer.hpp>
+#include <actckpt/offload_context.hpp>
+#include <actckpt/offload_saved.hpp>
+#include <actckpt/offload_telemetry.hpp>
+#include <actckpt/optimizer_state.hpp>
+#include <actckpt/plain.hpp>
+#include <actckpt/planner.hpp>
+#include <actckpt/policy.hpp>
+#include <actckpt/recompute_state.hpp>
+#include <actckpt/rng_state.hpp>
+#include <actckpt/saved_offload.hpp>
+#include <actckpt/saved_tensor_hooks.hpp>
+#include <actckpt/stash_options.hpp>
+#include <actckpt/stash_stack.hpp>
+#include <actckpt/sync_offload.hpp>
+#include <actckpt/tensor_stash.hpp>
+#include <actckpt/wrap_every.hpp>
 #include <torch/torch.h>
 
 #include <cstdio>

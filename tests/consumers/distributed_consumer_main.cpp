@@ -4,6 +4,7 @@
 // same model trained without it.
 #include <actckpt/actckpt.hpp>
 #include <actckpt/distributed/distributed.hpp>
+#include <actckpt/distributed.hpp>  // the old flat path: a deprecated forwarding header
 #include <torch/torch.h>
 
 #include <arpa/inet.h>
