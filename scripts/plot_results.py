@@ -52,12 +52,18 @@ def describe(cfg, env):
     return (
         f"{cfg['device']}, {cfg['dtype']}, {cfg['total_tokens']} tokens "
         f"(batch {cfg['batch_size']} x seq {cfg['seq_len']}), {cfg['num_layers']} layers, "
-        f"hidden {cfg['hidden_dim']}, ff {cfg['ff_dim']}; {env['intra_op_threads']} threads"
+        f"hidden {cfg['hidden_dim']}, ff {cfg['ff_dim']}; {env['intra_op_threads']} thread"
+        + ("" if env["intra_op_threads"] == 1 else "s")
     )
 
 
 def fmt_delta(value):
     return "" if value is None else f"{value:+.1f}%"
+
+
+def fmt_mb(value):
+    """As fmt_ms, for MB: a tiny configuration's peaks (2.16 and 2.24 MB) must not all print as 2.2."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
 def fmt_ms(value):
@@ -134,14 +140,14 @@ def plot_benchmark(results, path):
         ax_m.vlines(f, i - width, i, colors="black", linestyles="--", linewidth=1.5)
     memory_labels = []
     for i, m in enumerate(modes):
-        label = f"{m['peak_MB']:.1f} MB"
+        label = f"{fmt_mb(m['peak_MB'])} MB"
         if m["peak_vs_baseline_pct"] is not None:
             label += f"  {fmt_delta(m['peak_vs_baseline_pct'])}"
         # past the floor's mark too, when the floor lies above the peak
         memory_labels.append(ax_m.annotate(label, (max(m["peak_MB"], floors[i]), i - width / 2), ha="left",
                                            va="center", fontsize=10, xytext=(4, 0), textcoords="offset points"))
         if hosts[i] > 0:
-            memory_labels.append(ax_m.annotate(f"{hosts[i]:.1f} MB host", (hosts[i], i + width / 2), ha="left",
+            memory_labels.append(ax_m.annotate(f"{fmt_mb(hosts[i])} MB host", (hosts[i], i + width / 2), ha="left",
                                                va="center", fontsize=9, xytext=(4, 0), textcoords="offset points",
                                                color="#333333"))
     ax_m.set_xlabel("peak memory, MB = 2^20 bytes (vs baseline in %)", fontsize=9)
@@ -151,10 +157,6 @@ def plot_benchmark(results, path):
                Patch(facecolor="#999999", alpha=0.35, hatch="//", edgecolor="black", linewidth=0.5,
                      label="host stash (offload pool)"),
                Line2D([0], [0], color="black", linestyle="--", label="analytic floor")]
-    # below the panel, not over it: inside, it would cover some mode's bar or label
-    # (its top about half an inch below the axis, under the tick labels and the x label)
-    ax_m.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (row_height * len(modes) + 0.3)),
-                ncol=3, fontsize=9, frameon=False, handlelength=1.6, columnspacing=1.0)
 
     ax_t.set_yticks(list(y))
     ax_t.set_yticklabels(names, fontsize=10)
@@ -166,6 +168,15 @@ def plot_benchmark(results, path):
                  fontsize=11)
     fit_labels(fig, ax_t, time_labels)
     fit_labels(fig, ax_m, memory_labels)
+    # The legend goes below the panels, not over them (inside, it would cover some mode's bar or
+    # label), its top just under the lower of the two x labels as drawn: placed by a fixed
+    # fraction of the axes instead, it floated an inch below a one-mode picture.
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    bottom = min(ax.get_tightbbox(renderer).y0 for ax in (ax_t, ax_m))
+    top = ax_m.transAxes.inverted().transform((0, bottom - 6))[1]  # 6 px of air
+    ax_m.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, top),
+                ncol=3, fontsize=9, frameon=False, handlelength=1.6, columnspacing=1.0)
     # bbox_inches="tight" grows the picture to hold the legend under the panels (constrained
     # layout in matplotlib 3.6 does not count a legend placed outside its axes)
     fig.savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.15)

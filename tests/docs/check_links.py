@@ -8,9 +8,9 @@ For README.md and every docs/*.md: each markdown link or image whose target is n
 (http://, https://, mailto:) must name a file or folder that exists in the repository, relative
 to the page; a '#anchor' must name a heading of the target page (GitHub's slugs: lowercase,
 spaces to '-', punctuation other than '-' and '_' dropped, '-1', '-2', ... for repeats) or an
-explicit <a id="..."> / <a name="..."> in it. Links inside code (fenced blocks and `spans`) are
-not links and are skipped. README.md must also stay at most MAX_README_LINES lines: it is the
-front door, the detail lives in docs/.
+explicit <a id="..."> / <a name="..."> in it. A link whose text wraps onto the next line counts
+too. Links inside code (fenced blocks and `spans`) are not links and are skipped. README.md must
+also stay at most MAX_README_LINES lines: it is the front door, the detail lives in docs/.
 
 Prints each broken link as `file:line: link -> why` and exits 1 if there is any.
 Standard library only.
@@ -26,6 +26,10 @@ MAX_README_LINES = 300
 # or at the closing parenthesis. One level of nested brackets in the text is allowed, for an
 # image inside a link: [![alt](img.png)](page.md).
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
+# The same, for a link whose text the paragraph wraps onto the next line(s) (prose here is wrapped
+# at 100 columns, so "[the\nplanner](docs/planner.md)" is common): searched in each paragraph
+# joined, and only matches that contain a line break, so no link is counted twice.
+WRAPPED_LINK = re.compile(r"!?\[[^\[\]]*\n[^\[\]]*\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
 # [label]: target  (reference-style definitions)
 REFERENCE = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$")
 HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -62,6 +66,24 @@ def prose_lines(path):
                 continue
             if in_fence is None:
                 yield number, strip_code_spans(line.rstrip("\n"))
+
+
+def paragraphs(path):
+    """(first line number, text) of each run of consecutive non-blank prose lines, joined by
+    line breaks: a fence or a blank line ends a paragraph."""
+    first, last, lines = None, None, []
+    for number, line in prose_lines(path):
+        if not line.strip() or (last is not None and number != last + 1):
+            if lines:
+                yield first, "\n".join(lines)
+            first, lines = None, []
+        if line.strip():
+            if first is None:
+                first = number
+            lines.append(line)
+        last = number
+    if lines:
+        yield first, "\n".join(lines)
 
 
 _anchor_cache = {}
@@ -132,16 +154,20 @@ def main(argv):
                             "move detail into a page under docs/ and link to it")
     for page in pages(root):
         name = os.path.relpath(page, root)
+        found = []  # (line number, target)
         for number, line in prose_lines(page):
-            targets = LINK.findall(line)
+            found += [(number, target) for target in LINK.findall(line)]
             reference = REFERENCE.match(line)
             if reference:
-                targets.append(reference.group(1))
-            for target in targets:
-                links += 1
-                why = check_link(root, page, target)
-                if why:
-                    problems.append(f"{name}:{number}: {target} -> {why}")
+                found.append((number, reference.group(1)))
+        for first, text in paragraphs(page):
+            for match in WRAPPED_LINK.finditer(text):
+                found.append((first + text.count("\n", 0, match.start()), match.group(1)))
+        for number, target in sorted(found):
+            links += 1
+            why = check_link(root, page, target)
+            if why:
+                problems.append(f"{name}:{number}: {target} -> {why}")
     for problem in problems:
         print(problem)
     print(f"docs links: {len(pages(root))} pages, {links} relative or external links checked, "
