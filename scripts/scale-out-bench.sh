@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Scale-out benchmark (README "Scale out"): train_gpt's step time in 1 process and in 2
+# Scale-out benchmark (docs/distributed.md "Scale out"): train_gpt's step time in 1 process and in 2
 # data-parallel ranks at the same global batch, per --mode, with the bytes all-reduced per step
 # and the Reducer's own figure for communication hidden behind backward.
 #

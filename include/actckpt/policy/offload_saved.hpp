@@ -1,7 +1,7 @@
 #pragma once
 /// \file offload_saved.hpp
 /// Policies for offloading every saved activation instead of recomputing
-/// (`StashOptions::offload_saved`, saved_offload.hpp): the layer runs once, and each tensor
+/// (`StashOptions::offload_saved`; the mechanism is core/offload_saved.hpp): the layer runs once, and each tensor
 /// autograd saves in its forward, parameters and buffers aside, waits for backward in the host
 /// pool. Worth it on a GPU whose host link is fast enough to hide the copies behind compute; on
 /// CPU host and "device" memory are the same RAM, so it saves nothing there.

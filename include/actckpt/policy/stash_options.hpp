@@ -20,7 +20,7 @@ enum class StashMode {
   async_host,  ///< copied on a side stream / worker, prefetched in backward
 };
 
-/// How a checkpointed layer recomputes (README "The two forms"; docs/pitfalls.md#forms).
+/// How a checkpointed layer recomputes (docs/forms.md "The two forms"; docs/pitfalls.md#forms).
 enum class CheckpointForm {
   /// The process default: non_reentrant, or what ACTCKPT_CHECKPOINT_FORM says ("reentrant" or
   /// "non_reentrant", read once per process; the test suite runs once per form this way).
