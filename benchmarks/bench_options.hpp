@@ -4,7 +4,7 @@
 // Each flag is read as --name=value or --name value; its default can come from the environment
 // as ACTCKPT_<NAME> (upper case), e.g. ACTCKPT_TOTAL_TOKENS=4096.
 
-#include <actckpt/models/transformer_stack.hpp>
+#include "stack_config.hpp"
 
 #include <cstdlib>
 #include <functional>
@@ -17,7 +17,7 @@
 namespace bench {
 
 struct BenchOptions {
-  actckpt::models::StackConfig model = actckpt::models::StackConfig::cpu_default();
+  StackConfig model = StackConfig::cpu_default();
   std::string out = ".";      // folder for results.{json,csv,md} and the timelines
   bool timeline = true;       // record one extra step per mode as a memory timeline
   int64_t warmup = 1;         // untimed steps before the measured ones

@@ -10,6 +10,8 @@
 #include <torch/cuda.h>
 #include <torch/optim/sgd.h>
 
+#include "stack_config.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -22,7 +24,6 @@
 
 namespace bench {
 
-using actckpt::models::StackConfig;
 using actckpt::models::StackMode;
 
 /// Bytes of the elements of every tensor in `ts`.
@@ -81,7 +82,7 @@ class TrainSession {
     clear_input_grad();
     torch::Tensor loss;
     {
-      actckpt::models::AutocastScope autocast(cfg_);
+      AutocastScope autocast(cfg_);
       auto y = model_->forward(input_);
       if (timeline) timeline->mark("loss");
       loss = y.to(torch::kFloat).pow(2).mean();
@@ -171,7 +172,7 @@ inline BlockProbe probe_block(const StackConfig& cfg, StackMode mode, int64_t se
   if (mode == StackMode::baseline) {
     torch::Tensor y;
     {
-      actckpt::models::AutocastScope autocast(cfg);
+      AutocastScope autocast(cfg);
       y = s.model()->forward(s.input());
     }
     synchronize(s.device());

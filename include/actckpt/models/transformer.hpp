@@ -13,6 +13,8 @@
 #include <cmath>
 #include <limits>
 
+#include "actckpt/base/errors.hpp"
+
 namespace actckpt::models {
 
 /// Root-mean-square layer norm: x / rms(x) * weight, computed in float32 for stability.
@@ -47,8 +49,8 @@ struct TransformerBlockOptions {
 class CausalSelfAttentionImpl : public torch::nn::Module {
  public:
   CausalSelfAttentionImpl(int64_t hidden_dim, int64_t head_dim) : hidden_(hidden_dim), head_dim_(head_dim) {
-    TORCH_CHECK(head_dim > 0 && hidden_dim % head_dim == 0, "head_dim (", head_dim,
-                ") must divide hidden_dim (", hidden_dim, ")");
+    ACTCKPT_CHECK(head_dim > 0 && hidden_dim % head_dim == 0, UsageError, "head_dim (", head_dim,
+                  ") must divide hidden_dim (", hidden_dim, "): choose hidden_dim = num_heads * head_dim");
     qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(hidden_dim, 3 * hidden_dim).bias(false)));
     proj = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(hidden_dim, hidden_dim).bias(false)));
   }

@@ -1,25 +1,20 @@
 #pragma once
 /// \file models/transformer_stack.hpp
 /// The benchmark model of actckpt, shared by benchmarks/ and examples/: a stack of pre-norm
-/// transformer blocks (models/transformer.hpp) in one of four modes, its configuration under the
-/// seed project's CLI names, and a small character-level GPT around the stack.
+/// transformer blocks (models/transformer.hpp) in one of its modes, and a small character-level
+/// GPT around the stack. The benchmark's own configuration (StackConfig, the seed project's CLI
+/// names) and its autocast scope live with the benchmark, in benchmarks/stack_config.hpp: they
+/// are not part of the installed library.
 ///
 /// API at a glance:
 /// \code
 ///   using namespace actckpt::models;
-///   StackConfig cfg = StackConfig::cpu_default();        // or fill in the seed's flags
-///   cfg.validate();
-///   TransformerStack stack(cfg.block_options(), cfg.num_layers, StackMode::ckpt_async_offload);
-///   stack->to(cfg.torch_device());
-///   torch::Tensor x = torch::randn({cfg.batch_size, cfg.seq_len(), cfg.hidden_dim}, cfg.torch_device());
-///   torch::Tensor loss;
-///   {
-///     AutocastScope autocast(cfg);                        // float32: does nothing
-///     loss = stack(x).to(torch::kFloat).pow(2).mean();
-///   }
-///   loss.backward();
+///   TransformerStack stack(TransformerBlockOptions(/*hidden=*/128, /*head=*/64, /*ff=*/512),
+///                          /*num_layers=*/8, StackMode::ckpt_async_offload);
+///   torch::Tensor x = torch::randn({/*batch=*/8, /*seq=*/256, 128});
+///   stack(x).pow(2).mean().backward();
 ///
-///   GptModel gpt(GptOptions(/*vocab_size=*/65, /*max_seq_len=*/256, cfg.block_options(), cfg.num_layers)
+///   GptModel gpt(GptOptions(/*vocab_size=*/65, /*max_seq_len=*/256, TransformerBlockOptions(128, 64, 512), 8)
 ///                    .mode(StackMode::ckpt_classic));
 ///   torch::Tensor logits = gpt(tokens);                   // [batch, seq] int64 -> [batch, seq, vocab]
 /// \endcode
@@ -32,8 +27,11 @@
 /// its unwrapped blocks (forward_begin/forward_end around each block, backward_begin from a
 /// gradient hook on its output) while an observer is installed, so memory timelines of every
 /// mode show `fwd blocks.i` / `bwd blocks.i`. Without an observer it adds nothing.
+///
+/// Errors: a stack without layers and a token sequence longer than GptOptions::max_seq_len are
+/// actckpt::UsageErrors (the caller's mistake, see base/errors.hpp), as is a head_dim that does
+/// not divide hidden_dim (models/transformer.hpp).
 
-#include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 #include <torch/nn.h>
 
@@ -45,7 +43,7 @@
 #include <utility>
 #include <vector>
 
-#include "actckpt/replay/autocast_state.hpp"
+#include "actckpt/base/errors.hpp"
 #include "actckpt/policy/async_offload.hpp"
 #include "actckpt/wrap/checkpointed.hpp"
 #include "actckpt/policy/no_offload.hpp"
@@ -153,95 +151,11 @@ constexpr StackMode stack_mode_of() {
   }
 }
 
-/// The benchmark's configuration, with the seed project's CLI names.
-struct StackConfig {
-  std::string device = "cpu";   ///< "cpu", "cuda", "cuda:1"
-  int64_t total_tokens = 2048;  ///< tokens per step; seq_len = total_tokens / batch_size
-  int64_t num_layers = 8;
-  int64_t hidden_dim = 128;
-  int64_t head_dim = 64;        ///< num_heads = hidden_dim / head_dim
-  int64_t ff_dim = 512;
-  int64_t batch_size = 8;
-  int64_t steps = 3;            ///< measured training steps per mode
-  std::string dtype = "float32";  ///< float32, or bf16 / fp16 autocast (weights stay float32)
-  double dropout = 0.0;
-
-  /// The seed's GPU configuration (its README's table).
-  static StackConfig seed() {
-    StackConfig c;
-    c.device = "cuda";
-    c.total_tokens = 12000;
-    c.num_layers = 12;
-    c.hidden_dim = 1024;
-    c.head_dim = 64;
-    c.ff_dim = 4096;
-    c.batch_size = 48;
-    c.steps = 3;
-    c.dtype = "fp16";
-    return c;
-  }
-  /// The CPU default of the main job: small enough for 2 cores, attention-heavy enough that
-  /// activations dominate weights, as they do at the seed's size.
-  static StackConfig cpu_default() { return StackConfig{}; }
-
-  int64_t seq_len() const { return total_tokens / batch_size; }
-  int64_t num_heads() const { return hidden_dim / head_dim; }
-  c10::Device torch_device() const { return c10::Device(device); }
-  TransformerBlockOptions block_options() const {
-    return TransformerBlockOptions(hidden_dim, head_dim, ff_dim).dropout(dropout);
-  }
-  /// The autocast dtype, or nullopt for float32.
-  std::optional<c10::ScalarType> autocast_dtype() const {
-    if (dtype == "float32" || dtype == "fp32") return std::nullopt;
-    if (dtype == "bf16" || dtype == "bfloat16") return c10::kBFloat16;
-    if (dtype == "fp16" || dtype == "float16") return c10::kHalf;
-    TORCH_CHECK(false, "dtype must be float32, bf16 or fp16, not '", dtype, "'");
-  }
-
-  /// Raises a clear error for a configuration that cannot run.
-  void validate() const {
-    TORCH_CHECK(num_layers >= 1, "num_layers must be at least 1, got ", num_layers);
-    TORCH_CHECK(batch_size >= 1, "batch_size must be at least 1, got ", batch_size);
-    TORCH_CHECK(total_tokens >= batch_size, "total_tokens (", total_tokens, ") must be at least batch_size (",
-                batch_size, "): seq_len = total_tokens / batch_size");
-    TORCH_CHECK(head_dim >= 1 && hidden_dim >= head_dim && hidden_dim % head_dim == 0, "head_dim (", head_dim,
-                ") must divide hidden_dim (", hidden_dim, ")");
-    TORCH_CHECK(ff_dim >= 1, "ff_dim must be positive, got ", ff_dim);
-    TORCH_CHECK(steps >= 0, "steps must not be negative, got ", steps);
-    const auto d = torch_device();
-    TORCH_CHECK(d.is_cpu() || d.is_cuda(), "device must be cpu or cuda[:N], not '", device, "'");
-    const auto low = autocast_dtype();
-    TORCH_CHECK(!(d.is_cpu() && low == c10::kHalf), "fp16 autocast is a CUDA feature; on CPU use bf16 or float32");
-  }
-};
-
-/// Runs its scope under autocast to the configuration's dtype on its device type (float32: no
-/// autocast). Like Python's `torch.autocast`, the cast cache is dropped when the scope ends.
-class AutocastScope {
- public:
-  explicit AutocastScope(const StackConfig& config) : AutocastScope(config.torch_device(), config.autocast_dtype()) {}
-  AutocastScope(c10::Device device, std::optional<c10::ScalarType> dtype) {
-    if (!dtype) return;
-    AutocastState state = AutocastState::current();
-    if (device.is_cuda()) {
-      state.cuda_enabled = true;
-      state.cuda_dtype = *dtype;
-    } else {
-      state.cpu_enabled = true;
-      state.cpu_dtype = *dtype;
-    }
-    guard_.emplace(state);
-  }
-
- private:
-  std::optional<AutocastReplayGuard> guard_;
-};
-
 /// The stack. Layer i is registered as `blocks.i` in every mode.
 class TransformerStackImpl : public torch::nn::Module {
  public:
   TransformerStackImpl(const TransformerBlockOptions& block, int64_t num_layers, StackMode mode) : mode_(mode) {
-    TORCH_CHECK(num_layers >= 1, "TransformerStack needs at least one layer, got ", num_layers);
+    ACTCKPT_CHECK(num_layers >= 1, UsageError, "TransformerStack needs at least one layer, got ", num_layers);
     blocks_list_ = register_module("blocks", torch::nn::ModuleList());
     for (int64_t i = 0; i < num_layers; ++i) {
       TransformerBlock b(block);
@@ -335,8 +249,9 @@ class GptModelImpl : public torch::nn::Module {
   /// tokens: [batch, seq] int64 (seq <= max_seq_len) -> logits [batch, seq, vocab_size].
   torch::Tensor forward(torch::Tensor tokens) {
     const auto seq = tokens.size(1);
-    TORCH_CHECK(seq <= options_.max_seq_len(), "GptModel: sequence of ", seq, " tokens exceeds max_seq_len ",
-                options_.max_seq_len());
+    ACTCKPT_CHECK(seq <= options_.max_seq_len(), UsageError, "GptModel: a sequence of ", seq,
+                  " tokens exceeds max_seq_len ", options_.max_seq_len(),
+                  ": feed at most max_seq_len tokens, or build the model with a larger GptOptions::max_seq_len");
     auto positions = torch::arange(seq, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
     auto x = tok_emb(tokens) + pos_emb(positions);
     return head(norm(stack(x)));
