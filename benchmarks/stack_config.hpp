@@ -95,25 +95,11 @@ struct StackConfig {
 };
 
 /// Runs its scope under autocast to the configuration's dtype on its device type (float32: no
-/// autocast). Like Python's `torch.autocast`, the cast cache is dropped when the scope ends.
-class AutocastScope {
+/// autocast): the library's `actckpt::AutocastScope` for a configuration.
+class AutocastScope : public actckpt::AutocastScope {
  public:
-  explicit AutocastScope(const StackConfig& config) : AutocastScope(config.torch_device(), config.autocast_dtype()) {}
-  AutocastScope(c10::Device device, std::optional<c10::ScalarType> dtype) {
-    if (!dtype) return;
-    actckpt::AutocastState state = actckpt::AutocastState::current();
-    if (device.is_cuda()) {
-      state.cuda_enabled = true;
-      state.cuda_dtype = *dtype;
-    } else {
-      state.cpu_enabled = true;
-      state.cpu_dtype = *dtype;
-    }
-    guard_.emplace(state);
-  }
-
- private:
-  std::optional<actckpt::AutocastReplayGuard> guard_;
+  explicit AutocastScope(const StackConfig& config) : actckpt::AutocastScope(config.torch_device(), config.autocast_dtype()) {}
+  using actckpt::AutocastScope::AutocastScope;
 };
 
 }  // namespace bench

@@ -19,9 +19,6 @@
 #ifdef ACTCKPT_EXAMPLE_DISTRIBUTED
 #include <actckpt/distributed/distributed.hpp>
 #endif
-// The benchmark's autocast scope (benchmarks/stack_config.hpp, not installed with the library:
-// a copy of this example takes that header along, or its AutocastScope's dozen lines).
-#include "stack_config.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
@@ -49,7 +46,7 @@
 
 namespace {
 
-using bench::AutocastScope;
+using actckpt::AutocastScope;
 using actckpt::models::GptModel;
 using actckpt::models::GptOptions;
 using actckpt::models::StackMode;

@@ -6,8 +6,11 @@
 /// Python's `torch.autocast` enter/exit (nesting counter and cast cache).
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/Device.h>
 #include <c10/core/DeviceType.h>
 #include <c10/core/ScalarType.h>
+
+#include <optional>
 
 #include "actckpt/base/config.hpp"
 
@@ -96,6 +99,31 @@ class AutocastCacheOff {
 
  private:
   bool before_;
+};
+
+/// Runs its scope under autocast to `dtype` on `device`'s type (nullopt: no autocast, the scope
+/// changes nothing), as Python's `torch.autocast(device_type, dtype)` does; like it, the cast
+/// cache is dropped when the scope ends.
+/// \code
+///   { actckpt::AutocastScope autocast(device, c10::kBFloat16); loss = model(x).float().pow(2).mean(); }
+/// \endcode
+class AutocastScope {
+ public:
+  AutocastScope(c10::Device device, std::optional<c10::ScalarType> dtype) {
+    if (!dtype) return;
+    AutocastState state = AutocastState::current();
+    if (device.is_cuda()) {
+      state.cuda_enabled = true;
+      state.cuda_dtype = *dtype;
+    } else {
+      state.cpu_enabled = true;
+      state.cpu_dtype = *dtype;
+    }
+    guard_.emplace(state);
+  }
+
+ private:
+  std::optional<AutocastReplayGuard> guard_;
 };
 
 }  // namespace actckpt
