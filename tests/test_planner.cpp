@@ -435,6 +435,41 @@ TEST_CASE("planner: bad input gets a clear error and leaves the model as it was"
   }
 }
 
+TEST_CASE("planner: the profile tells layers apart by identity: labels untouched, another model's layer ignored") {
+  PlannedStack s({128, 128, 128});
+  // Labels are the user's and need not be unique: two of the model's layers share one.
+  actckpt::detail::planner::find_layers(*s.model)[2]->set_label("block 1");
+  const auto labels_before = s.labels();
+  // Another model's layer, labelled like the first of ours, sync-offloading (so it emits copy
+  // events too, some from the copy worker), runs inside every sample step: its events carry its
+  // own identity and must not count for any of ours.
+  PlannedStack other({128}, 0.0, /*dim=*/32, /*batch=*/16);
+  auto* stranger = actckpt::detail::planner::find_layers(*other.model)[0];
+  stranger->set_label("block 0");
+  stranger->set_stash_options(actckpt::detail::planner::options_for(LayerChoice::sync_offload, stranger->stash_options()));
+  std::vector<std::vector<std::string>> labels_in_step;
+  const auto profile = actckpt::profile_step(*s.model, [&] {
+    labels_in_step.push_back(s.labels());
+    other.step();
+    s.step();
+  }, s.options());
+  REQUIRE(profile.layers.size() == 3);
+  CHECK(profile.layers[0].label == "block 0");
+  CHECK(profile.layers[1].label == "block 1");
+  CHECK(profile.layers[2].label == "block 1");
+  for (std::size_t k = 0; k < 3; ++k) {
+    CAPTURE(k);
+    CHECK(profile.layers[k].module_index == k);
+    CHECK(profile.layers[k].stash_bytes == 256 * 64 * 4);  // its own input, none of the stranger's 16 x 32
+    CHECK(profile.layers[k].held_bytes[0] > profile.layers[k].held_bytes[1]);
+  }
+  // 3 configurations x (1 warmup + 1 measured) steps, each seeing the labels as the user set them.
+  CHECK(labels_in_step.size() == 6);
+  for (const auto& seen : labels_in_step) CHECK(seen == labels_before);
+  CHECK(s.labels() == labels_before);
+  CHECK(other.labels() == std::vector<std::string>{"block 0"});
+}
+
 TEST_CASE("planner: describe() names runs of layers") {
   actckpt::MemoryPlan plan;
   plan.choices = {LayerChoice::checkpoint, LayerChoice::checkpoint, LayerChoice::checkpoint, LayerChoice::async_offload,

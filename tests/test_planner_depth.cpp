@@ -1,9 +1,10 @@
-// The planner's search at depth (planner.hpp, issue 20): on synthetic profiles built by hand, the
+// The planner's search at depth (search.hpp, issue 20): on synthetic profiles built by hand, the
 // bounded search against brute force over every plan (small chains) and against the exact search
 // (medium ones), with its approximation forced on; the smallest feasible budget exact; deep
-// chains (128 and 512 layers, unlike and uniform) planned in bounded time and memory.
+// chains (128 and 512 layers, unlike and uniform) planned in bounded time and memory. It includes
+// the search alone: planning from a profile needs no model and no torch::nn.
 
-#include <actckpt/planner/planner.hpp>
+#include <actckpt/planner/search.hpp>
 #include <doctest/doctest.h>
 
 #include <algorithm>

@@ -1,0 +1,516 @@
+#pragma once
+/// \file profiler.hpp
+/// The profiler (`profile_step`): runs the user's sample step with every Checkpointed layer
+/// kept, checkpointed and sync-offloaded, and measures each layer's bytes and times into a
+/// `StepProfile`; the model is left as it was.
+///
+/// ## Profiling (`profile_step`)
+/// The user's callable runs one sample training step (forward, loss, backward; no optimizer
+/// step). It runs in three uniform configurations, every layer kept, checkpointed, and
+/// sync-offloaded; each gets `warmup_steps` untimed runs, then `profile_steps` measured ones
+/// (per-quantity medians). While it runs, an observer listens to the layers' events
+/// (`forward_begin`, `forward_end`, `backward_begin`, `offload_begin/end`, `restore_end`; it
+/// tells the model's layers apart by `Event::layer`, their identity, and leaves their labels
+/// alone) and, at every layer boundary, reads the
+/// `MemoryMeter`'s current bytes and the peak since the previous boundary (then resets the peak).
+/// On CUDA it synchronizes the device at each boundary so per-layer times are device times.
+/// Per layer and configuration that gives, in layer order (the order of the forwards):
+///  - `held_bytes`: device bytes added from the start of its forward to the start of the next
+///    layer's (the last layer: to its forward end), i.e. what it holds until its backward. Kept:
+///    its activations; checkpointed: its output (its input belongs to the layer before);
+///    offloaded: its output minus the input it moved away (nothing for the first layer, whose
+///    input is the data the caller holds);
+///  - `forward_peak_bytes` / `backward_peak_bytes`: the highest point during its forward / its
+///    backward (from its `backward_begin` to the one of the layer below, or the end of the step)
+///    above the level at its forward start;
+///  - `forward_ms`, `backward_ms` over the same spans; `recompute_ms` (checkpointed run: from its
+///    `backward_begin` to its `recompute_end`); `stash_bytes` and the sync copy times of its stash
+///    each way, whose sums give the measured bandwidths;
+///  - `saved_bytes` (kept run): the bytes of the activations autograd saves during its forward,
+///    counted through a saved-tensor hooks scope (`SavedTensorHooks`) open around the kept runs:
+///    parameters and buffers (and views of them) left out, a storage saved twice (a tensor and
+///    its transpose, or by two layers) counted once, for the layer that saved it first. It is
+///    what offload-saved moves each way.
+/// Also: the level at the first layer's forward (`start_bytes`), the peak before it, the peak
+/// between the last forward and the last backward (loss and head, `tail_peak_bytes`) and the
+/// whole step's time and peak in each configuration.
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/util/Exception.h>
+#include <torch/nn/module.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "actckpt/base/config.hpp"
+#include "actckpt/base/errors.hpp"
+#include "actckpt/base/observer.hpp"
+#include "actckpt/hooks/saved_tensor_hooks.hpp"
+#include "actckpt/layer/checkpointed_layer.hpp"
+#include "actckpt/layer/label_layers.hpp"
+#include "actckpt/measure/memory_meter.hpp"
+#include "actckpt/planner/plan.hpp"
+#include "actckpt/policy/stash_options.hpp"
+
+#if ACTCKPT_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+namespace actckpt {
+
+struct PlannerOptions {
+  /// The meter whose bytes the budget is about. Null: the planner makes one on the model's
+  /// device for the profile. On CUDA a meter reads the allocator's allocated bytes (absolute);
+  /// on CPU it counts what is allocated while it lives, so pass a meter created before the model
+  /// to have weights, gradients and optimizer state in the budget.
+  MemoryMeter* meter = nullptr;
+  /// Bytes the training step will hold that do not exist while the sample steps run, added to
+  /// every level of the profile: above all the optimizer's state before its first `step()`
+  /// (LibTorch creates SGD's momentum and Adam's averages there). `optimizer_state_bytes(optimizer,
+  /// device)` estimates it; `plan_memory(model, step, budget, optimizer, options)` adds it here.
+  std::int64_t reserve_bytes = 0;
+  int warmup_steps = 1;   ///< untimed sample steps per configuration (allocates gradients, warms caches)
+  int profile_steps = 1;  ///< measured sample steps per configuration (medians)
+  OffloadCosts costs;
+};
+
+namespace detail::planner {
+
+inline std::vector<CheckpointedLayer*> find_layers(torch::nn::Module& model) {
+  std::vector<CheckpointedLayer*> layers;
+  // The model itself apart: modules(include_self) needs it to be held by a shared_ptr.
+  if (auto* self = dynamic_cast<CheckpointedLayer*>(&model)) layers.push_back(self);
+  for (const auto& m : model.modules(/*include_self=*/false))
+    if (auto* layer = dynamic_cast<CheckpointedLayer*>(m.get())) layers.push_back(layer);
+  return layers;
+}
+
+/// Puts every layer's options, and the model's buffers, back as they were (the profile changes
+/// both; it never touches the layers' labels).
+class ModelStateGuard {
+ public:
+  ModelStateGuard(torch::nn::Module& model, std::vector<CheckpointedLayer*> layers) : layers_(std::move(layers)) {
+    for (auto* l : layers_) options_.push_back(l->stash_options());
+    torch::NoGradGuard no_grad;
+    for (auto& b : model.buffers()) buffers_.emplace_back(b, b.clone());  // BatchNorm statistics
+  }
+  ~ModelStateGuard() {
+    for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->set_stash_options(options_[i]);
+    torch::NoGradGuard no_grad;
+    for (auto& [b, saved] : buffers_) b.copy_(saved);
+  }
+  ModelStateGuard(const ModelStateGuard&) = delete;
+  ModelStateGuard& operator=(const ModelStateGuard&) = delete;
+
+ private:
+  std::vector<CheckpointedLayer*> layers_;
+  std::vector<StashOptions> options_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> buffers_;
+};
+
+/// One event of a profiled step. Boundaries (forward_begin/end, backward_begin) carry the meter
+/// readings; copies carry bytes.
+struct Mark {
+  EventKind kind;
+  std::size_t layer;  // index in modules() order
+  double ms;          // since the step started
+  std::int64_t bytes_now = 0;
+  std::int64_t peak_before = 0;  // the peak since the previous boundary
+  std::int64_t copy_bytes = 0;
+};
+
+/// Listens to the planner's layers and reads the meter at each layer boundary.
+class StepRecorder final : public Observer {
+ public:
+  /// `layers`: the model's Checkpointed layers in modules() order; an event is theirs when its
+  /// `Event::layer` is one of them (the `CheckpointedLayer*` the layer emits as its identity).
+  StepRecorder(MemoryMeter& meter, c10::Device device, const std::vector<CheckpointedLayer*>& layers)
+      : meter_(meter), device_(device) {
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      index_of_.emplace(static_cast<const void*>(static_cast<const CheckpointedLayer*>(layers[i])), i);
+  }
+
+  /// Storages whose saves are not activations (the model's parameters and buffers).
+  void exclude_storages(std::vector<const void*> storages) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    excluded_ = std::set<const void*>(storages.begin(), storages.end());
+  }
+  /// From the saved-tensor hooks' pack (the thread running the forward): counts `t` for the
+  /// planner layer whose forward is running, each storage once per step.
+  void count_saved(const at::Tensor& t) {
+    if (!t.defined() || !t.has_storage()) return;
+    const void* storage = t.storage().unsafeGetStorageImpl();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (current_ == none_ || excluded_.count(storage) != 0 || !seen_.insert(storage).second) return;
+    if (saved_.size() <= current_) saved_.resize(current_ + 1, 0);
+    saved_[current_] += static_cast<std::int64_t>(t.storage().nbytes());
+  }
+  /// Per layer (modules() order), the bytes `count_saved` counted in the step that just finished.
+  std::vector<std::int64_t> saved_bytes(std::size_t n) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::int64_t> out = saved_;
+    out.resize(n, 0);
+    return out;
+  }
+
+  void start() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    marks_.clear();
+    saved_.clear();
+    seen_.clear();
+    current_ = none_;
+    synchronize();
+    meter_.reset_peak();
+    start_bytes_ = meter_.device_bytes();
+    start_ = std::chrono::steady_clock::now();
+  }
+  /// Ends the step: the final segment's peak and the duration.
+  std::vector<Mark> finish(std::int64_t& end_peak, double& end_ms) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    synchronize();
+    end_peak = meter_.device_peak_bytes();
+    end_ms = elapsed_ms(std::chrono::steady_clock::now());
+    return std::move(marks_);
+  }
+
+  void on_event(const Event& e) override {
+    // Other layers' events (another model's, the functional form's, whose identity is null) are
+    // not the profile's. The table is never written after construction, so the copy worker's
+    // events (offload_end, from its own thread) may read it without the lock.
+    const auto found = index_of_.find(e.layer);
+    if (found == index_of_.end()) return;
+    const std::size_t layer = found->second;
+    std::lock_guard<std::mutex> lock(mutex_);
+    Mark m{e.kind, layer, elapsed_ms(e.time)};
+    if (e.kind == EventKind::forward_begin) current_ = layer;
+    if (e.kind == EventKind::forward_end && current_ == layer) current_ = none_;
+    switch (e.kind) {
+      case EventKind::forward_begin:
+      case EventKind::forward_end:
+      case EventKind::backward_begin:
+        synchronize();
+        m.ms = elapsed_ms(std::chrono::steady_clock::now());
+        m.peak_before = meter_.device_peak_bytes();
+        m.bytes_now = meter_.device_bytes();
+        meter_.reset_peak();
+        break;
+      case EventKind::offload_begin:
+      case EventKind::offload_end:
+      case EventKind::restore_end: m.copy_bytes = e.bytes; break;
+      case EventKind::recompute_end: break;
+      default: return;
+    }
+    marks_.push_back(m);
+  }
+
+ private:
+  double elapsed_ms(std::chrono::steady_clock::time_point t) const {
+    return std::chrono::duration<double, std::milli>(t - start_).count();
+  }
+  void synchronize() const {
+#if ACTCKPT_WITH_CUDA
+    if (device_.is_cuda()) c10::cuda::device_synchronize();
+#endif
+  }
+
+  MemoryMeter& meter_;
+  c10::Device device_;
+  std::unordered_map<const void*, std::size_t> index_of_;  // a planner layer's identity -> its modules() index
+  mutable std::mutex mutex_;
+  std::vector<Mark> marks_;
+  static constexpr std::size_t none_ = std::numeric_limits<std::size_t>::max();
+  std::size_t current_ = none_;          // the planner layer whose forward runs (saves count for it)
+  std::vector<std::int64_t> saved_;      // per layer, modules() order
+  std::set<const void*> seen_, excluded_;  // storages counted this step; parameters' and buffers'
+
+  std::int64_t start_bytes_ = 0;
+  std::chrono::steady_clock::time_point start_;
+};
+
+/// One measured step, reduced to per-layer figures (forward order).
+struct StepFigures {
+  std::vector<std::size_t> order;  // modules() indices in forward order
+  std::vector<std::int64_t> held, forward_peak, backward_peak, stash, saved;
+  std::vector<double> forward_ms, backward_ms, recompute_ms, offload_ms, restore_ms;
+  std::int64_t start_bytes = 0, head_peak = 0, tail_peak = 0, step_peak = 0;
+  double tail_ms = 0, step_ms = 0;
+};
+
+inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::int64_t end_peak, double end_ms,
+                          const std::vector<std::string>& labels) {
+  // Boundaries in time order; per layer the first of each kind.
+  std::vector<const Mark*> bounds;
+  constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
+  std::vector<std::size_t> fb(n, none), fe(n, none), bb(n, none);
+  for (const auto& m : marks) {
+    if (m.kind != EventKind::forward_begin && m.kind != EventKind::forward_end && m.kind != EventKind::backward_begin)
+      continue;
+    auto& slot = m.kind == EventKind::forward_begin ? fb[m.layer] : m.kind == EventKind::forward_end ? fe[m.layer] : bb[m.layer];
+    ACTCKPT_CHECK(slot == none, UsageError, "actckpt::profile_step: layer '", labels[m.layer], "' ran ",
+                m.kind == EventKind::backward_begin ? "its backward" : "its forward",
+                " twice in one sample step; the planner models a chain in which every Checkpointed layer runs once");
+    slot = bounds.size();
+    bounds.push_back(&m);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    ACTCKPT_CHECK(fb[i] != none && fe[i] != none, UsageError, "actckpt::profile_step: layer '", labels[i],
+                "' did not run its forward in the sample step; every Checkpointed layer of the model must run once "
+                "per step (is the model in training mode, with grad mode on?)");
+    ACTCKPT_CHECK(bb[i] != none, UsageError, "actckpt::profile_step: layer '", labels[i],
+                "' did not run its backward in the sample step; the step must call backward on a loss that "
+                "depends on every Checkpointed layer's output");
+  }
+  StepFigures f;
+  f.order.resize(n);
+  for (std::size_t i = 0; i < n; ++i) f.order[i] = i;
+  std::sort(f.order.begin(), f.order.end(), [&](std::size_t a, std::size_t b) { return fb[a] < fb[b]; });
+  for (std::size_t p = 0; p < n; ++p) {
+    const auto k = f.order[p];
+    // A link of a chain: nothing else starts or ends between its forward's begin and end, and
+    // the layer below starts its backward after it.
+    ACTCKPT_CHECK(fb[k] + 1 == fe[k] && (p == 0 || bb[f.order[p - 1]] > bb[k]), UsageError,
+                "actckpt::profile_step: layer '", labels[k], "' does not run as a link of a chain (its forward "
+                "overlaps another layer's, or the backwards do not run in reverse forward order); the planner "
+                "plans chains of layers");
+  }
+  auto peak_in = [&](std::size_t after, std::size_t upto) {  // max over boundaries (after, upto]
+    std::int64_t p = bounds[after]->bytes_now;
+    for (std::size_t i = after + 1; i <= upto && i < bounds.size(); ++i) p = std::max(p, bounds[i]->peak_before);
+    return p;
+  };
+  const std::size_t last = f.order.back();
+  f.start_bytes = bounds[fb[f.order.front()]]->bytes_now;
+  f.head_peak = std::max(bounds[fb[f.order.front()]]->peak_before, f.start_bytes);
+  f.tail_peak = peak_in(fe[last], bb[last]) - bounds[fe[last]]->bytes_now;
+  f.tail_ms = bounds[bb[last]]->ms - bounds[fe[last]]->ms;
+  f.step_ms = end_ms;
+  f.step_peak = end_peak;
+  for (const auto* b : bounds) f.step_peak = std::max(f.step_peak, b->peak_before);
+  for (std::size_t p = 0; p < n; ++p) {
+    const auto k = f.order[p];
+    const auto level = bounds[fb[k]]->bytes_now;
+    const bool top = p + 1 == n;
+    const std::size_t fwd_end = top ? fe[k] : fb[f.order[p + 1]];
+    f.held.push_back(bounds[fwd_end]->bytes_now - level);
+    f.forward_peak.push_back(peak_in(fb[k], fwd_end) - level);
+    f.forward_ms.push_back(bounds[fe[k]]->ms - bounds[fb[k]]->ms);
+    if (p == 0) {
+      std::int64_t peak = peak_in(bb[k], bounds.size() - 1);
+      peak = std::max(peak, end_peak);
+      f.backward_peak.push_back(peak - level);
+      f.backward_ms.push_back(end_ms - bounds[bb[k]]->ms);
+    } else {
+      const auto below = bb[f.order[p - 1]];
+      f.backward_peak.push_back(peak_in(bb[k], below) - level);
+      f.backward_ms.push_back(bounds[below]->ms - bounds[bb[k]]->ms);
+    }
+  }
+  // Copies (sync run): offload_begin -> offload_end; backward_begin or the previous restore_end
+  // -> restore_end.
+  std::vector<std::int64_t> stash(n, 0);
+  std::vector<double> offload(n, 0), restore(n, 0), recompute(n, 0), open_offload(n, -1), last_restore(n, -1),
+      backward_start(n, -1);
+  for (const auto& m : marks) {
+    switch (m.kind) {
+      case EventKind::offload_begin:
+        stash[m.layer] += m.copy_bytes;
+        open_offload[m.layer] = m.ms;
+        break;
+      case EventKind::offload_end:
+        if (open_offload[m.layer] >= 0) offload[m.layer] += m.ms - open_offload[m.layer];
+        open_offload[m.layer] = -1;
+        break;
+      case EventKind::backward_begin: last_restore[m.layer] = backward_start[m.layer] = m.ms; break;
+      case EventKind::recompute_end:
+        if (backward_start[m.layer] >= 0) recompute[m.layer] = m.ms - backward_start[m.layer];
+        break;
+      case EventKind::restore_end:
+        if (last_restore[m.layer] >= 0) restore[m.layer] += m.ms - last_restore[m.layer];
+        last_restore[m.layer] = m.ms;
+        break;
+      default: break;
+    }
+  }
+  for (auto k : f.order) {
+    f.stash.push_back(stash[k]);
+    f.offload_ms.push_back(offload[k]);
+    f.restore_ms.push_back(restore[k]);
+    f.recompute_ms.push_back(recompute[k]);
+  }
+  return f;
+}
+
+template <class T>
+T median(std::vector<T> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace detail::planner
+
+/// Runs the sample step (see the file comment) and measures every Checkpointed layer of `model`.
+/// `step` runs forward, loss and backward, and no optimizer step. The model keeps its layers'
+/// options and its buffers (their labels are never changed); parameters' gradients are as the step leaves them.
+inline StepProfile profile_step(torch::nn::Module& model, const std::function<void()>& step,
+                                const PlannerOptions& options = {}) {
+  using namespace detail::planner;
+  ACTCKPT_CHECK(step != nullptr, UsageError, "actckpt::profile_step: no sample step given");
+  ACTCKPT_CHECK(options.reserve_bytes >= 0, UsageError, "actckpt::profile_step: reserve_bytes must not be negative, got ",
+                options.reserve_bytes);
+  ACTCKPT_CHECK(options.warmup_steps >= 0 && options.profile_steps >= 1, UsageError, "actckpt::profile_step: warmup_steps (",
+              options.warmup_steps, ") must be >= 0 and profile_steps (", options.profile_steps, ") >= 1");
+  auto layers = find_layers(model);
+  ACTCKPT_CHECK(!layers.empty(), UsageError, "actckpt::profile_step: the model has no Checkpointed layers to plan for; wrap the "
+              "layers the planner may choose for in actckpt::Checkpointed (any policy: the plan sets each layer's "
+              "mode at run time)");
+  ACTCKPT_CHECK(model.is_training(), UsageError, "actckpt::profile_step: the model is in eval mode, where Checkpointed layers run "
+              "directly; call model->train() before planning");
+  c10::Device device(c10::kCPU);
+  for (const auto& p : model.parameters()) {
+    device = p.device();
+    break;
+  }
+  std::optional<MemoryMeter> own_meter;
+  if (options.meter == nullptr) own_meter.emplace(device);
+  MemoryMeter& meter = options.meter ? *options.meter : *own_meter;
+  // The guard's copies of the buffers exist only while profiling: what the meter counts for
+  // them comes off the figures below.
+  const std::int64_t before_guard = meter.device_bytes();
+  ModelStateGuard restore(model, layers);
+  const std::int64_t guard_bytes = meter.device_bytes() - before_guard;
+  const std::size_t n = layers.size();
+  // For the profile and its errors: a layer without an explicit label is named by its path in
+  // the model ("blocks.3"). The layers' own labels stay as they are.
+  std::vector<std::string> labels;
+  const auto paths = detail::layer_paths(model);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::string label = layers[i]->label();
+    if (!layers[i]->label_is_explicit()) {
+      for (const auto& [layer, path] : paths)
+        if (layer == layers[i] && !path.empty()) label = path;
+    }
+    labels.push_back(std::move(label));
+  }
+  auto recorder = std::make_shared<StepRecorder>(meter, device, layers);
+  {  // saves of parameters and buffers (or views of them) are not activations
+    std::vector<const void*> storages;
+    for (const auto& t : model.parameters())
+      if (t.defined() && t.has_storage()) storages.push_back(t.storage().unsafeGetStorageImpl());
+    for (const auto& t : model.buffers())
+      if (t.defined() && t.has_storage()) storages.push_back(t.storage().unsafeGetStorageImpl());
+    recorder->exclude_storages(std::move(storages));
+  }
+  // The kept runs count what autograd saves through saved-tensor hooks (pack keeps a detached
+  // alias: same storage, nothing copied; detached so that an output saved by its own node does
+  // not keep its node alive in a cycle). Where another autograd engine is LibTorch's default
+  // (PyTorch's Python engine) hooks would not be called: saved bytes stay 0 and offload saved
+  // is never chosen.
+  const bool count_saves = detail::install_hooks_engine() == detail::EngineState::ours;
+  auto pack = [recorder](const at::Tensor& t) {
+    recorder->count_saved(t);
+    return t.detach();
+  };
+  auto unpack = [](at::Tensor& t) { return t; };
+
+  StepProfile profile;
+  profile.host_memory_separate = !meter.device().is_cpu();
+  std::vector<std::vector<StepFigures>> runs(profiled_modes);
+  const char* names[] = {"kept", "checkpointed", "sync-offloaded"};
+  for (std::size_t mode = 0; mode < profiled_modes; ++mode) {
+    const LayerChoice as = mode == 0 ? LayerChoice::keep : mode == 1 ? LayerChoice::checkpoint : LayerChoice::sync_offload;
+    for (std::size_t i = 0; i < n; ++i) layers[i]->set_stash_options(options_for(as, layers[i]->stash_options()));
+    for (int s = 0; s < options.warmup_steps + options.profile_steps; ++s) {
+      std::vector<Mark> marks;
+      std::int64_t end_peak = 0;
+      double end_ms = 0;
+      try {
+        ObserverScope listening(recorder);
+        std::optional<SavedTensorHooks<decltype(pack), decltype(unpack)>> counting;
+        if (mode == 0 && count_saves) counting.emplace(pack, unpack);
+        recorder->start();
+        step();
+        marks = recorder->finish(end_peak, end_ms);
+      } catch (const std::exception& e) {
+        throw Error(c10::str("actckpt::profile_step: the sample step threw while profiling (every layer ", names[mode],
+                             "); the model was left as it was. The error: ", e.what()));
+      }
+      if (s >= options.warmup_steps) {
+        runs[mode].push_back(reduce(marks, n, end_peak, end_ms, labels));
+        const auto saved = recorder->saved_bytes(n);
+        for (auto k : runs[mode].back().order) runs[mode].back().saved.push_back(saved[k]);
+      }
+    }
+    const auto& order = runs[mode].front().order;
+    for (const auto& r : runs[mode])
+      ACTCKPT_CHECK(r.order == order, UsageError, "actckpt::profile_step: the layers ran in different orders in two sample steps");
+    ACTCKPT_CHECK(mode == 0 || order == runs[0].front().order, UsageError,
+                "actckpt::profile_step: the layers ran in a different order when ", names[mode]);
+  }
+  const auto& order = runs[0].front().order;
+  profile.layers.resize(n);
+  auto med = [&](std::size_t mode, auto member, std::size_t p) {
+    using T = std::decay_t<decltype((runs[mode][0].*member)[p])>;
+    std::vector<T> v;
+    for (const auto& r : runs[mode]) v.push_back((r.*member)[p]);
+    return median(v);
+  };
+  double offload_ms = 0, restore_ms = 0, copied = 0;
+  for (std::size_t p = 0; p < n; ++p) {
+    auto& l = profile.layers[p];
+    l.module_index = order[p];
+    l.label = labels[order[p]];
+    for (std::size_t mode = 0; mode < profiled_modes; ++mode) {
+      l.held_bytes[mode] = med(mode, &StepFigures::held, p);
+      l.forward_peak_bytes[mode] = med(mode, &StepFigures::forward_peak, p);
+      l.backward_peak_bytes[mode] = med(mode, &StepFigures::backward_peak, p);
+      l.forward_ms[mode] = med(mode, &StepFigures::forward_ms, p);
+      l.backward_ms[mode] = med(mode, &StepFigures::backward_ms, p);
+    }
+    const auto S = mode_index(ProfiledMode::sync_offload);
+    l.recompute_ms = med(mode_index(ProfiledMode::checkpoint), &StepFigures::recompute_ms, p);
+    l.stash_bytes = med(S, &StepFigures::stash, p);
+    l.offload_ms = med(S, &StepFigures::offload_ms, p);
+    l.restore_ms = med(S, &StepFigures::restore_ms, p);
+    l.saved_bytes = med(mode_index(ProfiledMode::keep), &StepFigures::saved, p);
+    offload_ms += l.offload_ms;
+    restore_ms += l.restore_ms;
+    copied += static_cast<double>(l.stash_bytes);
+  }
+  auto scalar = [&](std::size_t mode, auto member) {
+    using T = std::decay_t<decltype(runs[mode][0].*member)>;
+    std::vector<T> v;
+    for (const auto& r : runs[mode]) v.push_back(r.*member);
+    return median(v);
+  };
+  // The absolute levels (the others are differences): without the guard's buffer copies, with
+  // what the step will hold later (the optimizer's state).
+  const std::int64_t shift = options.reserve_bytes - guard_bytes;
+  const auto K = mode_index(ProfiledMode::keep);
+  profile.start_bytes = scalar(K, &StepFigures::start_bytes) + shift;
+  profile.head_peak_bytes = scalar(K, &StepFigures::head_peak) + shift;
+  profile.tail_peak_bytes = scalar(K, &StepFigures::tail_peak);
+  profile.tail_ms = scalar(K, &StepFigures::tail_ms);
+  for (std::size_t mode = 0; mode < profiled_modes; ++mode) {
+    profile.step_ms[mode] = scalar(mode, &StepFigures::step_ms);
+    profile.step_peak_bytes[mode] = scalar(mode, &StepFigures::step_peak) + shift;
+  }
+  if (copied > 0 && offload_ms > 0) profile.d2h_bytes_per_s = copied / (offload_ms / 1e3);
+  if (copied > 0 && restore_ms > 0) profile.h2d_bytes_per_s = copied / (restore_ms / 1e3);
+  return profile;
+}
+
+}  // namespace actckpt
