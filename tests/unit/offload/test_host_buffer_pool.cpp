@@ -350,6 +350,7 @@ namespace {
 using namespace test_models;
 using actckpt::AsyncOffload;
 using actckpt::Checkpointed;
+using actckpt::EventKind;
 using actckpt::NoOffload;
 using actckpt::SyncOffload;
 }  // namespace
