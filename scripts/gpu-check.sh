@@ -38,7 +38,7 @@
 # the project's pinned torch 2.x wheel (ACTCKPT_LIBTORCH=wheel, the default: a CUDA build, so the
 # configure step checks 'with CUDA' as on the GPU) or Debian's LibTorch 1.13
 # (ACTCKPT_LIBTORCH=system) stands in for python3's torch, no device is required (the CUDA cases skip), the
-# unit tests built are only test_memory.cpp (it holds a CUDA case; the whole suite is built and
+# unit tests built are only unit/measure/test_memory_meter.cpp (it holds a CUDA case; the whole suite is built and
 # run by the test command anyway), and the main job runs a tiny model. It fails if the output
 # folder breaks the 8-file rule. ctest runs it (label gpu-rehearsal).
 #
@@ -209,7 +209,7 @@ configure() {
   local args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DACTCKPT_BUILD_TESTS=ON
     -DACTCKPT_BUILD_BENCHMARKS=ON -DACTCKPT_BUILD_EXAMPLES=OFF -DACTCKPT_INSTALL=OFF)
   if ((rehearse)); then
-    args+=(-DACTCKPT_TEST_FILES=test_memory.cpp)
+    args+=(-DACTCKPT_TEST_FILES=unit/measure/test_memory_meter.cpp)
     [[ $libtorch == wheel ]] && args+=(-DACTCKPT_LIBTORCH=wheel)
   else
     local torch_prefix nvcc

@@ -1,7 +1,8 @@
 // The non-reentrant form (saved-tensor hooks), every policy, CPU float32 bitwise against the
 // unwrapped layer: each behaviour of issue 15 that the reentrant form gets wrong or refuses,
 // cases ported from PyTorch's own checkpoint tests (test/test_utils.py TestCheckpoint and the
-// checkpoint tests of test/test_autograd.py), the functional form, and nesting of both forms.
+// checkpoint tests of test/test_autograd.py), and nesting of both forms (the functional form:
+// tests/unit/wrap/test_functional.cpp).
 
 #include <map>
 
@@ -401,73 +402,6 @@ TEST_CASE_TEMPLATE("non-reentrant: dropout masks and the caller's RNG state (por
   };
   auto ref = step(block);
   check_bitwise_equal(step(wrapped), ref);
-}
-
-TEST_CASE_TEMPLATE("functional: checkpoint(lambda capturing tensors, args...) matches the plain call", Policy,
-                   NR_POLICIES) {
-  torch::manual_seed(22);
-  auto w1 = torch::randn({16, 32}, torch::requires_grad());
-  auto w2 = torch::randn({32, 16}, torch::requires_grad());
-  auto x = torch::randn({24, 16}, torch::requires_grad());
-  auto scale = torch::randn({16}, torch::requires_grad());
-  auto fn = [&](const torch::Tensor& in, double alpha, const std::vector<torch::Tensor>& extra) {
-    auto h = torch::gelu(in.mm(w1));  // w1, w2 captured by reference
-    return std::make_tuple(h.mm(w2) * alpha + in * extra[0], h.sum(-1), std::string("tag"));
-  };
-  const std::vector<torch::Tensor> all{x, w1, w2, scale};
-  auto [ra, rb, rs] = fn(x, 0.5, {scale});
-  (ra.pow(2).sum() + rb.sum()).backward();
-  auto ref = take(all);
-  IsolatedOffload iso;
-  actckpt::OffloadContextScope context(iso.context);
-  auto [a, b, s] = actckpt::checkpoint<Policy>(fn, x, 0.5, std::vector<torch::Tensor>{scale});
-  CHECK(s == "tag");
-  CHECK(torch::equal(a, ra));
-  (a.pow(2).sum() + b.sum()).backward();
-  auto got = take(all);
-  for (const auto& g : got) REQUIRE(g.defined());
-  check_bitwise_equal(got, ref);
-  CHECK(iso.pool->stats().live_bytes == 0);
-  // Grad mode off: the callable runs directly.
-  torch::NoGradGuard no_grad;
-  CHECK_FALSE(std::get<0>(actckpt::checkpoint<Policy>(fn, x, 0.5, std::vector<torch::Tensor>{scale})).requires_grad());
-}
-
-TEST_CASE_TEMPLATE("functional: checkpoint_sequential over segments, BatchNorm inside, matches the plain Sequential",
-                   Policy, NR_POLICIES) {
-  torch::manual_seed(23);
-  auto make = [] {
-    torch::manual_seed(5);
-    return torch::nn::Sequential(torch::nn::Linear(16, 32), torch::nn::ReLU(), torch::nn::BatchNorm1d(32),
-                                 torch::nn::Linear(32, 32), torch::nn::Tanh(), torch::nn::Linear(32, 16),
-                                 torch::nn::GELU());
-  };
-  auto ref = make(), seq = make();
-  IsolatedOffload iso;
-  actckpt::OffloadContextScope context(iso.context);
-  for (int64_t segments : {1, 2, 3, 7}) {
-    CAPTURE(segments);
-    auto x = torch::randn({24, 16}, torch::requires_grad());
-    ref->forward(x).pow(2).sum().backward();
-    auto gx = take({x});
-    actckpt::checkpoint_sequential<Policy>(seq, segments, x).pow(2).sum().backward();
-    check_bitwise_equal(take({x}), gx);
-    check_bitwise_equal(take_grads(*seq), take_grads(*ref));
-    for (const auto& item : ref->named_buffers()) {
-      CAPTURE(item.key());
-      CHECK(torch::equal(item.value(), seq->named_buffers()[item.key()]));
-    }
-  }
-  CHECK_THROWS_WITH_AS(actckpt::checkpoint_sequential<Policy>(seq, 8, torch::randn({2, 16})),
-                       doctest::Contains("segments must be between 1 and the number of modules (7)"),
-                       actckpt::UsageError);
-}
-
-TEST_CASE("functional: an explicit reentrant policy is refused (captured tensors would get no gradient)") {
-  auto w = torch::randn({4, 4}, torch::requires_grad());
-  CHECK_THROWS_WITH_AS(actckpt::checkpoint<Reentrant<actckpt::NoOffload>>([&](const torch::Tensor& x) { return x.mm(w); },
-                                                                          torch::randn({2, 4})),
-                       doctest::Contains("non-reentrant only"), actckpt::UsageError);
 }
 
 TEST_CASE_TEMPLATE("nesting: non-reentrant and reentrant checkpoints inside each other match the unwrapped model",

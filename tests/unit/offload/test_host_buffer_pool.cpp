@@ -8,6 +8,8 @@
 
 #include <actckpt/offload/host_buffer_pool.hpp>
 
+#include "offload_fixtures.hpp"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -338,4 +340,118 @@ TEST_CASE("host pool: a fence that fails fails the request, and nothing is lost"
   b.reset();
   pool->trim();
   CHECK(pool->stats().reserved_bytes == 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool in use by the offload policies: reuse across steps, bound and statistics, exhaustion
+// (fallback and throw_error), CPU stashes outside LibTorch's allocator.
+
+namespace {
+using namespace test_models;
+using actckpt::AsyncOffload;
+using actckpt::Checkpointed;
+using actckpt::EventKind;
+using actckpt::NoOffload;
+using actckpt::SyncOffload;
+}  // namespace
+
+TEST_CASE_TEMPLATE("the host pool is reused across steps: no growth over 50 steps", Policy, SyncOffload, AsyncOffload) {
+  IsolatedOffload iso;
+  auto layers = mlp_stack(4);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto step = [&] {
+    chain(wrapped, torch::randn({16, 32})).pow(2).mean().backward();
+    for (auto& l : layers) l->zero_grad();
+  };
+  step();
+  const auto after_first = iso.pool->stats();
+  CHECK(after_first.system_allocations > 0);
+  CHECK(after_first.live_bytes == 0);
+  for (int i = 0; i < 49; ++i) step();
+  const auto after_50 = iso.pool->stats();
+  CHECK(after_50.system_allocations == after_first.system_allocations);
+  CHECK(after_50.reserved_bytes == after_first.reserved_bytes);
+  CHECK(after_50.peak_reserved_bytes == after_first.peak_reserved_bytes);
+  CHECK(after_50.reuses >= 49 * after_first.system_allocations);
+  CHECK(after_50.live_bytes == 0);
+}
+
+TEST_CASE("host buffer pool: bounded, reusable, statistics readable, trimmed on demand") {
+  auto pool = actckpt::HostBufferPool::create(64 * 1024);
+  auto a = pool->try_acquire(10000, false);
+  REQUIRE(a != nullptr);
+  CHECK(a->capacity() >= 10000);
+  CHECK(a->capacity() % actckpt::HostBufferPool::alignment == 0);
+  CHECK(pool->stats().live_bytes == a->capacity());
+  auto b = pool->try_acquire(40000, false);
+  REQUIRE(b != nullptr);
+  CHECK(pool->try_acquire(40000, false) == nullptr);  // over the 64 KiB bound: refused, never waits
+  CHECK(pool->stats().exhaustions == 1);
+  const void* a_memory = a->data();
+  a.reset();
+  CHECK(pool->stats().live_bytes == b->capacity());
+  auto c = pool->try_acquire(9000, false);  // placed where a was (first fit in the slab a and b share)
+  REQUIRE(c != nullptr);
+  CHECK(c->data() == a_memory);
+  CHECK(pool->stats().reuses == 2);              // b and c were placed in the slab made for a
+  CHECK(pool->stats().system_allocations == 1);
+  c.reset();
+  b.reset();
+  CHECK(pool->stats().live_bytes == 0);
+  CHECK(pool->stats().peak_live_bytes >= 40000);
+  pool->trim();
+  CHECK(pool->stats().reserved_bytes == 0);
+  pool->set_limit(1 << 20);
+  CHECK(pool->try_acquire(500000, false) != nullptr);
+}
+
+TEST_CASE_TEMPLATE("pool exhaustion: documented fallback keeps stashes on the device", Policy, SyncOffload, AsyncOffload) {
+  IsolatedOffload iso;
+  iso.pool->set_limit(4096);  // smaller than one 16x32 float stash (8 KiB)
+  auto layers = mlp_stack(4);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto x = torch::randn({16, 32}, torch::requires_grad());
+  chain(layers, x).pow(2).sum().backward();
+  auto g_ref = take_grads(*layers[0]);
+  x.mutable_grad().reset();
+  for (auto& l : layers) l->zero_grad();
+  chain(wrapped, x).pow(2).sum().backward();
+  check_bitwise_equal(take_grads(*layers[0]), g_ref);
+  CHECK(iso.pool->stats().exhaustions > 0);
+  CHECK(iso.pool->stats().live_bytes == 0);
+}
+
+using StrictSync = actckpt::BasicSyncOffload<actckpt::PoolExhaustion::throw_error>;
+using StrictAsync = actckpt::BasicAsyncOffload<1, 1024, actckpt::PoolExhaustion::throw_error>;
+
+TEST_CASE_TEMPLATE("pool exhaustion with throw_error: a clear error, nothing leaked, next step trains", Policy,
+                   StrictSync, StrictAsync) {
+  IsolatedOffload iso;
+  iso.pool->set_limit(4096);
+  auto layers = mlp_stack(4);
+  auto wrapped = wrap_stack<Policy>(layers, iso);
+  auto x = torch::randn({16, 32});
+  CHECK_THROWS_WITH_AS(chain(wrapped, x), doctest::Contains("host buffer pool exhausted"),
+                       actckpt::HostPoolExhausted);
+  CHECK(iso.pool->stats().live_bytes == 0);
+  CHECK(iso.context->stack().size() == 0);
+  iso.pool->set_limit(std::size_t{1} << 26);
+  chain(wrapped, x).sum().backward();
+  CHECK(layers[0]->fc1->weight.grad().defined());
+}
+
+TEST_CASE("CPU stashes live in the host pool, outside LibTorch's CPU allocator") {
+  IsolatedOffload iso;
+  auto layers = mlp_stack(3);
+  auto wrapped = wrap_stack<SyncOffload>(layers, iso);
+  auto log = std::make_shared<EventLog>();
+  actckpt::ObserverScope scope(log);
+  auto x = torch::randn({16, 32});
+  auto y = chain(wrapped, x);
+  // Three stashes of 16x32 floats, each at its exact size rounded up to the pool's alignment.
+  constexpr std::size_t align = actckpt::HostBufferPool::alignment;
+  CHECK(iso.pool->stats().live_bytes == 3 * align * ((16 * 32 * 4 + align - 1) / align));
+  for (const auto& e : log->snapshot())
+    if (e.kind == EventKind::offload_begin) CHECK(e.bytes == 16 * 32 * 4);
+  y.sum().backward();
 }
