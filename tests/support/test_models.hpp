@@ -250,4 +250,19 @@ struct EventLog : actckpt::Observer {
   std::vector<Entry> entries;
 };
 
+/// Gradients of `tensors`, cloned, then cleared.
+inline std::vector<torch::Tensor> take_grads(const std::vector<torch::Tensor>& tensors) {
+  std::vector<torch::Tensor> out;
+  for (auto t : tensors) {
+    out.push_back(t.grad().defined() ? t.grad().clone() : torch::Tensor());
+    t.mutable_grad().reset();
+  }
+  return out;
+}
+
 }  // namespace test_models
+
+/// The policies of the non-reentrant cases, each pinned to that form whatever the process default.
+#define NR_POLICIES                                                                                   \
+  actckpt::NonReentrant<actckpt::NoOffload>, actckpt::NonReentrant<actckpt::SyncOffload>,          \
+      actckpt::NonReentrant<actckpt::AsyncOffload>

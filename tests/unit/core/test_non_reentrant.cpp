@@ -13,7 +13,6 @@ using actckpt::Checkpointed;
 using actckpt::NonReentrant;
 using actckpt::Reentrant;
 
-#define NR_POLICIES NonReentrant<actckpt::NoOffload>, NonReentrant<actckpt::SyncOffload>, NonReentrant<actckpt::AsyncOffload>
 
 namespace {
 
@@ -26,15 +25,6 @@ Checkpointed<Layer, Policy> wrap(Layer layer, const IsolatedOffload& iso, const 
   return wrapped;
 }
 
-/// Gradients of `tensors`, cloned, then cleared.
-std::vector<torch::Tensor> take(const std::vector<torch::Tensor>& tensors) {
-  std::vector<torch::Tensor> out;
-  for (auto t : tensors) {
-    out.push_back(t.grad().defined() ? t.grad().clone() : torch::Tensor());
-    t.mutable_grad().reset();
-  }
-  return out;
-}
 
 /// Uses a tensor it neither receives nor registers: a tied weight held by reference.
 struct TiedBlockImpl : torch::nn::Module {
@@ -147,10 +137,10 @@ TEST_CASE_TEMPLATE("non-reentrant: a captured tensor (tied weight held by refere
   auto wrapped = wrap<Policy>(block, iso);
   auto x = torch::randn({24, 16}, torch::requires_grad());
   block(x).pow(2).sum().backward();
-  auto ref = take({x, tied});
+  auto ref = take_grads({x, tied});
   auto ref_p = take_grads(*block);
   wrapped(x).pow(2).sum().backward();
-  check_bitwise_equal(take({x, tied}), ref);
+  check_bitwise_equal(take_grads({x, tied}), ref);
   check_bitwise_equal(take_grads(*block), ref_p);
   CHECK(iso.pool->stats().live_bytes == 0);
   CHECK(iso.context->stack().size() == 0);
@@ -168,10 +158,10 @@ TEST_CASE_TEMPLATE("non-reentrant: tensors inside std::vector and std::map argum
                                              {"scale", torch::randn({24, 1}, torch::requires_grad())}};
   const std::vector<torch::Tensor> all{x, extra[0], extra[1], named["bias"], named["scale"]};
   block(x, extra, named).pow(2).sum().backward();
-  auto ref = take(all);
+  auto ref = take_grads(all);
   auto ref_p = take_grads(*block);
   wrapped(x, extra, named).pow(2).sum().backward();
-  auto got = take(all);
+  auto got = take_grads(all);
   for (const auto& g : got) REQUIRE(g.defined());
   check_bitwise_equal(got, ref);
   check_bitwise_equal(take_grads(*block), ref_p);
@@ -274,7 +264,7 @@ TEST_CASE_TEMPLATE("non-reentrant: backward twice with retain_graph, as the unwr
     auto loss = chain(stack, x).pow(2).sum();
     loss.backward({}, /*retain_graph=*/true);
     loss.backward();
-    auto g = take({x});
+    auto g = take_grads({x});
     for (auto& l : layers)
       for (auto& t : take_grads(*l)) g.push_back(t);
     return g;
@@ -291,11 +281,11 @@ TEST_CASE_TEMPLATE("non-reentrant: autograd::grad and a tensor hook inside the l
   auto wrapped = wrap<Policy>(block, iso);
   auto x = torch::randn({24, 16}, torch::requires_grad());
   block(x).pow(2).sum().backward();
-  auto ref = take({x});
+  auto ref = take_grads({x});
   auto ref_p = take_grads(*block);
   CHECK(block->hook_calls == 1);
   wrapped(x).pow(2).sum().backward();
-  check_bitwise_equal(take({x}), ref);
+  check_bitwise_equal(take_grads({x}), ref);
   check_bitwise_equal(take_grads(*block), ref_p);
   CHECK(block->hook_calls == 2);  // the forward's hook ran; the recompute's graph is never differentiated
 }
@@ -315,7 +305,7 @@ TEST_CASE_TEMPLATE("non-reentrant: CPU bf16 autocast, a leaf used twice: bitwise
       // A use of the weight outside the layer, in the same autocast region (cast cache shared).
       (y.to(at::kFloat).pow(2).sum() + x.mm(tied).to(at::kFloat).sum()).backward();
     }
-    auto g = take({x, tied});
+    auto g = take_grads({x, tied});
     for (auto& t : take_grads(*block)) g.push_back(t);
     return g;
   };
@@ -377,11 +367,11 @@ TEST_CASE_TEMPLATE("non-reentrant: backward(inputs=) and autograd::grad with res
   auto x = torch::randn({24, 16}, torch::requires_grad());
   auto w = block->fc1->weight;
   torch::autograd::backward({block(x).pow(2).sum()}, {}, c10::nullopt, false, {w});
-  auto ref = take({w});
+  auto ref = take_grads({w});
   CHECK_FALSE(x.grad().defined());
   torch::autograd::backward({wrapped(x).pow(2).sum()}, {}, c10::nullopt, false, {w});
   CHECK_FALSE(x.grad().defined());
-  check_bitwise_equal(take({w}), ref);
+  check_bitwise_equal(take_grads({w}), ref);
   auto gx_ref = torch::autograd::grad({block(x).sum()}, {x})[0];
   auto gx = torch::autograd::grad({wrapped(x).sum()}, {x})[0];
   CHECK(torch::equal(gx, gx_ref));
@@ -396,7 +386,7 @@ TEST_CASE_TEMPLATE("non-reentrant: dropout masks and the caller's RNG state (por
   auto step = [&](auto& module) {
     torch::manual_seed(21);
     module(x).pow(2).sum().backward();
-    auto g = take({x});
+    auto g = take_grads({x});
     g.push_back(torch::rand({4}));  // the caller's generator after the step
     return g;
   };
@@ -426,11 +416,11 @@ TEST_CASE_TEMPLATE("nesting: non-reentrant and reentrant checkpoints inside each
     plain.checkpoint = !plain_inner_reference;
     block->inner->set_stash_options(plain);
     block(x).pow(2).sum().backward();
-    auto ref = take({x});
+    auto ref = take_grads({x});
     auto ref_p = take_grads(*block);
     block->inner->set_stash_options(options);
     wrapped(x).pow(2).sum().backward();
-    check_bitwise_equal(take({x}), ref);
+    check_bitwise_equal(take_grads({x}), ref);
     check_bitwise_equal(take_grads(*block), ref_p);
     CHECK(iso.pool->stats().live_bytes == 0);
   };

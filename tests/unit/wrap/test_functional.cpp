@@ -8,22 +8,6 @@ using namespace test_models;
 using actckpt::NonReentrant;
 using actckpt::Reentrant;
 
-#define NR_POLICIES NonReentrant<actckpt::NoOffload>, NonReentrant<actckpt::SyncOffload>, NonReentrant<actckpt::AsyncOffload>
-
-namespace {
-
-/// Gradients of `tensors`, cloned, then cleared.
-std::vector<torch::Tensor> take(const std::vector<torch::Tensor>& tensors) {
-  std::vector<torch::Tensor> out;
-  for (auto t : tensors) {
-    out.push_back(t.grad().defined() ? t.grad().clone() : torch::Tensor());
-    t.mutable_grad().reset();
-  }
-  return out;
-}
-
-}  // namespace
-
 TEST_CASE_TEMPLATE("functional: checkpoint(lambda capturing tensors, args...) matches the plain call", Policy,
                    NR_POLICIES) {
   torch::manual_seed(22);
@@ -38,14 +22,14 @@ TEST_CASE_TEMPLATE("functional: checkpoint(lambda capturing tensors, args...) ma
   const std::vector<torch::Tensor> all{x, w1, w2, scale};
   auto [ra, rb, rs] = fn(x, 0.5, {scale});
   (ra.pow(2).sum() + rb.sum()).backward();
-  auto ref = take(all);
+  auto ref = take_grads(all);
   IsolatedOffload iso;
   actckpt::OffloadContextScope context(iso.context);
   auto [a, b, s] = actckpt::checkpoint<Policy>(fn, x, 0.5, std::vector<torch::Tensor>{scale});
   CHECK(s == "tag");
   CHECK(torch::equal(a, ra));
   (a.pow(2).sum() + b.sum()).backward();
-  auto got = take(all);
+  auto got = take_grads(all);
   for (const auto& g : got) REQUIRE(g.defined());
   check_bitwise_equal(got, ref);
   CHECK(iso.pool->stats().live_bytes == 0);
@@ -70,9 +54,9 @@ TEST_CASE_TEMPLATE("functional: checkpoint_sequential over segments, BatchNorm i
     CAPTURE(segments);
     auto x = torch::randn({24, 16}, torch::requires_grad());
     ref->forward(x).pow(2).sum().backward();
-    auto gx = take({x});
+    auto gx = take_grads({x});
     actckpt::checkpoint_sequential<Policy>(seq, segments, x).pow(2).sum().backward();
-    check_bitwise_equal(take({x}), gx);
+    check_bitwise_equal(take_grads({x}), gx);
     check_bitwise_equal(take_grads(*seq), take_grads(*ref));
     for (const auto& item : ref->named_buffers()) {
       CAPTURE(item.key());
