@@ -104,8 +104,11 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
   /// the layer again with as many, so the layer's own defaults apply in the recompute too.
   template <class... Params>
   R run(Params... args) {
+    // Eval mode or grad mode off: the layer runs directly, before anything is built for the
+    // dispatch (docs/pitfalls.md#p15: such passes pay nothing for checkpointing).
+    if (!is_training() || !c10::GradMode::is_enabled()) return layer_->forward(std::forward<Params>(args)...);
     const detail::CallSettings settings{source(), options_, context_ ? context_ : OffloadContext::current(),
-                                        is_training() && c10::GradMode::is_enabled()};
+                                        /*enabled=*/true};
     return detail::dispatch(
         settings,
         detail::CallWays{
@@ -119,7 +122,7 @@ class CheckpointedImpl<Layer, Policy, R(Args...)> : public detail::LayerStandIn,
             },
             [&] {
               using Record = TypedCheckpointRecord<LayerImpl, R, Params...>;
-              return c10::make_intrusive<Record>(layer_.ptr(), source(), options_, settings.context,
+              return c10::make_intrusive<Record>(layer_.ptr(), settings.source, options_, settings.context,
                                                  std::forward<Params>(args)...);
             },
             [&] {
