@@ -8,7 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
-#include <torch/custom_class.h>
+#include <ATen/core/ivalue.h>  // torch::CustomClassHolder
 
 #include <cstddef>
 #include <memory>
