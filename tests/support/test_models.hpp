@@ -4,6 +4,7 @@
 
 #include <actckpt/actckpt.hpp>
 #include <actckpt/models/transformer.hpp>
+#include "test_device.hpp"
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
