@@ -113,8 +113,6 @@ auto in_sequential(A&... args) {
   };
 }
 
-Tensor leaf(at::IntArrayRef sizes) { return torch::randn(sizes, torch::requires_grad()); }
-
 }  // namespace
 
 TEST_CASE_TEMPLATE("MultiheadAttention: query, key, value only (4 defaults), direct and in Sequential", Policy,

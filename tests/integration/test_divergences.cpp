@@ -127,7 +127,7 @@ void check_close(const Step& actual, const Step& expected) {
   }
 }
 
-bool contains(const std::optional<std::string>& error, const char* text) {
+bool error_contains(const std::optional<std::string>& error, const char* text) {
   return error && error->find(text) != std::string::npos;
 }
 
@@ -260,7 +260,7 @@ TEST_CASE_TEMPLATE("divergence 3: changing a layer's view output in place", Poli
   check_same(run([&](torch::Tensor x) { return nr(x); }), expected);  // removed
   auto r = wrapped<actckpt::Reentrant<Policy>>(layer, iso);
   const auto reentrant = run([&](torch::Tensor x) { return r(x); });
-  CHECK(contains(reentrant.error, "is a view and is being modified inplace"));  // remains: an error
+  CHECK(error_contains(reentrant.error, "is a view and is being modified inplace"));  // remains: an error
   check_nothing_left(iso);
 }
 
@@ -279,9 +279,9 @@ TEST_CASE_TEMPLATE("divergence 4: changing in place an output that autograd save
     });
   };
   const auto expected = run([&](torch::Tensor x) { return layer(x); });
-  REQUIRE(contains(expected.error, "modified by an inplace operation"));
+  REQUIRE(error_contains(expected.error, "modified by an inplace operation"));
   auto nr = wrapped<actckpt::NonReentrant<Policy>>(layer, iso);
-  CHECK(contains(run([&](torch::Tensor x) { return nr(x); }).error, "modified by an in-place operation"));  // removed
+  CHECK(error_contains(run([&](torch::Tensor x) { return nr(x); }).error, "modified by an in-place operation"));  // removed
   // Remains in the reentrant form: the forward saved nothing, the recompute makes its own tanh
   // output, so nothing stops the step. Its gradient is that of the function with the recompute's
   // (unchanged) output, i.e. what the unwrapped layer would give without the in-place change.
@@ -320,14 +320,14 @@ TEST_CASE_TEMPLATE("divergence 5: an input the layer does not use, from a produc
       // Both forms, documented: the stash *is* the caller's tensor (or an async copy that may
       // read the change), and actckpt cannot tell whether the layer reads it: it raises rather
       // than recompute from changed values.
-      CHECK(contains(non_reentrant.error, "was modified in place after the forward stashed it"));
+      CHECK(error_contains(non_reentrant.error, "was modified in place after the forward stashed it"));
     }
     auto r = wrapped<actckpt::Reentrant<Policy>>(layer, iso);
     const auto reentrant = run([&](torch::Tensor a, torch::Tensor b) { return r(a, b); });
     // Remains in the reentrant form: its node has an edge to every input that requires grad,
     // so backward reaches exp and its changed output.
-    CHECK((contains(reentrant.error, "modified by an inplace operation") ||
-           contains(reentrant.error, "was modified in place after the forward stashed it")));
+    CHECK((error_contains(reentrant.error, "modified by an inplace operation") ||
+           error_contains(reentrant.error, "was modified in place after the forward stashed it")));
   }
   check_nothing_left(iso);
 }
@@ -352,7 +352,7 @@ TEST_CASE_TEMPLATE("the reentrant form refuses to double a parameter's gradient"
   // LibTorch 1.13 doubles it (actckpt raises); 2.15 does not (the gradients are right). Never a
   // doubled gradient in silence.
   if (reentrant.error) {
-    CHECK(contains(reentrant.error, "its gradient twice"));
+    CHECK(error_contains(reentrant.error, "its gradient twice"));
   } else {
     MESSAGE("this LibTorch gives the reentrant recompute's parameter gradient once: checked equal");
     check_close(reentrant, expected);

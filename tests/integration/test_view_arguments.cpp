@@ -159,8 +159,6 @@ struct HeapArray {
   std::unique_ptr<std::vector<T>> data;
 };
 
-Tensor leaf(at::IntArrayRef sizes) { return torch::randn(sizes, torch::requires_grad()); }
-
 }  // namespace
 
 TEST_CASE_TEMPLATE("ConvTranspose2d with an explicit output_size (optional<IntArrayRef>) freed after the call",

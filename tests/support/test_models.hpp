@@ -50,6 +50,24 @@ struct MaskedBlockImpl : torch::nn::Module {
 };
 TORCH_MODULE(MaskedBlock);
 
+/// A random leaf tensor that requires grad, on the test device.
+inline torch::Tensor leaf(at::IntArrayRef sizes) { return torch::randn(sizes, test_device::options().requires_grad(true)); }
+
+/// A layer whose recompute does not match its forward: from its second call on it returns
+/// another output shape (and saves as many tensors, of other shapes). The reentrant form sees
+/// another output, the non-reentrant one other saved tensors.
+struct ChangingBlockImpl : torch::nn::Module {
+  explicit ChangingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  torch::Tensor forward(torch::Tensor x) {
+    auto y = fc(x);
+    if (calls++ == 0) return torch::tanh(y) * y;
+    return torch::tanh(y.narrow(0, 0, 2)) * y.narrow(0, 0, 2);
+  }
+  torch::nn::Linear fc{nullptr};
+  int calls = 0;
+};
+TORCH_MODULE(ChangingBlock);
+
 /// Two outputs, plus a non-differentiable integer output and a non-tensor member.
 struct TwoOutputBlockImpl : torch::nn::Module {
   explicit TwoOutputBlockImpl(int64_t dim) {

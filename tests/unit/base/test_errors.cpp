@@ -44,20 +44,6 @@ void check_common(const actckpt::Error& e) {
   CHECK(what.find("frame #") == std::string::npos);
 }
 
-/// A layer whose recompute does more work than its forward did, on a smaller output: the
-/// reentrant form sees another output, the non-reentrant one other saved tensors.
-struct ChangingBlockImpl : torch::nn::Module {
-  explicit ChangingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
-  torch::Tensor forward(torch::Tensor x) {
-    auto y = fc(x);
-    if (calls++ == 0) return torch::tanh(y) * y;
-    return torch::tanh(y.narrow(0, 0, 2)) * y.narrow(0, 0, 2);  // saves as many tensors, of other shapes
-  }
-  torch::nn::Linear fc{nullptr};
-  int calls = 0;
-};
-TORCH_MODULE(ChangingBlock);
-
 /// A layer's own exception type, thrown from its forward or its recompute.
 struct LayerFailure : std::runtime_error {
   explicit LayerFailure(int c) : std::runtime_error("layer failure"), code(c) {}

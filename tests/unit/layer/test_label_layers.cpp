@@ -27,20 +27,6 @@ actckpt::CheckpointedLayer& layer_of(const torch::nn::Sequential& seq, std::size
   return *dynamic_cast<actckpt::CheckpointedLayer*>(seq->ptr(i).get());
 }
 
-/// A recompute that does not match its forward (another output shape): the reentrant form
-/// compares outputs, the non-reentrant one the tensors saved for backward.
-struct ChangingBlockImpl : torch::nn::Module {
-  explicit ChangingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
-  torch::Tensor forward(torch::Tensor x) {
-    auto y = fc(x);
-    if (calls++ == 0) return torch::tanh(y) * y;
-    return torch::tanh(y.narrow(0, 0, 2)) * y.narrow(0, 0, 2);  // saves as many tensors, of other shapes
-  }
-  torch::nn::Linear fc{nullptr};
-  int calls = 0;
-};
-TORCH_MODULE(ChangingBlock);
-
 }  // namespace
 
 TEST_CASE("label_layers: every wrapped layer is named by its path; explicit labels are kept") {

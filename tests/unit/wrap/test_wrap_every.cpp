@@ -18,15 +18,15 @@ struct WrapBlockImpl : torch::nn::Module {
 TORCH_MODULE(WrapBlock);
 
 /// Two tensor inputs and a non-tensor flag, as in examples/custom_block.
-struct MaskedBlockImpl : torch::nn::Module {
-  explicit MaskedBlockImpl(int64_t dim) : fc(register_module("fc", torch::nn::Linear(dim, dim))) {}
+struct MaskedResidualBlockImpl : torch::nn::Module {
+  explicit MaskedResidualBlockImpl(int64_t dim) : fc(register_module("fc", torch::nn::Linear(dim, dim))) {}
   torch::Tensor forward(torch::Tensor x, torch::Tensor mask, bool residual) {
     auto y = torch::gelu(fc(x)) * mask;
     return residual ? x + y : y;
   }
   torch::nn::Linear fc;
 };
-TORCH_MODULE(MaskedBlock);
+TORCH_MODULE(MaskedResidualBlock);
 
 template <class Policy, class Layer>
 bool is_wrapped(const torch::nn::Sequential& stack, std::size_t i) {
@@ -91,7 +91,7 @@ TEST_CASE("wrap_every on a mixed Sequential wraps only the given layer type, kee
 TEST_CASE("wrap_every stacks of multi-argument layers are called layer by layer") {
   using Policy = actckpt::AsyncOffload;
   torch::manual_seed(5);
-  std::vector<MaskedBlock> blocks{MaskedBlock(8), MaskedBlock(8), MaskedBlock(8)};
+  std::vector<MaskedResidualBlock> blocks{MaskedResidualBlock(8), MaskedResidualBlock(8), MaskedResidualBlock(8)};
   auto stack = actckpt::wrap_every<Policy>(blocks, 2);
   const auto x = torch::randn({4, 8});
   const auto mask = (torch::rand({4, 8}) > 0.3).to(torch::kFloat);
