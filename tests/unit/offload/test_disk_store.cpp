@@ -396,3 +396,31 @@ TEST_CASE("disk store: a disk that cannot hold the capacity fails at open naming
   fits.reset();
   CHECK(entries(dir.path).empty());
 }
+
+TEST_CASE("disk tier in the memory timeline and the trace: disk bytes per sample, a disk track of writes and reads") {
+  ScratchDir dir;
+  DiskOffloadSetup setup(dir.path, std::size_t{1} << 30, 4 << 20);
+  auto layers = wide_stack(4);
+  auto wrapped = wrap_with<actckpt::DiskOffload>(layers, setup, actckpt::PoolExhaustion::spill_to_disk, false);
+  const auto x = torch::randn({64, 256}, test_device::options().requires_grad(true));
+  actckpt::MemoryMeter meter(test_device::device(), setup.pool);
+  actckpt::MemoryTimeline timeline(meter, "disk", "start");
+  timeline.watch_disk(setup.disk);
+  setup.context->reset_telemetry();
+  chain(wrapped, x).sum().backward();
+  REQUIRE(wait_until_idle(*setup.context));
+  timeline.stop();
+  timeline.add_copies(setup.context->take_telemetry().spans);
+  std::int64_t disk_peak = 0;
+  for (const auto& s : timeline.samples()) disk_peak = std::max(disk_peak, s.disk_bytes);
+  CHECK(disk_peak == 3 * 64 * 256 * 4);  // three of four stashes on disk at the turn (keep-N = 1)
+  CHECK(timeline.samples().back().disk_bytes == 0);
+  std::ostringstream csv, trace;
+  timeline.write_csv(csv);
+  timeline.write_trace(trace);
+  CHECK(csv.str().rfind("time_ms,device_bytes,host_stash_bytes,delta_bytes,phase,what,label,disk_bytes\n", 0) == 0);
+  CHECK(trace.str().find("\"disk MB\"") != std::string::npos);
+  CHECK(trace.str().find("disk (device <-> disk store)") != std::string::npos);
+  CHECK(trace.str().find("\"disk write 1\"") != std::string::npos);
+  CHECK(trace.str().find("\"disk read 1\"") != std::string::npos);
+}
