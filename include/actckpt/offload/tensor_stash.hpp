@@ -369,6 +369,9 @@ class TensorStash final : public StackEntry {
   void begin_prefetch_locked() {
     if (prefetch_ticket_) return;
     incoming_ = empty_like_original();
+#if ACTCKPT_WITH_CUDA
+    if (incoming_.is_cuda()) incoming_stream_ = c10::cuda::getCurrentCUDAStream(incoming_.device().index());
+#endif
     if (location_ == Location::disk) {
       if (options_.mode == StashMode::async_host) emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_), layer_);
       // CUDA: the worker's side stream writes incoming_ only after the compute stream is done
@@ -380,9 +383,6 @@ class TensorStash final : public StackEntry {
           disk_);
       return;
     }
-#if ACTCKPT_WITH_CUDA
-    if (incoming_.is_cuda()) incoming_stream_ = c10::cuda::getCurrentCUDAStream(incoming_.device().index());
-#endif
     // Ahead of need only for async stashes; a sync stash's copy back is its restore.
     if (options_.mode == StashMode::async_host) emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_), layer_);
     prefetch_ticket_ = context_->engine().copy(incoming_, host_view_, host_, {},
