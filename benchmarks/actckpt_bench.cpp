@@ -134,6 +134,7 @@ class TrainStep : public benchmark::Fixture {
           run.progress(mode, "recording a memory timeline");
           auto timeline = std::make_unique<actckpt::MemoryTimeline>(
               session_->meter(), std::string(actckpt::models::to_string(mode)), "zero_grad");
+          if (const auto& disk = session_->offload_context().disk_ptr()) timeline->watch_disk(disk);
           session_->offload_context().reset_telemetry();
           session_->step(timeline.get());
           synchronize(session_->device());
@@ -184,6 +185,10 @@ class TrainStep : public benchmark::Fixture {
     const auto pool = meter.pool().stats();
     result.pool_peak_stashed_bytes = std::max(result.pool_peak_stashed_bytes, static_cast<int64_t>(pool.peak_stashed_bytes));
     result.pool_peak_reserved_bytes = std::max(result.pool_peak_reserved_bytes, static_cast<int64_t>(pool.peak_reserved_bytes));
+    if (const auto& disk = session_->offload_context().disk_ptr()) {
+      result.disk_peak_bytes = std::max(result.disk_peak_bytes, static_cast<int64_t>(disk->stats().peak_live_bytes));
+      result.host_budget_bytes = static_cast<int64_t>(meter.pool().limit());
+    }
     result.resident_bytes = meter.device_bytes();
     result.floor = analytic_floor(*session_, run.options.model, result.resident_bytes, run.probe(keeps_activations(mode) ? StackMode::baseline : StackMode::ckpt_classic),
                                   run.probe(StackMode::ckpt_classic));
@@ -219,6 +224,8 @@ BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, offload_saved, actckpt::OffloadSaved)(ben
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_classic_reentrant, actckpt::Reentrant<actckpt::NoOffload>)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_sync_offload_reentrant, actckpt::Reentrant<actckpt::SyncOffload>)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_async_offload_reentrant, actckpt::Reentrant<actckpt::AsyncOffload>)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_disk_offload, actckpt::DiskOffload)(benchmark::State& state) { run(state); }
+BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_disk_spill, actckpt::models::DiskSpill)(benchmark::State& state) { run(state); }
 BENCHMARK_TEMPLATE_DEFINE_F(TrainStep, ckpt_planned, actckpt::models::PlannedCheckpoint)(benchmark::State& state) {
   run(state);
 }
@@ -240,6 +247,8 @@ void register_fixtures() {
   BENCHMARK_REGISTER_F(TrainStep, ckpt_classic_reentrant)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_sync_offload_reentrant)->Apply(configure);
   BENCHMARK_REGISTER_F(TrainStep, ckpt_async_offload_reentrant)->Apply(configure);
+  BENCHMARK_REGISTER_F(TrainStep, ckpt_disk_offload)->Apply(configure);
+  BENCHMARK_REGISTER_F(TrainStep, ckpt_disk_spill)->Apply(configure);
   if (!Run::get().options.memory_budget.empty()) BENCHMARK_REGISTER_F(TrainStep, ckpt_planned)->Apply(configure);
 }
 

@@ -143,6 +143,9 @@ inline void print_usage(std::ostream& out) {
   out << "actckpt_bench: one training step (forward, backward, SGD step) per iteration of a stack of\n"
          "pre-norm transformer blocks, in four modes: baseline, ckpt_classic, ckpt_sync_offload,\n"
          "ckpt_async_offload; offload_saved (no recompute, every saved activation in the host pool);\n"
+         "ckpt_disk_offload and ckpt_disk_spill (the disk tier: DiskOffload, and async offload with a\n"
+         "host budget of a quarter of what it stashes, the rest on disk; the store's directory is\n"
+         "$ACTCKPT_DISK_DIR, else $TMPDIR, else /tmp);\n"
          "and ckpt_planned with --memory_budget (the memory planner's plan).\n"
          "Prints the results table and writes it, with memory timelines, to --out.\n\n"
          "Model and output flags (--name=value or --name value; default also from $ACTCKPT_<NAME>):\n";

@@ -47,6 +47,8 @@ struct ModeResult {
   int64_t pool_peak_stashed_bytes = 0;
   int64_t pool_peak_reserved_bytes = 0;
   int64_t resident_bytes = 0;    // device bytes between steps
+  int64_t disk_peak_bytes = 0;   // the disk tier's modes: the most the disk store held
+  int64_t host_budget_bytes = 0; // the disk tier's modes: the host pool's limit
   Floor floor;
   std::unique_ptr<actckpt::MemoryTimeline> timeline;
 
@@ -68,6 +70,7 @@ struct ModeResult {
   struct TelemetryMedians {
     double d2h_bytes, h2d_bytes, d2h_copies, h2d_copies, copies, d2h_ms, h2d_ms, copy_ms, stall_ms, stalls,
         overlap, d2h_gbps, h2d_gbps;
+    double disk_write_bytes, disk_read_bytes, disk_write_ms, disk_read_ms, disk_stall_ms, disk_overlap;
   };
   TelemetryMedians telemetry_medians() const {
     auto median = [&](auto figure) {
@@ -82,7 +85,10 @@ struct ModeResult {
             median([](const T& t) { return t.h2d_ms; }),     median([](const T& t) { return t.copy_ms(); }),
             median([](const T& t) { return t.stall_ms; }),   median([](const T& t) { return t.stalls; }),
             median([](const T& t) { return t.overlap(); }),  median([](const T& t) { return t.d2h_gbps(); }),
-            median([](const T& t) { return t.h2d_gbps(); })};
+            median([](const T& t) { return t.h2d_gbps(); }),
+            median([](const T& t) { return t.disk_write_bytes; }), median([](const T& t) { return t.disk_read_bytes; }),
+            median([](const T& t) { return t.disk_write_ms; }),    median([](const T& t) { return t.disk_read_ms; }),
+            median([](const T& t) { return t.disk_stall_ms; }),    median([](const T& t) { return t.disk_overlap(); })};
   }
 
   double median_ms() const { return median_of(step_ms); }
@@ -207,7 +213,7 @@ class Report {
       if (!r) continue;
       const auto same = actckpt::models::default_form_of(mode);
       const bool offload = same == StackMode::ckpt_sync_offload || same == StackMode::ckpt_async_offload ||
-                           same == StackMode::offload_saved;
+                           same == StackMode::offload_saved || actckpt::models::uses_disk(same);
       out << "| " << pad(std::string(actckpt::models::to_string(mode)), 18, false) << " | "
           << pad(fmt("%.2f", r->table_ms()), 14) << " | " << pad(fmt_delta(time_vs(mode, StackMode::baseline)), 13)
           << " | " << pad(fmt("%.2f", mib(r->peak_bytes)), 9) << " | "
@@ -228,11 +234,15 @@ class Report {
     add_pair(StackMode::ckpt_sync_offload, StackMode::ckpt_classic, "sync vs classic");
     add_pair(StackMode::offload_saved, StackMode::ckpt_classic, "offload_saved vs classic");
     add_pair(StackMode::offload_saved, StackMode::ckpt_async_offload, "offload_saved vs async");
+    add_pair(StackMode::ckpt_disk_offload, StackMode::ckpt_async_offload, "disk vs async");
+    add_pair(StackMode::ckpt_disk_offload, StackMode::ckpt_classic, "disk vs classic");
+    add_pair(StackMode::ckpt_disk_spill, StackMode::ckpt_async_offload, "spill vs async");
     if (!pairs.empty())
       out << "\nTime between checkpointed modes (" << (rounds() ? "median of per-round ratios" : "ratio of medians")
           << "): " << pairs << ".\n";
     write_form_lines(out);
     write_telemetry_table(out);
+    write_disk_table(out);
     write_pool_lines(out);
     write_plan_lines(out);
     out << "\nMB = 2^20 bytes. Peak: " << (m.torch_device().is_cuda()
@@ -364,6 +374,36 @@ class Report {
     }
   }
 
+  /// The disk tier's modes: what went to disk each way, how long the I/O took, how long the compute
+  /// waited for it and the share hidden (disk overlap = 1 - disk stall / disk time), the disk and
+  /// host peaks against the host budget.
+  void write_disk_table(std::ostream& out) const {
+    bool any = false;
+    for (auto mode : actckpt::models::all_stack_modes) {
+      const auto* r = find(mode);
+      if (!r || !actckpt::models::uses_disk(mode)) continue;
+      if (!any) {
+        out << "\nDisk tier, per step (median of the measured steps):\n\n"
+               "| Mode               | Disk W (MB) | Disk R (MB) | Write (ms) | Read (ms) | Disk stall (ms) "
+               "| Disk overlap | W GB/s | R GB/s | Disk peak (MB) | Host pool peak (MB) | Host budget (MB) |\n"
+               "|--------------------|------------:|------------:|-----------:|----------:|----------------:"
+               "|-------------:|-------:|-------:|---------------:|--------------------:|-----------------:|\n";
+        any = true;
+      }
+      const auto t = r->telemetry_medians();
+      auto gbps = [](double bytes, double ms) { return ms > 0 ? bytes / (ms * 1e6) : 0.0; };
+      out << "| " << pad(std::string(actckpt::models::to_string(mode)), 18, false) << " | "
+          << pad(fmt("%.2f", mib(static_cast<int64_t>(t.disk_write_bytes))), 11) << " | "
+          << pad(fmt("%.2f", mib(static_cast<int64_t>(t.disk_read_bytes))), 11) << " | "
+          << pad(fmt("%.2f", t.disk_write_ms), 10) << " | " << pad(fmt("%.2f", t.disk_read_ms), 9) << " | "
+          << pad(fmt("%.2f", t.disk_stall_ms), 15) << " | " << pad(fmt("%.1f%%", 100.0 * t.disk_overlap), 12) << " | "
+          << pad(fmt("%.2f", gbps(t.disk_write_bytes, t.disk_write_ms)), 6) << " | "
+          << pad(fmt("%.2f", gbps(t.disk_read_bytes, t.disk_read_ms)), 6) << " | "
+          << pad(fmt("%.2f", mib(r->disk_peak_bytes)), 14) << " | " << pad(fmt("%.2f", mib(r->pool_peak_reserved_bytes)), 19)
+          << " | " << pad(fmt("%.2f", mib(r->host_budget_bytes)), 16) << " |\n";
+    }
+  }
+
   void write_csv(const std::string& path) const {
     std::ofstream out(path);
     out << "mode,ms_per_iter,ms_min,ms_mean,cpu_ms_per_iter,steps,peak_MB,host_stash_MB,floor_MB,over_floor_pct,"
@@ -441,8 +481,19 @@ class Report {
             << fmt("%.4f", t.d2h_ms) << ", \"h2d_ms\": " << fmt("%.4f", t.h2d_ms) << ", \"copy_ms\": "
             << fmt("%.4f", t.copy_ms) << ", \"stall_ms\": " << fmt("%.4f", t.stall_ms) << ", \"stalls\": "
             << fmt("%.0f", t.stalls) << ", \"overlap\": " << fmt("%.4f", t.overlap) << ", \"d2h_GBps\": "
-            << fmt("%.4f", t.d2h_gbps) << ", \"h2d_GBps\": " << fmt("%.4f", t.h2d_gbps) << ", \"steps\": "
+            << fmt("%.4f", t.d2h_gbps) << ", \"h2d_GBps\": " << fmt("%.4f", t.h2d_gbps)
+            << ", \"disk_write_bytes\": " << fmt("%.0f", t.disk_write_bytes) << ", \"disk_read_bytes\": "
+            << fmt("%.0f", t.disk_read_bytes) << ", \"disk_write_ms\": " << fmt("%.4f", t.disk_write_ms)
+            << ", \"disk_read_ms\": " << fmt("%.4f", t.disk_read_ms) << ", \"disk_stall_ms\": "
+            << fmt("%.4f", t.disk_stall_ms) << ", \"disk_overlap\": " << fmt("%.4f", t.disk_overlap) << ", \"steps\": "
             << r->telemetry.size() << "}";
+      }
+      if (actckpt::models::uses_disk(mode)) {
+        out << ",\n     \"disk\": {\"disk_peak_MB\": " << fmt("%.4f", mib(r->disk_peak_bytes)) << ", \"host_budget_MB\": "
+            << fmt("%.4f", mib(r->host_budget_bytes)) << ", \"host_pool_peak_held_MB\": "
+            << fmt("%.4f", mib(r->pool_peak_reserved_bytes)) << ", \"host_within_budget\": "
+            << (r->pool_peak_reserved_bytes <= r->host_budget_bytes ? "true" : "false")
+            << ", \"time_vs_async_offload_pct\": " << num(time_vs(mode, StackMode::ckpt_async_offload)) << "}";
       }
       out << "}";
     }

@@ -122,3 +122,34 @@ if(NOT saved_mode STREQUAL "offload_saved" OR d2h LESS_EQUAL 0 OR NOT d2h EQUAL 
   message(FATAL_ERROR "results.json: offload_saved without copies, pool figures or timeline:\n${results}")
 endif()
 message(STATUS "actckpt_bench offload_saved OK: ${d2h} bytes each way, pool held ${held} MB for ${stashed} MB stashed")
+
+# The disk tier's modes: ckpt_disk_offload writes every moved stash to disk, ckpt_disk_spill keeps
+# its host pool within a budget of a quarter of what async offload stashes and spills the rest.
+# results.json has the disk bytes each way (equal), the disk peak, and the host pool within budget.
+file(MAKE_DIRECTORY ${WORK_DIR}/disk)
+execute_process(
+  COMMAND ${CMAKE_COMMAND} -E env ACTCKPT_DISK_DIR=${WORK_DIR}/disk
+          ${BENCH} --num_layers=4 --hidden_dim=64 --head_dim=32 --ff_dim=128 --total_tokens=128
+          --batch_size=2 --steps=1 --quiet=true --out=${WORK_DIR}/disk
+          --benchmark_filter=ckpt_disk_offload|ckpt_disk_spill
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "\\| ckpt_disk_offload" OR NOT out MATCHES "Disk tier, per step")
+  message(FATAL_ERROR "actckpt_bench disk modes exited with ${rc}, or no disk rows / disk table:\n${out}\n${err}")
+endif()
+file(READ ${WORK_DIR}/disk/results.json results)
+foreach(i 0 1)
+  string(JSON mode GET "${results}" modes ${i} mode)
+  string(JSON written GET "${results}" modes ${i} telemetry disk_write_bytes)
+  string(JSON read GET "${results}" modes ${i} telemetry disk_read_bytes)
+  string(JSON disk_peak GET "${results}" modes ${i} disk disk_peak_MB)
+  string(JSON within GET "${results}" modes ${i} disk host_within_budget)
+  if(written LESS_EQUAL 0 OR NOT written EQUAL read OR disk_peak LESS_EQUAL 0 OR NOT within STREQUAL "ON")
+    message(FATAL_ERROR "results.json: ${mode} without disk bytes, disk peak or host pool within budget:\n${results}")
+  endif()
+  message(STATUS "actckpt_bench ${mode} OK: ${written} bytes to disk and back, disk peak ${disk_peak} MB")
+endforeach()
+file(GLOB left ${WORK_DIR}/disk/*)
+list(FILTER left INCLUDE REGEX "actckpt-disk")
+if(left)
+  message(FATAL_ERROR "the disk store left files behind: ${left}")
+endif()

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -59,6 +60,23 @@ class TrainSession {
     if (input_requires_grad) input_.requires_grad_(true);
     params_ = model_->parameters();
     optimizer_.emplace(params_, torch::optim::SGDOptions(1e-4));
+    if (actckpt::models::uses_disk(mode)) attach_disk_store(num_layers);
+  }
+
+  /// The disk tier's modes: a store in $ACTCKPT_DISK_DIR (else $TMPDIR, else /tmp) with room for
+  /// every block's stash; ckpt_disk_spill's host pool gets a budget of a quarter of what async
+  /// offload stashes ((L-1) stashes: keep-N is 1), so the rest goes to disk.
+  void attach_disk_store(int64_t num_layers) {
+    const char* dir = std::getenv("ACTCKPT_DISK_DIR");
+    if (dir == nullptr || *dir == '\0') dir = std::getenv("TMPDIR");
+    actckpt::DiskStoreOptions o;
+    o.directory = dir != nullptr && *dir != '\0' ? dir : "/tmp";
+    const auto stash = static_cast<std::size_t>(input_bytes());
+    const std::size_t slot = (stash + actckpt::DiskStore::alignment - 1) / actckpt::DiskStore::alignment * actckpt::DiskStore::alignment;
+    o.capacity_bytes = static_cast<std::size_t>(num_layers + 1) * slot;
+    context_->set_disk_store(actckpt::DiskStore::open(o));
+    if (mode_ == StackMode::ckpt_disk_spill)
+      context_->pool().set_limit(static_cast<std::size_t>(std::max<int64_t>(num_layers - 1, 1)) * stash / 4);
   }
 
   /// One training step. Gradients are zeroed in place (LibTorch 1.13's `zero_grad()`), so they
@@ -228,6 +246,8 @@ inline Floor analytic_floor(TrainSession& s, const StackConfig& cfg, int64_t res
       f.keep_formula = "1 x stash (restored)";
       f.working_set = checkpointed.working_set_bytes;
       break;
+    case StackMode::ckpt_disk_offload:  // as async offload: the tier is not the device
+    case StackMode::ckpt_disk_spill:
     case StackMode::ckpt_async_offload:
       f.keep = std::min<int64_t>(L, 2) * stash;
       f.keep_formula = "2 x stash (kept + prefetched)";

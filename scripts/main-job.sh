@@ -5,7 +5,10 @@
 #
 # Installs the Debian packages it needs (scripts/install-deps.sh), builds actckpt_bench,
 # runs the four modes (baseline, ckpt_classic, ckpt_sync_offload, ckpt_async_offload), the
-# offload-every-saved-activation mode offload_saved and the memory planner's mode ckpt_planned on the embedded CPU default (or the flags given, e.g. the seed's GPU configuration:
+# offload-every-saved-activation mode offload_saved, the disk tier's modes ckpt_disk_offload
+# (DiskOffload) and ckpt_disk_spill (async offload with a host budget of a quarter of what it
+# stashes, the rest spilled to disk; the store's directory is $ACTCKPT_DISK_DIR, else $TMPDIR,
+# else /tmp) and the memory planner's mode ckpt_planned on the embedded CPU default (or the flags given, e.g. the seed's GPU configuration:
 #   --device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64
 #   --ff_dim 4096 --batch_size 48 --dtype fp16 --steps 3),
 # prints the results table and writes to the output folder (default: out/main-job):

@@ -30,7 +30,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 MODES = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload", "offload_saved", "ckpt_planned",
-         "ckpt_classic_reentrant", "ckpt_sync_offload_reentrant", "ckpt_async_offload_reentrant"]
+         "ckpt_classic_reentrant", "ckpt_sync_offload_reentrant", "ckpt_async_offload_reentrant",
+         "ckpt_disk_offload", "ckpt_disk_spill"]
 COLORS = {
     "baseline": "#7f7f7f",
     "ckpt_classic": "#1f77b4",
@@ -41,6 +42,8 @@ COLORS = {
     "ckpt_classic_reentrant": "#aec7e8",
     "ckpt_sync_offload_reentrant": "#ffbb78",
     "ckpt_async_offload_reentrant": "#98df8a",
+    "ckpt_disk_offload": "#8c564b",
+    "ckpt_disk_spill": "#e377c2",
 }
 MB = 1048576.0
 FWD_COLOR = "#dbe9f6"

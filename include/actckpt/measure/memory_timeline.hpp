@@ -47,6 +47,7 @@
 #include "actckpt/base/errors.hpp"
 #include "actckpt/measure/memory_meter.hpp"
 #include "actckpt/base/observer.hpp"
+#include "actckpt/offload/disk_store.hpp"
 #include "actckpt/offload/offload_telemetry.hpp"
 
 namespace actckpt {
@@ -56,6 +57,7 @@ struct TimelineSample {
   std::int64_t time_ns = 0;            ///< since the timeline started
   std::int64_t device_bytes = 0;       ///< the meter's device bytes after this point
   std::int64_t host_stash_bytes = 0;   ///< the pool's live bytes after this point
+  std::int64_t disk_bytes = 0;         ///< the watched disk store's live bytes (`watch_disk`; else 0)
   std::int64_t delta_bytes = 0;        ///< allocation (> 0) or release (< 0); 0 for events
   std::uint32_t phase = 0;             ///< index into `MemoryTimeline::phases()`
   std::string_view what;               ///< "alloc", "free", "mark" or an observer event name
@@ -167,6 +169,15 @@ class TimelineRecorder final : public MemorySink, public Observer {
   }
   std::chrono::steady_clock::time_point start() const { return start_; }
 
+  void watch_disk(std::shared_ptr<const DiskStore> disk) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    disk_ = std::move(disk);
+  }
+  bool watches_disk() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return disk_ != nullptr;
+  }
+
  private:
   void set_phase_locked(std::string phase) {
     auto it = phase_index_.find(phase);
@@ -184,8 +195,10 @@ class TimelineRecorder final : public MemorySink, public Observer {
   TimelineSample sample(std::int64_t delta, std::string_view what, std::string_view label = {}) {
     const auto now = std::chrono::steady_clock::now();
     if (!label.empty()) event_labels_.emplace(samples_.size(), std::string(label));
+    // live_bytes() takes no lock: this may run inside an allocation the store's own lock holder made.
     return TimelineSample{std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_).count(), device_bytes_,
-                          static_cast<std::int64_t>(meter_.pool().live_bytes()), delta, current_phase_, what};
+                          static_cast<std::int64_t>(meter_.pool().live_bytes()),
+                          disk_ ? static_cast<std::int64_t>(disk_->live_bytes()) : 0, delta, current_phase_, what};
   }
 
   const MemoryMeter& meter_;
@@ -198,6 +211,7 @@ class TimelineRecorder final : public MemorySink, public Observer {
   std::map<std::string, std::uint32_t> phase_index_;
   std::vector<TimelineSample> samples_;
   std::map<std::size_t, std::string> event_labels_;
+  std::shared_ptr<const DiskStore> disk_;  // the disk tier whose bytes the samples carry (null: none)
 };
 
 }  // namespace detail
@@ -244,6 +258,9 @@ class MemoryTimeline {
   }
 
   const std::string& name() const { return name_; }
+  /// Samples carry `disk`'s live bytes from now on (the disk tier, offload/disk_store.hpp): a
+  /// `disk_bytes` column in the CSV and a "disk MB" counter in the trace.
+  void watch_disk(std::shared_ptr<const DiskStore> disk) { recorder_->watch_disk(std::move(disk)); }
   std::vector<TimelineSample> samples() const { return recorder_->samples(); }
   /// Phase names; `TimelineSample::phase` indexes this.
   std::vector<std::string> phases() const { return recorder_->phases(); }
@@ -272,11 +289,13 @@ class MemoryTimeline {
   }
 
   /// CSV with a header: time_ms,device_bytes,host_stash_bytes,delta_bytes,phase,what,label
+  /// (and disk_bytes last when a disk store is watched)
   void write_csv(std::ostream& out) const {
     const auto samples = recorder_->samples();
     const auto phases = recorder_->phases();
     const auto labels = recorder_->event_labels();
-    out << "time_ms,device_bytes,host_stash_bytes,delta_bytes,phase,what,label\n";
+    const bool disk = recorder_->watches_disk();
+    out << "time_ms,device_bytes,host_stash_bytes,delta_bytes,phase,what,label" << (disk ? ",disk_bytes" : "") << "\n";
     char time[32];
     for (std::size_t i = 0; i < samples.size(); ++i) {
       const auto& s = samples[i];
@@ -284,7 +303,9 @@ class MemoryTimeline {
       auto label = labels.find(i);
       out << time << ',' << s.device_bytes << ',' << s.host_stash_bytes << ',' << s.delta_bytes << ','
           << csv_field(phases[s.phase]) << ',' << s.what << ','
-          << (label == labels.end() ? std::string() : csv_field(label->second)) << '\n';
+          << (label == labels.end() ? std::string() : csv_field(label->second));
+      if (disk) out << ',' << s.disk_bytes;
+      out << '\n';
     }
   }
   void write_csv(const std::string& path) const {
@@ -296,7 +317,8 @@ class MemoryTimeline {
   /// A Chrome/Perfetto trace (JSON object format) with one process per timeline, all starting at
   /// time 0 so they line up: counter tracks "memory / device MB" and "memory / host stash MB",
   /// a "phases" thread with one slice per phase, a "stash events" thread with instants, and a
-  /// "copies" thread with one slice per stash copy (`add_copies`), named by direction and layer.
+  /// "copies" thread with one slice per stash copy (`add_copies`), named by direction and layer,
+  /// and a "disk" thread with one slice per disk tier write or read (offload/disk_store.hpp).
   static void write_trace(std::ostream& out, const std::vector<const MemoryTimeline*>& timelines) {
     out << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n";
     bool first = true;
@@ -320,36 +342,51 @@ class MemoryTimeline {
       next() << "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":" << pid
              << ",\"tid\":2,\"args\":{\"name\":\"stash events\"}}";
       const auto copies = t->copies();
-      if (!copies.empty()) {
+      const bool any_host = std::any_of(copies.begin(), copies.end(), [](const CopySpan& c) { return !c.disk; });
+      const bool any_disk = std::any_of(copies.begin(), copies.end(), [](const CopySpan& c) { return c.disk; });
+      if (any_host) {
         next() << "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":" << pid
                << ",\"tid\":3,\"args\":{\"name\":\"copies (device <-> host)\"}}";
+      }
+      if (any_disk) {
+        next() << "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":" << pid
+               << ",\"tid\":4,\"args\":{\"name\":\"disk (device <-> disk store)\"}}";
       }
       const auto start = t->recorder_->start();
       for (const auto& c : copies) {
         const auto begin_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(c.begin - start).count();
         const auto dur_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(c.end - c.begin).count();
         next() << "{\"ph\":\"X\",\"name\":";
-        detail::write_json_string(out, std::string(c.direction == CopyDirection::device_to_host ? "D2H " : "H2D ") +
-                                           c.label);
-        out << ",\"cat\":\"copy\",\"pid\":" << pid << ",\"tid\":3,\"ts\":";
+        const char* name = c.disk ? (c.direction == CopyDirection::device_to_host ? "disk write " : "disk read ")
+                                  : (c.direction == CopyDirection::device_to_host ? "D2H " : "H2D ");
+        detail::write_json_string(out, std::string(name) + c.label);
+        out << ",\"cat\":\"" << (c.disk ? "disk" : "copy") << "\",\"pid\":" << pid << ",\"tid\":" << (c.disk ? 4 : 3)
+            << ",\"ts\":";
         detail::write_micros(out, begin_ns);
         out << ",\"dur\":";
         detail::write_micros(out, std::max<std::int64_t>(dur_ns, 1));
         out << ",\"args\":{\"bytes\":" << c.bytes << "}}";
       }
-      std::int64_t last_device = -1, last_host = -1;
+      std::int64_t last_device = -1, last_host = -1, last_disk = -1;
+      const bool disk = t->recorder_->watches_disk();
       for (std::size_t i = 0; i < samples.size(); ++i) {
         const auto& s = samples[i];
-        if (s.device_bytes != last_device || s.host_stash_bytes != last_host || i + 1 == samples.size()) {
+        if (s.device_bytes != last_device || s.host_stash_bytes != last_host || s.disk_bytes != last_disk ||
+            i + 1 == samples.size()) {
           next() << "{\"ph\":\"C\",\"name\":\"memory\",\"pid\":" << pid << ",\"tid\":0,\"ts\":";
           detail::write_micros(out, s.time_ns);
           out << ",\"args\":{\"device MB\":";
           detail::write_megabytes(out, s.device_bytes);
           out << ",\"host stash MB\":";
           detail::write_megabytes(out, s.host_stash_bytes);
+          if (disk) {
+            out << ",\"disk MB\":";
+            detail::write_megabytes(out, s.disk_bytes);
+          }
           out << "}}";
           last_device = s.device_bytes;
           last_host = s.host_stash_bytes;
+          last_disk = s.disk_bytes;
         }
         auto label = labels.find(i);
         const bool stash_event = s.what == "offload_begin" || s.what == "offload_end" || s.what == "prefetch_begin" ||

@@ -50,6 +50,7 @@
 #include "actckpt/base/observer.hpp"
 #include "actckpt/policy/offload_saved.hpp"
 #include "actckpt/policy/sync_offload.hpp"
+#include "actckpt/policy/disk_offload.hpp"
 #include "actckpt/models/transformer.hpp"
 
 namespace actckpt::models {
@@ -69,13 +70,28 @@ enum class StackMode {
   /// Checkpointed<Block, OffloadSaved>: no recompute; every activation autograd saves (weights
   /// aside) waits in the host pool, moved asynchronously and prefetched a layer ahead.
   offload_saved,
+  /// Checkpointed<Block, DiskOffload>: inputs written to the offload context's disk store
+  /// (offload/disk_store.hpp) on the copy worker, read back a layer ahead in backward.
+  ckpt_disk_offload,
+  /// Checkpointed<Block, DiskSpill>: async offload whose host pool has a budget; what does not
+  /// fit spills to the context's disk store (PoolExhaustion::spill_to_disk).
+  ckpt_disk_spill,
 };
+
+/// Async offload that spills to the disk tier when the host pool is full (ckpt_disk_spill).
+using DiskSpill = BasicAsyncOffload<1, 1024, PoolExhaustion::spill_to_disk>;
+
+/// True for the modes whose offload context needs a disk store.
+constexpr bool uses_disk(StackMode mode) noexcept {
+  return mode == StackMode::ckpt_disk_offload || mode == StackMode::ckpt_disk_spill;
+}
 
 inline constexpr StackMode all_stack_modes[] = {StackMode::baseline, StackMode::ckpt_classic,
                                                 StackMode::ckpt_sync_offload, StackMode::ckpt_async_offload,
                                                 StackMode::offload_saved, StackMode::ckpt_planned, StackMode::ckpt_classic_reentrant,
                                                 StackMode::ckpt_sync_offload_reentrant,
-                                                StackMode::ckpt_async_offload_reentrant};
+                                                StackMode::ckpt_async_offload_reentrant,
+                                                StackMode::ckpt_disk_offload, StackMode::ckpt_disk_spill};
 
 constexpr std::string_view to_string(StackMode mode) noexcept {
   switch (mode) {
@@ -88,6 +104,8 @@ constexpr std::string_view to_string(StackMode mode) noexcept {
     case StackMode::ckpt_sync_offload_reentrant: return "ckpt_sync_offload_reentrant";
     case StackMode::ckpt_async_offload_reentrant: return "ckpt_async_offload_reentrant";
     case StackMode::offload_saved: return "offload_saved";
+    case StackMode::ckpt_disk_offload: return "ckpt_disk_offload";
+    case StackMode::ckpt_disk_spill: return "ckpt_disk_spill";
   }
   return "unknown";
 }
@@ -145,6 +163,8 @@ constexpr StackMode stack_mode_of() {
   else if constexpr (std::is_same_v<Policy, NoOffload>) return StackMode::ckpt_classic;
   else if constexpr (std::is_same_v<Policy, SyncOffload>) return StackMode::ckpt_sync_offload;
   else if constexpr (std::is_same_v<Policy, OffloadSaved>) return StackMode::offload_saved;
+  else if constexpr (std::is_same_v<Policy, DiskOffload>) return StackMode::ckpt_disk_offload;
+  else if constexpr (std::is_same_v<Policy, DiskSpill>) return StackMode::ckpt_disk_spill;
   else {
     static_assert(std::is_same_v<Policy, AsyncOffload>, "stack_mode_of: NoCheckpoint, NoOffload, SyncOffload, AsyncOffload or OffloadSaved");
     return StackMode::ckpt_async_offload;
@@ -173,6 +193,8 @@ class TransformerStackImpl : public torch::nn::Module {
         case StackMode::ckpt_sync_offload_reentrant: add_checkpointed<Reentrant<SyncOffload>>(b); break;
         case StackMode::ckpt_async_offload_reentrant: add_checkpointed<Reentrant<AsyncOffload>>(b); break;
         case StackMode::offload_saved: add_checkpointed<OffloadSaved>(b); break;
+        case StackMode::ckpt_disk_offload: add_checkpointed<DiskOffload>(b); break;
+        case StackMode::ckpt_disk_spill: add_checkpointed<DiskSpill>(b); break;
       }
       blocks_.push_back(std::move(b));
     }

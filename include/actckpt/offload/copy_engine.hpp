@@ -188,7 +188,27 @@ class CopyEngine {
       std::lock_guard<std::mutex> lock(mutex_);
       TORCH_CHECK(!stopping_, "actckpt: copy submitted to a copy engine that is shutting down");
       queue_.push_back(Job{std::move(dst), std::move(src), std::move(keep_alive), ticket, std::move(on_done),
-                           at::ThreadLocalState(), options.direction, std::move(options.label)});
+                           at::ThreadLocalState(), options.direction, std::move(options.label), {}, 0});
+      if (!worker_.joinable()) worker_ = std::thread([this] { run_worker(); });
+    }
+    cv_.notify_all();
+    return ticket;
+  }
+
+  /// Runs `io` (a disk tier read or write of `bytes` for layer `label`: `device_to_host` writes,
+  /// `host_to_device` reads) on the worker, in order with the copies, for CPU and CUDA tensors
+  /// alike; timed into the telemetry's disk figures. `io` and `keep_alive` are dropped once it
+  /// has run (under the submitter's thread-local state, as a copy's tensors are); `on_done` runs
+  /// after, only on success. A throw from `io` fails the ticket.
+  std::shared_ptr<CopyTicket> run_io(CopyDirection direction, std::int64_t bytes, std::string label,
+                                     std::function<void()> io, std::shared_ptr<void> keep_alive = {},
+                                     std::function<void()> on_done = {}) {
+    auto ticket = std::make_shared<CopyTicket>();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      TORCH_CHECK(!stopping_, "actckpt: disk I/O submitted to a copy engine that is shutting down");
+      queue_.push_back(Job{at::Tensor(), at::Tensor(), std::move(keep_alive), ticket, std::move(on_done),
+                           at::ThreadLocalState(), direction, std::move(label), std::move(io), bytes});
       if (!worker_.joinable()) worker_ = std::thread([this] { run_worker(); });
     }
     cv_.notify_all();
@@ -244,6 +264,8 @@ class CopyEngine {
     at::ThreadLocalState state;
     CopyDirection direction;
     std::string label;
+    std::function<void()> io;  // a disk tier job (run_io) instead of a copy
+    std::int64_t io_bytes = 0;
   };
 
   /// The worker's copy. It stands in for a copy engine, so it runs on this one thread: a plain
@@ -285,10 +307,15 @@ class CopyEngine {
         try {
           if (injector) injector();
           const auto begin = TelemetryRecorder::Clock::now();
-          cpu_copy(job->dst, job->src);
-          telemetry_->add_copy(job->direction, static_cast<std::int64_t>(job->src.nbytes()), job->label, begin,
-                               TelemetryRecorder::Clock::now());
-          if (after_copy) after_copy(job->direction, job->dst);
+          if (job->io) {
+            job->io();
+            telemetry_->add_disk(job->direction, job->io_bytes, job->label, begin, TelemetryRecorder::Clock::now());
+          } else {
+            cpu_copy(job->dst, job->src);
+            telemetry_->add_copy(job->direction, static_cast<std::int64_t>(job->src.nbytes()), job->label, begin,
+                                 TelemetryRecorder::Clock::now());
+            if (after_copy) after_copy(job->direction, job->dst);
+          }
         } catch (...) {
           error = std::current_exception();
         }
@@ -296,6 +323,7 @@ class CopyEngine {
         // that thread sees the source leave.
         job->src.reset();
         job->dst.reset();
+        job->io = nullptr;  // the tensors it holds
         job->keep_alive.reset();
       }
       // Before the ticket finishes: whoever waits on it sees the callback's effects (an

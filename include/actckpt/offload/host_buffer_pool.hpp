@@ -48,6 +48,7 @@
 
 #include "actckpt/base/errors.hpp"
 #include "actckpt/base/config.hpp"
+#include "actckpt/offload/free_ranges.hpp"
 
 #if ACTCKPT_WITH_CUDA
 #include <ATen/cuda/CachingHostAllocator.h>
@@ -207,8 +208,8 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     HostPoolStats s = stats_;
     s.slabs = slabs_.size();
     for (const auto& slab : slabs_) {
-      s.free_ranges += slab->free.size();
-      for (const auto& [offset, size] : slab->free) s.largest_free_bytes = std::max(s.largest_free_bytes, size);
+      s.free_ranges += slab->free.count();
+      s.largest_free_bytes = std::max(s.largest_free_bytes, slab->free.largest());
     }
     return s;
   }
@@ -261,7 +262,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     std::size_t size = 0;
     bool pinned = false;
     std::size_t live = 0;                   // buffers handed out of it
-    std::map<std::size_t, std::size_t> free;  // offset -> size, coalesced, address order
+    FreeRanges free;                        // placement inside the slab (shared with the disk tier)
     std::vector<PendingFence> fences;       // fences of freed ranges not yet handed out again
 
     bool unused() const { return live == 0; }
@@ -316,12 +317,8 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
   bool place_locked(std::size_t want, bool pinned, Slab*& slab, std::size_t& offset) {
     for (auto& s : slabs_) {
       if (s->pinned != pinned) continue;
-      for (auto it = s->free.begin(); it != s->free.end(); ++it) {
-        if (it->second < want) continue;
-        offset = it->first;
-        const std::size_t rest = it->second - want;
-        s->free.erase(it);
-        if (rest > 0) s->free.emplace(offset + want, rest);
+      if (const auto placed = s->free.take(want)) {
+        offset = *placed;
         slab = s.get();
         return true;
       }
@@ -341,7 +338,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     slab->memory = std::move(memory);
     slab->size = size;
     slab->pinned = pinned;
-    slab->free.emplace(0, size);
+    slab->free.add(0, size);
     slabs_.push_back(std::move(slab));
     ++stats_.system_allocations;
     stats_.reserved_bytes += size;
@@ -387,21 +384,7 @@ class HostBufferPool : public std::enable_shared_from_this<HostBufferPool> {
     stats_.live_buffers -= 1;
     stats_.stashed_bytes -= requested;
     if (fence) slab->fences.push_back({offset, offset + capacity, std::make_shared<Fence>(std::move(fence))});
-    std::size_t begin = offset, size = capacity;
-    auto next = slab->free.lower_bound(begin);
-    if (next != slab->free.end() && next->first == begin + size) {
-      size += next->second;
-      next = slab->free.erase(next);
-    }
-    if (next != slab->free.begin()) {
-      auto prev = std::prev(next);
-      if (prev->first + prev->second == begin) {
-        begin = prev->first;
-        size += prev->second;
-        slab->free.erase(prev);
-      }
-    }
-    slab->free.emplace(begin, size);
+    slab->free.give(offset, capacity);
     slab->live -= 1;
     if (slab->unused() && stats_.reserved_bytes > limit_) trim_locked();  // the limit was lowered meanwhile
   }

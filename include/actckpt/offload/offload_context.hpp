@@ -7,7 +7,8 @@
 /// Each thread has a default context, so two models trained in two threads never see each
 /// other's stashes; pass a context explicitly (`CheckpointedImpl::set_offload_context`) or make
 /// one current for a region (`OffloadContextScope`) to share or separate them deliberately.
-/// Contexts share `HostBufferPool::shared()` unless given their own pool.
+/// Contexts share `HostBufferPool::shared()` unless given their own pool. A context may also
+/// hold a disk store (disk_store.hpp), the tier for `DiskOffload` and `PoolExhaustion::spill_to_disk`.
 
 #include <memory>
 #include <mutex>
@@ -16,6 +17,7 @@
 
 #include "actckpt/offload/copy_engine.hpp"
 #include "actckpt/base/errors.hpp"
+#include "actckpt/offload/disk_store.hpp"
 #include "actckpt/offload/host_buffer_pool.hpp"
 #include "actckpt/offload/stash_stack.hpp"
 
@@ -23,9 +25,12 @@ namespace actckpt {
 
 class OffloadContext {
  public:
-  static std::shared_ptr<OffloadContext> create(std::shared_ptr<HostBufferPool> pool = HostBufferPool::shared()) {
+  static std::shared_ptr<OffloadContext> create(std::shared_ptr<HostBufferPool> pool = HostBufferPool::shared(),
+                                                std::shared_ptr<DiskStore> disk = nullptr) {
     ACTCKPT_CHECK(pool != nullptr, UsageError, "actckpt: OffloadContext::create needs a host buffer pool, got null");
-    return std::shared_ptr<OffloadContext>(new OffloadContext(std::move(pool)));
+    auto context = std::shared_ptr<OffloadContext>(new OffloadContext(std::move(pool)));
+    context->disk_ = std::move(disk);
+    return context;
   }
 
   /// The context in effect on this thread: the innermost `OffloadContextScope`, else the
@@ -41,6 +46,9 @@ class OffloadContext {
   const std::shared_ptr<HostBufferPool>& pool_ptr() const { return pool_; }
   CopyEngine& engine() { return engine_; }
   StashStack& stack() { return stack_; }
+  /// The disk tier, or null. Stashes already on disk keep the store they went to.
+  const std::shared_ptr<DiskStore>& disk_ptr() const { return disk_; }
+  void set_disk_store(std::shared_ptr<DiskStore> disk) { disk_ = std::move(disk); }
 
   /// The offload figures since the last reset (see offload_telemetry.hpp): bytes and copies
   /// each way, copy time, stall, overlap. Synchronize the device first for a step's figures.
@@ -67,6 +75,7 @@ class OffloadContext {
   }
 
   std::shared_ptr<HostBufferPool> pool_;
+  std::shared_ptr<DiskStore> disk_;  // before the engine: the engine's worker finishes its I/O first
   CopyEngine engine_;
   StashStack stack_;
   std::mutex last_saved_layer_mutex_;

@@ -54,6 +54,7 @@ struct CopySpan {
   std::int64_t bytes = 0;
   std::string label;  ///< the layer whose stash moved
   std::chrono::steady_clock::time_point begin, end;
+  bool disk = false;  ///< a disk write (device_to_host) or read (host_to_device), not a host copy
 };
 
 /// The figures, summed since the last reset.
@@ -61,13 +62,27 @@ struct OffloadTelemetry {
   std::uint64_t d2h_copies = 0, h2d_copies = 0;
   std::int64_t d2h_bytes = 0, h2d_bytes = 0;
   double d2h_ms = 0, h2d_ms = 0;  ///< time the copies themselves took
+  /// The disk tier (disk_store.hpp): bytes written and read back, and the time the I/O took.
+  /// Not counted in d2h/h2d above; counted in `copy_ms()`, `stall_ms` and `overlap()`.
+  std::uint64_t disk_writes = 0, disk_reads = 0;
+  std::int64_t disk_write_bytes = 0, disk_read_bytes = 0;
+  double disk_write_ms = 0, disk_read_ms = 0;
+  double disk_stall_ms = 0;       ///< the part of `stall_ms` spent waiting for disk I/O
   double stall_ms = 0;            ///< time the compute waited for copies
   std::uint64_t stalls = 0;       ///< waits longer than zero
   std::uint64_t pending_copies = 0;  ///< CUDA copies not finished at the read: not in the figures yet
   std::vector<CopySpan> spans;    ///< the copies (at most `TelemetryRecorder::max_spans`)
 
-  double copy_ms() const { return d2h_ms + h2d_ms; }
-  std::uint64_t copies() const { return d2h_copies + h2d_copies; }
+  double copy_ms() const { return d2h_ms + h2d_ms + disk_ms(); }
+  std::uint64_t copies() const { return d2h_copies + h2d_copies + disk_writes + disk_reads; }
+  double disk_ms() const { return disk_write_ms + disk_read_ms; }
+  /// Share of disk I/O time hidden behind compute, in [0, 1]; 1 when nothing went to disk.
+  double disk_overlap() const {
+    if (disk_ms() <= 0) return 1.0;
+    return std::clamp(1.0 - disk_stall_ms / disk_ms(), 0.0, 1.0);
+  }
+  double disk_write_gbps() const { return disk_write_ms > 0 ? static_cast<double>(disk_write_bytes) / (disk_write_ms * 1e6) : 0.0; }
+  double disk_read_gbps() const { return disk_read_ms > 0 ? static_cast<double>(disk_read_bytes) / (disk_read_ms * 1e6) : 0.0; }
   /// Share of copy time hidden behind compute, in [0, 1]; 1 when nothing was copied.
   double overlap() const {
     if (copy_ms() <= 0) return 1.0;
@@ -94,12 +109,32 @@ class TelemetryRecorder {
     add_copy_locked(direction, bytes, label, begin, end);
   }
 
-  /// The compute waited `ms` (measured on the host) for a copy.
-  void add_stall(double ms) {
+  /// The compute waited `ms` (measured on the host) for a copy (`disk`: for disk I/O).
+  void add_stall(double ms, bool disk = false) {
     if (ms <= 0) return;
     std::lock_guard<std::mutex> lock(mutex_);
     totals_.stall_ms += ms;
     totals_.stalls += 1;
+    if (disk) totals_.disk_stall_ms += ms;
+  }
+
+  /// A disk write (`device_to_host`) or read (`host_to_device`) of the disk tier, timed on the
+  /// copy worker.
+  void add_disk(CopyDirection direction, std::int64_t bytes, std::string_view label, Clock::time_point begin,
+                Clock::time_point end) {
+    const double ms = std::chrono::duration<double, std::milli>(end - begin).count();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (direction == CopyDirection::device_to_host) {
+      totals_.disk_writes += 1;
+      totals_.disk_write_bytes += bytes;
+      totals_.disk_write_ms += ms;
+    } else {
+      totals_.disk_reads += 1;
+      totals_.disk_read_bytes += bytes;
+      totals_.disk_read_ms += ms;
+    }
+    if (totals_.spans.size() < max_spans)
+      totals_.spans.push_back(CopySpan{direction, bytes, std::string(label), begin, end, /*disk=*/true});
   }
 
   /// Starts the figures again from zero.

@@ -16,6 +16,11 @@
 /// With `StashOptions::verify_checksums` (or ACTCKPT_VERIFY_STASHES=1 in the environment) an
 /// offloaded stash is checksummed when it leaves and verified when it is back: a corrupted
 /// stash fails its backward with a message naming the layer, instead of training on bad data.
+///
+/// The disk tier (disk_store.hpp): a stash whose options say `StashTier::disk` (`DiskOffload`),
+/// or whose host pool is full under `PoolExhaustion::spill_to_disk`, goes to the context's disk
+/// store instead of a host buffer, through the same engine (`CopyEngine::run_io`), stack and
+/// checksums; a failed read fails its backward naming the layer and the directory.
 
 #include <ATen/Functions.h>
 #include <ATen/core/Tensor.h>
@@ -45,7 +50,7 @@ namespace actckpt {
 class TensorStash final : public StackEntry {
  public:
   /// Where the stash's data is now.
-  enum class Location { device, host };
+  enum class Location { device, host, disk };
 
   /// Stashes `tensor` for the layer `source` names. Sync stashes are on the host when this returns (or on
   /// the device after the documented pool fallback); async stashes start on the device and
@@ -124,7 +129,7 @@ class TensorStash final : public StackEntry {
       } catch (...) {  // a failed copy: nothing to wait for, nothing to report from a destructor
       }
     }
-    const bool had_memory = device_.defined() || host_ != nullptr || incoming_.defined();
+    const bool had_memory = device_.defined() || host_ != nullptr || disk_ != nullptr || incoming_.defined();
     release_host_locked();
     device_.reset();
     incoming_.reset();
@@ -160,8 +165,8 @@ class TensorStash final : public StackEntry {
       } catch (const std::exception& e) {
         release_host_locked();
         incoming_.reset();
-        throw OffloadFailed(c10::str("actckpt: moving the stashed input of layer '", label_,
-                                     "' between device and host memory failed: ", e.what()),
+        throw OffloadFailed(c10::str("actckpt: moving the stashed input of layer '", label_, "' between device and ",
+                                     tier_name(), " failed: ", e.what()),
                             label_);
       }
       result = std::move(incoming_);
@@ -182,7 +187,7 @@ class TensorStash final : public StackEntry {
 
   void begin_prefetch() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (location_ == Location::host && !consumed_) begin_prefetch_locked();
+    if (location_ != Location::device && !consumed_) begin_prefetch_locked();
   }
 
   Location location() const {
@@ -195,11 +200,11 @@ class TensorStash final : public StackEntry {
     return prefetch_ticket_ != nullptr;
   }
   /// True when the stash holds its own copy, taken when it was made (a sync stash that moved to
-  /// the host): in-place changes of the original since then cannot reach it. An async stash may
+  /// the host or to disk): in-place changes of the original since then cannot reach it. An async stash may
   /// still be copied after such a change, and a device stash is the original.
   bool holds_snapshot() const {
     std::lock_guard<std::mutex> lock(mutex_);
-    return options_.mode == StashMode::sync_host && location_ == Location::host && !consumed_;
+    return options_.mode == StashMode::sync_host && location_ != Location::device && !consumed_;
   }
   /// Bytes of the stashed tensor's elements (what travels; a view moves only its own bytes, an
   /// expanded tensor only its unexpanded ones).
@@ -266,9 +271,17 @@ class TensorStash final : public StackEntry {
   /// Copies the device tensor into a pool buffer (asynchronously through the engine, or
   /// blocking) and drops the device reference. On pool exhaustion applies the fallback.
   void move_to_host_locked(bool async) {
+    if (options_.tier == StashTier::disk) {
+      move_to_disk_locked(async, "its policy writes to the disk tier (DiskOffload)");
+      return;
+    }
     const bool pinned = device_.is_cuda();
     host_ = context_->pool().try_acquire(bytes_, pinned);
     if (!host_) {
+      if (options_.on_exhausted == PoolExhaustion::spill_to_disk) {
+        move_to_disk_locked(async, "the host pool is full and it spills to disk (PoolExhaustion::spill_to_disk)");
+        return;
+      }
       if (options_.on_exhausted == PoolExhaustion::throw_error) {
         const auto limit = context_->pool().limit();
         const auto live = context_->pool().stats().live_bytes;
@@ -311,12 +324,65 @@ class TensorStash final : public StackEntry {
     }
   }
 
+  /// Writes the device tensor into the disk store on the copy worker (waiting for it when
+  /// synchronous) and drops the device reference. A context without a store, or a full store,
+  /// throws here, in forward, naming the layer.
+  void move_to_disk_locked(bool async, const char* why) {
+    disk_store_ = context_->disk_ptr();
+    if (!disk_store_) {
+      throw UsageError(c10::str("actckpt: the input of layer '", label_, "' goes to disk (", why,
+                                ") but its offload context has no disk store: make the context with "
+                                "OffloadContext::create(pool, DiskStore::open(options)) or call set_disk_store"));
+    }
+    disk_ = disk_store_->acquire(bytes_, label_);
+    const bool made_now = !device_.is_contiguous();
+    at::Tensor source = made_now ? device_.contiguous() : device_;
+    if (made_now) ready_.reset();
+    // On CUDA the worker's side stream must wait for the source (the mark taken before the layer
+    // ran, else now); on CPU the compute thread finished it before stashing.
+    std::shared_ptr<const ReadyMark> ready = ready_ ? ready_ : context_->engine().mark_ready(source);
+    emit(EventKind::offload_begin, label_, static_cast<std::int64_t>(bytes_), layer_);
+    std::string label = label_;
+    const auto bytes = static_cast<std::int64_t>(bytes_);
+    offload_ticket_ = context_->engine().run_io(
+        CopyDirection::device_to_host, bytes, label_,
+        [store = disk_store_, extent = disk_, source = std::move(source), ready] { store->write(*extent, source, ready.get()); },
+        disk_, [label, bytes, layer = layer_] { emit(EventKind::offload_end, label, bytes, layer); });
+    ready_.reset();
+    device_.reset();
+    location_ = Location::disk;
+    if (!async) {
+      try {
+        wait_for_host(*offload_ticket_);
+      } catch (const std::exception& e) {
+        release_host_locked();
+        throw OffloadFailed(c10::str("actckpt: writing the stashed input of layer '", label_, "' to disk failed: ", e.what()),
+                            label_);
+      }
+    }
+  }
+
+  const char* tier_name() const {
+    return location_ == Location::disk ? "the disk store" : "host memory";
+  }
+
   void begin_prefetch_locked() {
     if (prefetch_ticket_) return;
     incoming_ = empty_like_original();
 #if ACTCKPT_WITH_CUDA
     if (incoming_.is_cuda()) incoming_stream_ = c10::cuda::getCurrentCUDAStream(incoming_.device().index());
 #endif
+    if (location_ == Location::disk) {
+      if (options_.mode == StashMode::async_host) emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_), layer_);
+      // CUDA: the worker's side stream writes incoming_ only after the compute stream is done
+      // with whatever that memory held before.
+      std::shared_ptr<const ReadyMark> ready = context_->engine().mark_ready(incoming_);
+      prefetch_ticket_ = context_->engine().run_io(
+          CopyDirection::host_to_device, static_cast<std::int64_t>(bytes_), label_,
+          [store = disk_store_, extent = disk_, dst = incoming_, ready]() mutable { store->read(*extent, dst, ready.get()); },
+          disk_);
+      return;
+    }
     // Ahead of need only for async stashes; a sync stash's copy back is its restore.
     if (options_.mode == StashMode::async_host) emit(EventKind::prefetch_begin, label_, static_cast<std::int64_t>(bytes_), layer_);
     prefetch_ticket_ = context_->engine().copy(incoming_, host_view_, host_, {},
@@ -356,7 +422,8 @@ class TensorStash final : public StackEntry {
     const auto begin = std::chrono::steady_clock::now();
     ticket.synchronize();
     context_->engine().telemetry().add_stall(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin).count());
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin).count(),
+        /*disk=*/location_ == Location::disk);
   }
 
   /// A prefetched tensor was allocated on the stream current when the prefetch began; when the
@@ -390,7 +457,7 @@ class TensorStash final : public StackEntry {
     const auto now = checksum_of(restored);
     if (now != *checksum_) {
       throw StashCorrupted(c10::str("actckpt: the stashed input of layer '", label_, "' (", bytes_,
-                                    " bytes) came back from host memory different from what left the device "
+                                    " bytes) came back from ", tier_name(), " different from what left the device "
                                     "(checksums ", checksum_->first, "/", checksum_->second, " then, ", now.first,
                                     "/", now.second, " now): something wrote to its host buffer or to the device "
                                     "tensor while a copy was in flight. Training on it would give wrong gradients."),
@@ -428,6 +495,7 @@ class TensorStash final : public StackEntry {
   void release_host_locked() {
     host_view_.reset();
     host_.reset();
+    disk_.reset();  // after the tickets' jobs, which hold it too, the extent returns to the store
     offload_ticket_.reset();
     prefetch_ticket_.reset();
   }
@@ -455,6 +523,8 @@ class TensorStash final : public StackEntry {
   std::optional<std::pair<std::int64_t, std::int64_t>> checksum_;  // taken when it left the device
   std::shared_ptr<HostBuffer> host_;     // the data while on the host
   at::Tensor host_view_;                 // a CPU tensor over host_
+  std::shared_ptr<DiskStore> disk_store_;  // the store the data went to (the context's may change)
+  std::shared_ptr<DiskExtent> disk_;     // the data while on disk
   at::Tensor incoming_;                  // prefetch destination on the device
 #if ACTCKPT_WITH_CUDA
   std::optional<c10::cuda::CUDAStream> incoming_stream_;  // the stream current when incoming_ was allocated

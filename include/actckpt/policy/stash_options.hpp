@@ -38,6 +38,15 @@ enum class CheckpointForm {
 enum class PoolExhaustion {
   keep_on_device,  ///< documented fallback: the stash stays on the device (counted in the pool's `exhaustions`)
   throw_error,     ///< raise an error naming the layer, the size and the limit
+  /// the stash goes to the context's disk store instead (offload/disk_store.hpp); a context
+  /// without one is a `UsageError`, a full store an `OffloadFailed` naming its directory
+  spill_to_disk,
+};
+
+/// Where an offloaded stash (sync_host or async_host) goes first.
+enum class StashTier {
+  host,  ///< the host buffer pool; `on_exhausted` says what happens when it is full
+  disk,  ///< the context's disk store, straight (`DiskOffload`); the pool is not used
 };
 
 struct StashOptions {
@@ -48,6 +57,8 @@ struct StashOptions {
   /// next to nothing). Empty stashes always stay.
   std::size_t min_offload_bytes = 1024;
   PoolExhaustion on_exhausted = PoolExhaustion::keep_on_device;
+  /// sync_host and async_host: host memory first, or the disk tier (`DiskOffload`).
+  StashTier tier = StashTier::host;
   /// false: the layer is not checkpointed at all; it runs directly and autograd keeps its
   /// activations (a memory planner's "keep"). The fields above then do not matter.
   bool checkpoint = true;
