@@ -14,7 +14,7 @@ exe=${1:?usage: device-switch-counts.sh path/to/actckpt_tests}
 [[ -x $exe ]] || { echo "device-switch-counts: $exe is not an executable" >&2; exit 1; }
 count() { "$exe" --count "$@" | sed -n 's/.*unskipped test cases passing the current filters: \([0-9]*\).*/\1/p'; }
 all=$(env -u ACTCKPT_TEST_DEVICE -u ACTCKPT_REQUIRE_CUDA "$exe" --count --no-skip | sed -n 's/.*filters: \([0-9]*\).*/\1/p')
-plain=$(env -u ACTCKPT_TEST_DEVICE -u ACTCKPT_REQUIRE_CUDA count)
+plain=$(unset ACTCKPT_TEST_DEVICE ACTCKPT_REQUIRE_CUDA; count)
 cpu=$(ACTCKPT_TEST_DEVICE=cpu ACTCKPT_REQUIRE_CUDA=0 count)
 cpu_cuda_cases=$(ACTCKPT_TEST_DEVICE=cpu ACTCKPT_REQUIRE_CUDA=0 count '--test-case=*[cuda]*')
 cuda=$(ACTCKPT_TEST_DEVICE=cuda ACTCKPT_REQUIRE_CUDA=1 count)
