@@ -166,6 +166,14 @@ TEST_CASE_TEMPLATE("[cuda] the reentrant form on CUDA: gradients bitwise equal t
 }
 
 #if ACTCKPT_WITH_CUDA
+namespace {
+actckpt::CopyOptions going(actckpt::CopyDirection direction) {
+  actckpt::CopyOptions o;
+  o.direction = direction;
+  return o;
+}
+}  // namespace
+
 TEST_CASE("[cuda] copy engine: a CUDA tensor goes to pinned host memory and back on side streams, fenced by CUDA "
           "events, the compute stream waiting without the host" * test_device::needs_cuda()) {
   test_device::require_cuda();
@@ -179,7 +187,7 @@ TEST_CASE("[cuda] copy engine: a CUDA tensor goes to pinned host memory and back
   auto host_view = host->view_as(src.sizes(), torch::kFloat, bytes);
   CHECK(host_view.is_pinned());  // LibTorch sees the pool's slab as pinned: the copy can be asynchronous
 
-  auto down = engine.copy(host_view, src, host, {}, actckpt::CopyOptions{actckpt::CopyDirection::device_to_host});
+  auto down = engine.copy(host_view, src, host, {}, going(actckpt::CopyDirection::device_to_host));
   REQUIRE(down->cuda_event() != nullptr);        // fenced by an event, not by the CPU worker
   REQUIRE(down->cuda_start_event() != nullptr);  // timed on the copy stream
   down->synchronize();
@@ -187,7 +195,7 @@ TEST_CASE("[cuda] copy engine: a CUDA tensor goes to pinned host memory and back
   CHECK(torch::equal(host_view, src.cpu()));
 
   auto back = torch::empty_like(src);
-  auto up = engine.copy(back, host_view, host, {}, actckpt::CopyOptions{actckpt::CopyDirection::host_to_device});
+  auto up = engine.copy(back, host_view, host, {}, going(actckpt::CopyDirection::host_to_device));
   REQUIRE(up->cuda_event() != nullptr);
   up->make_compute_wait();  // the compute stream waits for the copy's event; the host does not
   CHECK(torch::equal(back, src));  // read on the compute stream, after the copy
@@ -229,7 +237,7 @@ TEST_CASE("[cuda] pinned slab pool: CUDA stashes take pinned slabs, and bytes ha
   REQUIRE(host != nullptr);
   auto* const address = static_cast<char*>(host->data());
   auto view = host->view_as(big.sizes(), torch::kFloat, bytes);
-  auto ticket = engine.copy(view, big, host, {}, actckpt::CopyOptions{actckpt::CopyDirection::device_to_host});
+  auto ticket = engine.copy(view, big, host, {}, going(actckpt::CopyDirection::device_to_host));
   REQUIRE(ticket->cuda_event() != nullptr);
   bool fence_ran = false;
   bool copy_done_when_fenced = false;
