@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# actckpt's check on a CUDA machine, in one short run (build included: about 6 minutes on an
-# H200 with 16 cores), and its rehearsal on a machine without a GPU.
+# actckpt's check on a CUDA machine, in one short run (build included: planned for at most 7
+# minutes on 16 cores, docs/gpu.md), and its rehearsal on a machine without a GPU.
 #
 #   scripts/gpu-check.sh [OUT_DIR]              # on the GPU machine; OUT_DIR default: $OUT, else ./gpu-out
 #   scripts/gpu-check.sh --rehearse [OUT_DIR]   # here, without a GPU (LibTorch: ACTCKPT_LIBTORCH)
@@ -21,33 +21,48 @@
 #   2. unpack the packages; configure (tests and benchmark; examples and install rules off), and
 #      check that the configure log says CUDA is on;
 #   3. build actckpt_tests and actckpt_bench only;
-#   4. the CUDA test cases (ctest label `cuda`) with ACTCKPT_REQUIRE_CUDA=1: a case that finds no
-#      device fails instead of skipping;
-#   5. the main job at the seed's configuration (12 layers, hidden 1024, ff 4096, 12k tokens,
+#   4. the CUDA-only test cases first (ctest unit.cuda: the [cuda] cases: offload over side
+#      streams, fp16 autocast, OffloadSaved and SyncOffloadSaved on CUDA, the reentrant form on
+#      CUDA, the copy engine's CUDA events, the pinned slab pool and its reuse fence, ...) with
+#      ACTCKPT_REQUIRE_CUDA=1: a case that finds no device fails instead of being skipped;
+#   5. the whole unit and integration suite on CUDA tensors, both checkpoint forms (ctest label
+#      `unit` without unit.cuda, under ACTCKPT_TEST_DEVICE=cuda: the device switch of
+#      tests/support/test_device.hpp), until the time budget (BUDGET_S after the start) is spent;
+#      the cpu-only cases are reported skipped;
+#   6. the device switch's count: the cases each device selects (doctest --count of the built
+#      executable) against the cases that ran in steps 4 and 5, per form (a case the switch did
+#      not reach would have failed its test: every run checks it);
+#   7. the main job at the seed's configuration (12 layers, hidden 1024, ff 4096, 12k tokens,
 #      batch 48, fp16 autocast): table, telemetry, the planner at its default budget, pictures
 #      (the planner's budget sweep is left to the CPU main job); then the planner at half classic
 #      checkpointing's peak (`--memory_budget=0.5xclassic`, against classic, 3 rounds);
-#   6. one rank of data parallelism on NCCL (world size 1) through the same code path as
+#   8. one rank of data parallelism on NCCL (world size 1) through the same code path as
 #      torchrun's ranks (where actckpt::distributed was built: Gloo headers and nccl.h found);
-#   7. the rest of the unit suite (label `unit`), if the time budget (BUDGET_S) allows;
-#   8. OUT_DIR gets at most 8 files: summary.txt, results.md, results.json, the PNGs and
-#      logs.tgz (every log, ctest's JUnit XML, the main job's other outputs).
+#   9. OUT_DIR gets at most 8 files: summary.txt, results.md, results.json, the PNGs and
+#      logs.tgz (every log, ctest's JUnit XML and LastTest logs, the main job's other outputs).
+#
+# Time on the GPU machine (16 cores), planned for at most 7 minutes with start-up: see
+# docs/tests.md ("The GPU check") for the estimate and how it was derived.
 #
 # --rehearse runs every step that needs no GPU, here: the packages (DEBS_DIR if it has them,
 # else fetched with apt-get download) are unpacked into a scratch folder as on the GPU machine,
 # the project's pinned torch 2.x wheel (ACTCKPT_LIBTORCH=wheel, the default: a CUDA build, so the
 # configure step checks 'with CUDA' as on the GPU) or Debian's LibTorch 1.13
-# (ACTCKPT_LIBTORCH=system) stands in for python3's torch, no device is required (the CUDA cases skip), the
-# unit tests built are only unit/measure/test_memory_meter.cpp (it holds a CUDA case; the whole suite is built and
-# run by the test command anyway), and the main job runs a tiny model. It fails if the output
-# folder breaks the 8-file rule. ctest runs it (label gpu-rehearsal).
+# (ACTCKPT_LIBTORCH=system) stands in for python3's torch, no device is required (the CUDA cases
+# are reported skipped), the device switch is set to cpu (ACTCKPT_TEST_DEVICE=cpu) where the GPU
+# run sets cuda, the unit tests built are only unit/measure/test_memory_meter.cpp (it holds a
+# [cuda] case and cpu-only cases; the whole suite is built and run by the test command anyway,
+# whose every unit test checks that each case it ran took its device from the switch, and whose
+# unit.device_switch counts the cases per device), and the main job runs a tiny model. It fails
+# if the output folder breaks the 8-file rule or the device switch's counts disagree. ctest runs
+# it (label gpu-rehearsal).
 #
 # Environment:
 #   DEBS_DIR   .deb files to unpack (default: .device/ in the checkout)
 #   WORK_DIR   scratch folder for the unpacked packages, the build tree and the logs
 #              (default: /tmp/actckpt-gpu-check, or /tmp/actckpt-gpu-rehearsal)
 #   JOBS       build and test parallelism (default: nproc)
-#   BUDGET_S   seconds after which the unit suite is skipped (default 330; rehearsal: 3600)
+#   BUDGET_S   seconds after the start by which the unit suite stops (default 300; rehearsal: 3600)
 #   ACTCKPT_LIBTORCH  rehearsal only: wheel (default; scripts/libtorch-prefix.sh) or system (Debian's)
 # shellcheck disable=SC2317  # the step functions are called through step()
 set -u
@@ -76,7 +91,7 @@ out=${out_arg:-${OUT:-$root/gpu-out}}
 debs_dir=${DEBS_DIR:-$root/.device}
 jobs=${JOBS:-$(nproc)}
 # The GPU run must leave time for a second try; the rehearsal runs every step whatever it costs.
-budget=${BUDGET_S:-330}
+budget=${BUDGET_S:-300}
 ((rehearse)) && budget=${BUDGET_S:-3600}
 libtorch=${ACTCKPT_LIBTORCH:-wheel}
 [[ $libtorch == wheel || $libtorch == system ]] || { echo "gpu-check: ACTCKPT_LIBTORCH must be wheel or system" >&2; exit 2; }
@@ -85,6 +100,10 @@ build=$work/build
 logs=$work/logs
 job_out=$work/main-job
 required_debs=(doctest-dev libbenchmark-dev libbenchmark1debian)
+# The device switch (tests/support/test_device.hpp) for every test step: cuda on the GPU; the
+# rehearsal runs the same steps with cpu.
+device=cuda
+((rehearse)) && device=cpu
 
 rm -rf "$work"
 mkdir -p "$logs" "$deps" || { echo "gpu-check: cannot create $work" >&2; exit 1; }
@@ -238,11 +257,16 @@ configure() {
   fi
 }
 
+# ctest's record of every test's output (the device switch's lines are read from it).
+keep_test_log() { cp "$build/Testing/Temporary/LastTest.log" "$logs/$1" 2>/dev/null || true; }
+
 cuda_cases() {
-  local require=1
-  ((rehearse)) && require=0  # no device here: the cases skip, which is what the rehearsal expects
-  ACTCKPT_REQUIRE_CUDA=$require OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$build" -L '^cuda$' \
-    --output-on-failure -j "$jobs" --timeout 300 --output-junit "$logs/ctest-cuda.xml"
+  local require=1 rc=0
+  ((rehearse)) && require=0  # no device here: the cases are skipped, which is what the rehearsal expects
+  ACTCKPT_TEST_DEVICE=$device ACTCKPT_REQUIRE_CUDA=$require OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$build" \
+    -L '^cuda$' --output-on-failure -j "$jobs" --timeout 300 --output-junit "$logs/ctest-cuda.xml" || rc=$?
+  keep_test_log lasttest-cuda.log
+  return "$rc"
 }
 
 seed_args=(--device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64 --ff_dim 4096
@@ -290,11 +314,38 @@ one_rank() {
 }
 
 unit_suite() {
-  local left=$((budget - (SECONDS - start)))
+  local left=$((budget - (SECONDS - start))) rc=0
   ((left >= 60)) || left=60
-  ACTCKPT_REQUIRE_CUDA=$((1 - rehearse)) OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$build" -L '^unit$' -LE '^cuda$' \
-    --output-on-failure -j "$jobs" --timeout "$left" --stop-time "$(date -d "+${left} seconds" +%H:%M:%S)" \
-    --output-junit "$logs/ctest-unit.xml"
+  ACTCKPT_TEST_DEVICE=$device ACTCKPT_REQUIRE_CUDA=$((1 - rehearse)) OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$build" \
+    -L '^unit$' -LE '^cuda$' --output-on-failure -j "$jobs" --timeout "$left" \
+    --stop-time "$(date -d "+${left} seconds" +%H:%M:%S)" --output-junit "$logs/ctest-unit.xml" || rc=$?
+  keep_test_log lasttest-unit.log
+  return "$rc"
+}
+
+# The device switch reached every case: the cases each device selects (doctest --count) against
+# the cases that ran in the two test steps, per checkpoint form.
+device_switch() {
+  local exe=$build/tests/actckpt_tests count_unit count_cuda ran_default ran_reentrant ran_cuda
+  "$root/scripts/device-switch-counts.sh" "$exe" || return 1
+  count() { ACTCKPT_TEST_DEVICE=$device ACTCKPT_REQUIRE_CUDA=$((1 - rehearse)) "$exe" --count "$@" |
+    sed -n 's/.*filters: \([0-9]*\).*/\1/p'; }
+  count_unit=$(count '--test-case-exclude=*[cuda]*')
+  count_cuda=$(count '--test-case=*[cuda]*')
+  echo "on $device: $count_unit cases outside [cuda] and $count_cuda [cuda] cases to run"
+  "$root/scripts/device-switch-summary.sh" "$logs/lasttest-cuda.log" --list || true
+  "$root/scripts/device-switch-summary.sh" "$logs/lasttest-unit.log" --list || return 1
+  ran() { grep -h "^\[device switch\] $device: " "$logs/$1" 2>/dev/null | awk '{ s += $4 } END { print s + 0 }'; }
+  # Per form: the unit tests' lines, split by test name (unit.X vs unit.X.reentrant).
+  ran_default=$(awk '/^[0-9]+\/[0-9]+ Test: / { t = $3 } /^\[device switch\] [a-z]+: [0-9]+ cases ran/ && t !~ /reentrant$/ { s += $4 } END { print s + 0 }' "$logs/lasttest-unit.log")
+  ran_reentrant=$(awk '/^[0-9]+\/[0-9]+ Test: / { t = $3 } /^\[device switch\] [a-z]+: [0-9]+ cases ran/ && t ~ /reentrant$/ { s += $4 } END { print s + 0 }' "$logs/lasttest-unit.log")
+  ran_cuda=$(ran lasttest-cuda.log)
+  echo "ran on $device: default form $ran_default of $count_unit, reentrant form $ran_reentrant of $count_unit, [cuda] $ran_cuda of $count_cuda"
+  local ok=0
+  [[ $ran_default == "$count_unit" && $ran_reentrant == "$count_unit" ]] ||
+    { echo "device switch: the unit suite ran other cases than the switch selects for $device (cut short by the time budget?)"; ok=1; }
+  [[ $ran_cuda == "$count_cuda" ]] || { echo "device switch: $ran_cuda [cuda] cases ran, $count_cuda selected"; ok=1; }
+  return "$ok"
 }
 
 # The output folder: at most 8 plain files, nothing deeper (only those come back from the GPU).
@@ -327,6 +378,7 @@ finish() {
     printf '%-12s %-24s %6s\n' step result seconds
     for i in "${!names[@]}"; do printf '%-12s %-24s %6s\n' "${names[$i]}" "${statuses[$i]}" "${seconds[$i]}"; done
     grep -hE '^[0-9]+% tests passed|^The following tests|^[[:space:]]+[0-9]+ - ' "$logs"/ctest-*.log 2>/dev/null
+    grep -hE '^(device switch|on (cpu|cuda):|ran on|  plain run|  cpu:|  cuda:)' "$logs/device-switch.log" 2>/dev/null
     if [[ -f $job_out/results.md ]]; then echo; cat "$job_out/results.md"; fi
     if [[ -f $work/planned/results.md ]]; then echo; echo "== planned at 0.5 x classic's peak"; cat "$work/planned/results.md"; fi
   } >"$out/summary.txt"
@@ -352,16 +404,17 @@ targets=(actckpt_tests actckpt_bench)
 grep -q '^build tests/distributed/dist_worker:' "$build/build.ninja" 2>/dev/null && targets+=(dist_worker)
 step build build.log cmake --build "$build" --target "${targets[@]}" -j "$jobs" || stop "build failed"
 step cuda-cases ctest-cuda.log cuda_cases
+if ((SECONDS - start < budget)); then
+  step unit-suite ctest-unit.log unit_suite
+  step device-switch device-switch.log device_switch
+else
+  skip_step unit-suite "time budget of ${budget} s spent"
+fi
 step main-job main-job.log main_job
 step planned planned.log planned
 if [[ -x $dist_worker ]]; then
   step one-rank dist.log one_rank
 else
   skip_step one-rank "actckpt::distributed not built (Gloo headers or nccl.h not found: see configure.log)"
-fi
-if ((SECONDS - start < budget)); then
-  step unit-suite ctest-unit.log unit_suite
-else
-  skip_step unit-suite "time budget of ${budget} s spent"
 fi
 finish

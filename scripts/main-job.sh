@@ -4,11 +4,12 @@
 #   scripts/main-job.sh [--out DIR] [actckpt_bench flags...]
 #
 # Installs the Debian packages it needs (scripts/install-deps.sh), builds actckpt_bench,
-# runs the four modes (baseline, ckpt_classic, ckpt_sync_offload, ckpt_async_offload), the
-# offload-every-saved-activation mode offload_saved, the disk tier's modes ckpt_disk_offload
-# (DiskOffload) and ckpt_disk_spill (async offload with a host budget of a quarter of what it
-# stashes, the rest spilled to disk; the store's directory is $ACTCKPT_DISK_DIR, else $TMPDIR,
-# else /tmp) and the memory planner's mode ckpt_planned on the embedded CPU default (or the flags given, e.g. the seed's GPU configuration:
+# runs its eleven modes (baseline, ckpt_classic, ckpt_sync_offload, ckpt_async_offload, the
+# three checkpointed ones again in the reentrant form, the offload-every-saved-activation mode
+# offload_saved, the disk tier's modes ckpt_disk_offload (DiskOffload) and ckpt_disk_spill (async
+# offload with a host budget of a quarter of what it stashes, the rest spilled to disk; the
+# store's directory is $ACTCKPT_DISK_DIR, else $TMPDIR, else /tmp) and the memory planner's mode
+# ckpt_planned) on the embedded CPU default (or the flags given, e.g. the seed's GPU configuration:
 #   --device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64
 #   --ff_dim 4096 --batch_size 48 --dtype fp16 --steps 3),
 # prints the results table and writes to the output folder (default: out/main-job):
@@ -93,7 +94,7 @@ cmake --build "$build" --target actckpt_bench -j "$jobs" ||
 build_seconds=$((SECONDS - build_start))
 bench=$build/benchmarks/actckpt_bench
 
-# 3. Run the four modes, the planned one and the budget sweep.
+# 3. Run the nine modes and the budget sweep.
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}

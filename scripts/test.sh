@@ -41,7 +41,14 @@ if [[ $libtorch == wheel ]]; then
 fi
 
 stamp "workflow $preset (LibTorch: $libtorch)"
-cmake --workflow --preset "$preset"
+rc=0
+cmake --workflow --preset "$preset" || rc=$?
+# ctest counts whole tests; a test file can pass with some of its cases skipped (a [cuda] case
+# without a GPU): the device switch's lines count those cases, so the summary shows every skip.
+if [[ -f build/$preset/Testing/Temporary/LastTest.log ]]; then
+  stamp "$(scripts/device-switch-summary.sh "build/$preset/Testing/Temporary/LastTest.log" --list || true)"
+fi
+((rc == 0)) || { stamp "workflow $preset FAILED ($rc)"; exit "$rc"; }
 stamp "workflow $preset passed"
 
 if ((asan)); then

@@ -404,6 +404,22 @@ void unused(const actckpt::World& world) {
   }
 }
 
+/// How much later than its timeout a failure may come before it counts as a hang. Not a timing
+/// claim: under load (2 cores shared by several builds) a Gloo timeout of 3 s has surfaced up to
+/// a few seconds late, and margins of +2/+3/+5 s made these checks depend on the machine's load
+/// (issue 27). What is checked is that the failure comes as an exception, not a hang; that it came
+/// from the timeout is shown by the error text (never_arrives checks it names "within 3000 ms")
+/// and every scenario prints how long it waited. The launcher (60 s) and two_hosts.sh (90 s)
+/// bound a real hang above this.
+constexpr std::chrono::seconds kHangMargin{30};
+
+/// `waited` (seconds) is a failure, not a hang: within `timeout` plus kHangMargin.
+void expect_not_a_hang(double waited, std::chrono::milliseconds timeout) {
+  const double limit = std::chrono::duration<double>(timeout + kHangMargin).count();
+  expect(waited < limit, "waited " + std::to_string(waited) + " s: longer than the timeout plus " +
+                             std::to_string(kHangMargin.count()) + " s, a hang");
+}
+
 void rank_dies(const actckpt::World& world, std::chrono::milliseconds timeout) {
   GptModel model = tiny_gpt(StackMode::ckpt_async_offload);
   model->to(world.device);
@@ -425,7 +441,7 @@ void rank_dies(const actckpt::World& world, std::chrono::milliseconds timeout) {
       const double waited = seconds_since(started);
       say(world, "step " + std::to_string(step) + " failed after " + std::to_string(waited) + " s: " + first_line(e.what()));
       expect(step == 2, "failed in the wrong step");
-      expect(waited < std::chrono::duration<double>(timeout).count() + 5, "took longer than the timeout");
+      expect_not_a_hang(waited, timeout);
       return;
     }
   }
@@ -495,8 +511,7 @@ void bad_environment() {
 constexpr std::chrono::seconds kFaultTimeout{3};
 
 /// Trains until a collective fails; the fixture takes the link down once every rank has printed
-/// "step 3 done". The failure must come as an exception, within the timeout (plus a margin for
-/// a loaded machine), not as a hang: two_hosts.sh's own bound would then kill the rank.
+/// "step 3 done". The failure must come as an exception, not as a hang (expect_not_a_hang).
 void link_down(const actckpt::World& world, std::chrono::milliseconds timeout) {
   GptModel model = tiny_gpt(StackMode::ckpt_async_offload);
   model->to(world.device);
@@ -515,7 +530,7 @@ void link_down(const actckpt::World& world, std::chrono::milliseconds timeout) {
       const double waited = seconds_since(started);
       say(world, "step " + std::to_string(step) + " failed after " + std::to_string(waited) + " s: " + first_line(e.what()));
       expect(step > 3, "failed before the link went down");
-      expect(waited < std::chrono::duration<double>(timeout).count() + 3, "took longer than the timeout");
+      expect_not_a_hang(waited, timeout);
       return;
     }
     // A step takes milliseconds: say only what the fixture waits for, then now and then.
@@ -523,7 +538,7 @@ void link_down(const actckpt::World& world, std::chrono::milliseconds timeout) {
   }
 }
 
-/// Joins a group of 2 as RANK says, alone: must fail, naming what it waited for, within the timeout.
+/// Joins a group of 2 as RANK says, alone: must fail, naming what it waited for and its timeout.
 void never_arrives() {
   const auto started = Clock::now();
   const int rank = std::atoi(std::getenv("RANK") != nullptr ? std::getenv("RANK") : "0");
@@ -537,7 +552,7 @@ void never_arrives() {
     const std::string needle = rank == 0 ? "rank 1 did not arrive at the rendezvous store" : "could not reach the rendezvous store";
     expect(what.find(needle) != std::string::npos, "the error does not say '" + needle + "'");
     expect(what.find("within 3000 ms") != std::string::npos, "the error does not name the timeout");
-    expect(waited < std::chrono::duration<double>(kFaultTimeout).count() + 2, "took longer than the timeout (+2 s)");
+    expect_not_a_hang(waited, kFaultTimeout);
     return;
   }
   throw Failure("joined a group of 2 alone");

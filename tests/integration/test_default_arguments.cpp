@@ -19,7 +19,7 @@ namespace {
 
 /// A forward with a non-tensor and an optional-tensor default, declared to LibTorch.
 struct ScaledBlockImpl : torch::nn::Module {
-  explicit ScaledBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit ScaledBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   Tensor forward(const Tensor& x, double scale = 2.0, c10::optional<Tensor> shift = c10::nullopt) {
     auto y = torch::tanh(fc(x)) * scale;
     return shift ? y + *shift : y;
@@ -33,7 +33,7 @@ TORCH_MODULE(ScaledBlock);
 
 /// The same forward with C++ defaults only: no FORWARD_HAS_DEFAULT_ARGS.
 struct UndeclaredDefaultsBlockImpl : torch::nn::Module {
-  explicit UndeclaredDefaultsBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit UndeclaredDefaultsBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   Tensor forward(const Tensor& x, double scale = 2.0) { return torch::tanh(fc(x)) * scale; }
   torch::nn::Linear fc{nullptr};
 };
@@ -42,7 +42,7 @@ TORCH_MODULE(UndeclaredDefaultsBlock);
 /// A loss over every floating-point tensor in a forward result (tuples, nested tuples).
 template <class R>
 Tensor loss_of(R& result) {
-  Tensor loss = torch::zeros({});
+  Tensor loss = torch::zeros({}, test_device::options());
   actckpt::detail::for_each_result_tensor(result, [&](Tensor& t) {
     if (t.defined() && t.is_floating_point()) loss = loss + t.pow(2).sum();
   });
@@ -119,12 +119,13 @@ TEST_CASE_TEMPLATE("MultiheadAttention: query, key, value only (4 defaults), dir
                    ACTCKPT_POLICIES) {
   torch::manual_seed(0);
   torch::nn::MultiheadAttention attention(torch::nn::MultiheadAttentionOptions(16, 4).dropout(0.1));
+  attention->to(test_device::device());
   auto q = leaf({5, 2, 16}), k = leaf({6, 2, 16}), v = leaf({6, 2, 16});
   SUBCASE("direct, three arguments") {
     check_short_call_parity<Policy>(attention, {q, k, v}, [&](auto& m) { return m(q, k, v); });
   }
   SUBCASE("direct, five of seven arguments (no weights returned)") {
-    auto mask = torch::zeros({2, 6}, torch::kBool);
+    auto mask = torch::zeros({2, 6}, test_device::options(torch::kBool));
     mask.index_put_({1, 5}, true);
     check_short_call_parity<Policy>(attention, {q, k, v}, [&](auto& m) { return m(q, k, v, mask, false); });
   }
@@ -136,6 +137,7 @@ TEST_CASE_TEMPLATE("MultiheadAttention: query, key, value only (4 defaults), dir
 TEST_CASE_TEMPLATE("TransformerEncoderLayer with dropout: src only, direct and in Sequential", Policy, ACTCKPT_POLICIES) {
   torch::manual_seed(1);
   torch::nn::TransformerEncoderLayer layer(torch::nn::TransformerEncoderLayerOptions(16, 4).dim_feedforward(32).dropout(0.2));
+  layer->to(test_device::device());
   auto src = leaf({5, 2, 16});
   SUBCASE("direct") { check_short_call_parity<Policy>(layer, {src}, [&](auto& m) { return m(src); }); }
   SUBCASE("in Sequential") { check_short_call_parity<Policy>(layer, {src}, in_sequential<Tensor>(src)); }
@@ -145,6 +147,7 @@ TEST_CASE_TEMPLATE("TransformerDecoderLayer with dropout: tgt and memory only, d
                    ACTCKPT_POLICIES) {
   torch::manual_seed(2);
   torch::nn::TransformerDecoderLayer layer(torch::nn::TransformerDecoderLayerOptions(16, 4).dim_feedforward(32).dropout(0.2));
+  layer->to(test_device::device());
   auto tgt = leaf({4, 2, 16}), memory = leaf({6, 2, 16});
   SUBCASE("direct") { check_short_call_parity<Policy>(layer, {tgt, memory}, [&](auto& m) { return m(tgt, memory); }); }
   SUBCASE("in Sequential") { check_short_call_parity<Policy>(layer, {tgt, memory}, in_sequential<Tensor>(tgt, memory)); }
@@ -156,16 +159,19 @@ TEST_CASE_TEMPLATE("GRU, LSTM and GRUCell without an initial hidden state, direc
   auto x = leaf({5, 2, 8});
   SUBCASE("GRU") {
     torch::nn::GRU gru(torch::nn::GRUOptions(8, 16).num_layers(2));
+    gru->to(test_device::device());
     check_short_call_parity<Policy>(gru, {x}, [&](auto& m) { return m(x); });
     check_short_call_parity<Policy>(gru, {x}, in_sequential<std::tuple<Tensor, Tensor>>(x));
   }
   SUBCASE("LSTM: the optional (h, c) pair left out; a nested tuple comes back") {
     torch::nn::LSTM lstm(torch::nn::LSTMOptions(8, 16));
+    lstm->to(test_device::device());
     check_short_call_parity<Policy>(lstm, {x}, [&](auto& m) { return m(x); });
     check_short_call_parity<Policy>(lstm, {x}, in_sequential<std::tuple<Tensor, std::tuple<Tensor, Tensor>>>(x));
   }
   SUBCASE("GRUCell") {
     torch::nn::GRUCell cell(8, 16);
+    cell->to(test_device::device());
     auto step = leaf({2, 8});
     check_short_call_parity<Policy>(cell, {step}, [&](auto& m) { return m(step); });
     check_short_call_parity<Policy>(cell, {step}, in_sequential<Tensor>(step));
@@ -199,6 +205,7 @@ TEST_CASE("short calls: a layer without FORWARD_HAS_DEFAULT_ARGS, and too few ar
   SUBCASE("fewer than the required arguments: LibTorch's count error, nothing stashed") {
     IsolatedOffload iso;
     Checkpointed<torch::nn::MultiheadAttention> wrapped(torch::nn::MultiheadAttention(8, 2));
+    wrapped->to(test_device::device());
     wrapped->set_offload_context(iso.context);
     torch::nn::Sequential sequential(wrapped);
     CHECK_THROWS_WITH_AS((sequential->forward<std::tuple<Tensor, Tensor>>(x)), doctest::Contains("at least 3 argument"),

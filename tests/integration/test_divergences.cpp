@@ -16,7 +16,7 @@ namespace {
 
 /// Reads its input twice (x * x and x @ W): its input gradient is a sum of two terms.
 struct ReadsTwiceImpl : torch::nn::Module {
-  explicit ReadsTwiceImpl(int64_t n) { weight = register_parameter("weight", torch::randn({n, n}) * 0.3); }
+  explicit ReadsTwiceImpl(int64_t n) { weight = register_parameter("weight", torch::randn({n, n}, test_device::options()) * 0.3); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) { return torch::tanh(x * x + x.matmul(weight)); }
   torch::Tensor weight;
 };
@@ -25,7 +25,8 @@ TORCH_MODULE(ReadsTwice);
 /// Two inputs; uses the second only when asked.
 struct TwoInputsImpl : torch::nn::Module {
   TwoInputsImpl(int64_t n, bool use_second) : use_second(use_second) {
-    weight = register_parameter("weight", torch::randn({n, n}) * 0.3);
+    weight = register_parameter("weight", torch::randn({n, n}, test_device::options()) * 0.3);
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor a, torch::Tensor b) {
     auto h = a.matmul(weight);
@@ -38,7 +39,7 @@ TORCH_MODULE(TwoInputs);
 
 /// Ends in a view of its result (t()).
 struct ViewOutputImpl : torch::nn::Module {
-  explicit ViewOutputImpl(int64_t n) { weight = register_parameter("weight", torch::randn({n, n}) * 0.3); }
+  explicit ViewOutputImpl(int64_t n) { weight = register_parameter("weight", torch::randn({n, n}, test_device::options()) * 0.3); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) { return x.matmul(weight).t(); }
   torch::Tensor weight;
 };
@@ -46,7 +47,7 @@ TORCH_MODULE(ViewOutput);
 
 /// Ends in tanh, whose backward reads its output.
 struct TanhOutputImpl : torch::nn::Module {
-  explicit TanhOutputImpl(int64_t n) { weight = register_parameter("weight", torch::randn({n, n}) * 0.3); }
+  explicit TanhOutputImpl(int64_t n) { weight = register_parameter("weight", torch::randn({n, n}, test_device::options()) * 0.3); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) { return torch::tanh(x.matmul(weight)); }
   torch::Tensor weight;
 };
@@ -54,7 +55,7 @@ TORCH_MODULE(TanhOutput);
 
 /// Adds its bias in place to a view of an intermediate (the reentrant form's doubled gradient).
 struct BiasIntoViewImpl : torch::nn::Module {
-  explicit BiasIntoViewImpl(int64_t n) : n(n) { bias = register_parameter("bias", torch::randn({n}) * 0.1); }
+  explicit BiasIntoViewImpl(int64_t n) : n(n) { bias = register_parameter("bias", torch::randn({n}, test_device::options()) * 0.1); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     auto h = x.tanh().reshape({-1}).view({n, n});  // x transposed: reshape copies, view aliases the copy
     h.add_(bias);
@@ -70,6 +71,7 @@ TORCH_MODULE(BiasIntoView);
 struct LayoutProbeImpl : torch::nn::Module {
   explicit LayoutProbeImpl(int64_t channels) {
     conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).padding(1)));
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor x) {
     seen_strides.push_back(x.strides().vec());
@@ -156,7 +158,7 @@ TEST_CASE_TEMPLATE("divergence 1, summation order: a tensor used inside a layer 
   IsolatedOffload iso;
   torch::manual_seed(1);
   ReadsTwice layer(n);
-  const auto values = torch::randn({n, n});
+  const auto values = torch::randn({n, n}, test_device::options());
   auto non_reentrant = wrapped<actckpt::NonReentrant<Policy>>(layer, iso);
   auto reentrant = wrapped<actckpt::Reentrant<Policy>>(layer, iso);
   // Three shapes: a residual around the layer, the layer applied twice, one tensor passed twice.
@@ -200,8 +202,8 @@ TEST_CASE_TEMPLATE("divergence 2, layout: a stash comes back with the layout it 
     torch::manual_seed(2);
     const bool four_d = std::string(layout) == "channels last";
     LayoutProbe layer(3);
-    torch::Tensor values = four_d ? torch::randn({2, 3, 5, 5}) : std::string(layout) == "sliced" ? torch::randn({n, n + 3})
-                           : std::string(layout).rfind("expanded", 0) == 0 ? torch::randn({1, n}) : torch::randn({n, n});
+    torch::Tensor values = four_d ? torch::randn({2, 3, 5, 5}, test_device::options()) : std::string(layout) == "sliced" ? torch::randn({n, n + 3}, test_device::options())
+                           : std::string(layout).rfind("expanded", 0) == 0 ? torch::randn({1, n}, test_device::options()) : torch::randn({n, n}, test_device::options());
     auto make_input = [&](const torch::Tensor& leaf) {
       const std::string l = layout;
       if (l == "transposed") return leaf.t();
@@ -245,7 +247,7 @@ TEST_CASE_TEMPLATE("divergence 3: changing a layer's view output in place", Poli
   IsolatedOffload iso;
   torch::manual_seed(3);
   ViewOutput layer(n);
-  const auto values = torch::randn({n, n});
+  const auto values = torch::randn({n, n}, test_device::options());
   auto run = [&](std::function<torch::Tensor(torch::Tensor)> f) {
     return step(*layer, [&] {
       auto x = values.clone().requires_grad_(true);
@@ -269,7 +271,7 @@ TEST_CASE_TEMPLATE("divergence 4: changing in place an output that autograd save
   IsolatedOffload iso;
   torch::manual_seed(4);
   TanhOutput layer(n);
-  const auto values = torch::randn({n, n});
+  const auto values = torch::randn({n, n}, test_device::options());
   auto run = [&](std::function<torch::Tensor(torch::Tensor)> f) {
     return step(*layer, [&] {
       auto x = values.clone().requires_grad_(true);
@@ -297,7 +299,7 @@ TEST_CASE_TEMPLATE("divergence 5: an input the layer does not use, from a produc
   IsolatedOffload iso;
   torch::manual_seed(5);
   TwoInputs layer(n, /*use_second=*/false);
-  const auto values = torch::randn({n, n});
+  const auto values = torch::randn({n, n}, test_device::options());
   for (bool changed_after_the_call : {false, true}) {
     CAPTURE(changed_after_the_call);
     auto run = [&](std::function<torch::Tensor(torch::Tensor, torch::Tensor)> f) {
@@ -337,7 +339,7 @@ TEST_CASE_TEMPLATE("the reentrant form refuses to double a parameter's gradient"
   IsolatedOffload iso;
   torch::manual_seed(6);
   BiasIntoView layer(n);
-  const auto values = torch::randn({n, n});
+  const auto values = torch::randn({n, n}, test_device::options());
   auto run = [&](std::function<torch::Tensor(torch::Tensor)> f) {
     return step(*layer, [&] {
       auto leaf = values.clone().requires_grad_(true);

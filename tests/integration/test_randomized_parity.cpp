@@ -195,7 +195,7 @@ std::string run_case(const CaseSpec& c, double& worst) {
     shape.push_back(c.batch);
     shape.push_back(c.layout == 2 ? width + 3 : width);
   }
-  const auto input_values = torch::randn(shape);
+  const auto input_values = torch::randn(shape, test_device::options());
 
   Outcome expected, actual;
   try {
@@ -279,7 +279,7 @@ TEST_CASE_TEMPLATE("autocast: a checkpointed layer's parameters used again outsi
     StackBlock block(16, 16, 0, 0.0, /*kind=*/1);  // dropout(tanh(fc(x))): a 2-D input goes through addmm
     actckpt::Checkpointed<StackBlock, Policy> wrapped(block);
     wrapped->set_offload_context(offload.context);
-    const auto x = torch::randn({8, 16});
+    const auto x = torch::randn({8, 16}, test_device::options());
     auto run = [&](bool wrap) {
       for (auto& p : block->parameters()) p.mutable_grad().reset();
       torch::Tensor loss;

@@ -78,9 +78,10 @@ const char* ending_names[] = {"result", "a view of the result (t)", "its first i
 
 struct ProgramBlockImpl : torch::nn::Module {
   ProgramBlockImpl(int64_t n, std::vector<int> ops, int ending) : n(n), ops(std::move(ops)), ending(ending) {
-    weight = register_parameter("weight", torch::randn({n, n}) / std::sqrt(static_cast<double>(n)));
-    other = register_parameter("other", torch::randn({n, n}) / std::sqrt(static_cast<double>(n)));
-    bias = register_parameter("bias", torch::randn({n}) * 0.1);
+    weight = register_parameter("weight", torch::randn({n, n}, test_device::options()) / std::sqrt(static_cast<double>(n)));
+    other = register_parameter("other", torch::randn({n, n}, test_device::options()) / std::sqrt(static_cast<double>(n)));
+    bias = register_parameter("bias", torch::randn({n}, test_device::options()) * 0.1);
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor a, torch::Tensor b) {
     torch::Tensor h = a;
@@ -365,10 +366,10 @@ std::string run_case(const CaseSpec& c, bool reentrant, Tally& tally) {
   IsolatedOffload offload(c.pool_limit);
   Model m = build(c, offload.context);
   torch::Tensor values;
-  if (c.layout == contiguous || c.layout == transposed) values = torch::randn({c.n, c.n});
-  if (c.layout == slice) values = torch::randn({c.n, c.n + 3});
-  if (c.layout == expanded_row) values = torch::randn({1, c.n});
-  const auto side_values = torch::randn({c.n, c.n}) * 0.5;
+  if (c.layout == contiguous || c.layout == transposed) values = torch::randn({c.n, c.n}, test_device::options());
+  if (c.layout == slice) values = torch::randn({c.n, c.n + 3}, test_device::options());
+  if (c.layout == expanded_row) values = torch::randn({1, c.n}, test_device::options());
+  const auto side_values = torch::randn({c.n, c.n}, test_device::options()) * 0.5;
 
   const Outcome expected = run_step(c, m, /*wrapped=*/false, values, side_values);
   const Outcome actual = run_step(c, m, /*wrapped=*/true, values, side_values);

@@ -3,7 +3,7 @@
 // (or the documented fallback), no stash memory left behind (host pool live bytes 0, stash stack
 // empty, LibTorch CPU allocator bytes back to where they were), and a next step whose gradients
 // are bitwise those of an unwrapped model with the same parameters.
-// Cases needing CUDA carry [cuda] in their name and skip with a message where CUDA is absent.
+// Cases needing CUDA carry [cuda] in their name and test_device::needs_cuda(): reported skipped where CUDA is absent.
 
 #include "reliability_models.hpp"
 
@@ -43,7 +43,7 @@ bool contains(const std::string& text, const std::string& part) { return text.fi
 
 // ---------------------------------------------------------------------------------------------
 // A rig for fault injection: four FaultyBlocks, each checkpointed with Policy on a private pool
-// and context, actckpt::MemoryMeter on the CPU allocator, and an unwrapped reference to check the next step against.
+// and context, actckpt::MemoryMeter on the test device's allocator, and an unwrapped reference to check the next step against.
 
 template <class Policy>
 struct FaultRig {
@@ -62,7 +62,7 @@ struct FaultRig {
 
   torch::Tensor input(uint64_t seed) const {
     torch::manual_seed(seed);
-    return torch::randn({batch, dim});
+    return torch::randn({batch, dim}, test_device::options());
   }
 
   /// One ordinary training step (forward + backward), gradients kept.
@@ -105,7 +105,7 @@ struct FaultRig {
   }
 
   IsolatedOffload offload;
-  actckpt::MemoryMeter meter{c10::Device(c10::kCPU), offload.pool};
+  actckpt::MemoryMeter meter{test_device::device(), offload.pool};
   Stack model;
   std::vector<FaultyBlock> blocks;
 };
@@ -148,13 +148,13 @@ TEST_CASE_TEMPLATE("soak: 1000 training steps keep device bytes, host pool bytes
 
   SingleIntraOpThread one_thread;
   IsolatedOffload offload;
-  actckpt::MemoryMeter meter{c10::Device(c10::kCPU), offload.pool};
+  actckpt::MemoryMeter meter{test_device::device(), offload.pool};
   torch::manual_seed(2024);
   Stack model;
   for (int i = 0; i < depth; ++i)
     model->add_wrapped<Policy>(StackBlock(dim, dim, hidden, /*dropout=*/0.1, /*kind=*/i % 2 == 0 ? 0 : 2),
                                offload.context);
-  model->add_plain(torch::nn::Linear(dim, 8));
+  model->add_plain(test_device::on_device(torch::nn::Linear(dim, 8)));
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
 
   SoakFigures first_step, at_warm_up, at_end;
@@ -165,7 +165,7 @@ TEST_CASE_TEMPLATE("soak: 1000 training steps keep device bytes, host pool bytes
   for (int step = 1; step <= steps; ++step) {
     optimizer.zero_grad();
     meter.reset_peak();
-    auto x = torch::randn({batch, dim});
+    auto x = torch::randn({batch, dim}, test_device::options());
     auto loss = weighted_loss(model(x));
     loss.backward();
     optimizer.step();
@@ -264,7 +264,7 @@ Stack make_trainer_model(const TrainerSpec& spec, std::shared_ptr<actckpt::Offlo
 std::vector<torch::Tensor> make_trainer_inputs(const TrainerSpec& spec) {
   torch::manual_seed(spec.seed + 1);
   std::vector<torch::Tensor> inputs;
-  for (int s = 0; s < concurrent_steps; ++s) inputs.push_back(torch::randn({24, spec.dim}));
+  for (int s = 0; s < concurrent_steps; ++s) inputs.push_back(torch::randn({24, spec.dim}, test_device::options()));
   return inputs;
 }
 
@@ -474,7 +474,7 @@ TEST_CASE_TEMPLATE("fault: a layer that throws on the k-th step only", Policy, N
   rig.check_next_step_trains(k + 3);
 }
 
-TEST_CASE("fault: the copy worker fails an offload copy, then a prefetch copy") {
+TEST_CASE("fault: the copy worker fails an offload copy, then a prefetch copy" * test_device::cpu_only("the CPU copy worker's test hooks (fault injector, after-copy hook) are what this case drives; CUDA copies do not pass through them")) {
   for (int failing : {1, 4}) {  // copies: offload l0, l1, l2 in forward; prefetch l2, l1, l0 in backward
     CAPTURE(failing);
     FaultRig<AsyncOffload> rig;
@@ -593,14 +593,16 @@ std::vector<std::int64_t> check_input_parity(const torch::Tensor& base_value,
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("[cuda] bad input: a tensor on another device than the layer gives LibTorch's error, no stash",
+TEST_CASE_TEMPLATE("[cuda] bad input: a tensor on another device than the layer gives LibTorch's error, no stash" * test_device::needs_cuda(),
                    Policy, NoOffload, SyncOffload, AsyncOffload) {
-  if (!test_models::cuda_or_skip()) return;
-  FaultRig<Policy> rig;  // parameters on the CPU
+  test_device::require_cuda();
+  FaultRig<Policy> rig;  // parameters on the test device
   rig.step(1);
   const auto before = rig.settled_device_bytes();
+  // The input on the other device: CUDA where the suite runs on the CPU, the CPU where it runs on CUDA.
+  const auto other = test_device::on_cuda() ? torch::Device(torch::kCPU) : torch::Device(torch::kCUDA, 0);
   const auto message = error_text([&] {
-    auto x = rig.input(2).to(torch::kCUDA).requires_grad_();
+    auto x = rig.input(2).to(other).requires_grad_();
     weighted_loss(rig.model(x)).backward();
   });
   CAPTURE(message);
@@ -610,14 +612,14 @@ TEST_CASE_TEMPLATE("[cuda] bad input: a tensor on another device than the layer 
 }
 
 TEST_CASE_TEMPLATE("bad input: an empty batch", Policy, NoOffload, SyncOffload, AsyncOffload) {
-  auto bytes = check_input_parity<Policy>(torch::randn({0, 32}), [](const torch::Tensor& b) { return b; });
+  auto bytes = check_input_parity<Policy>(torch::randn({0, 32}, test_device::options()), [](const torch::Tensor& b) { return b; });
   // Nothing to move: no policy offloads an empty stash (none takes a host buffer for it).
   CHECK(bytes.empty());
 }
 
 TEST_CASE_TEMPLATE("bad input: a non-contiguous (transposed) input", Policy, NoOffload, SyncOffload, AsyncOffload) {
   // base is [32, 16]; the input is its transpose, [16, 32] with strides (1, 16).
-  check_input_parity<Policy>(torch::randn({32, 16}), [](const torch::Tensor& b) { return b.t(); });
+  check_input_parity<Policy>(torch::randn({32, 16}, test_device::options()), [](const torch::Tensor& b) { return b.t(); });
 }
 
 TEST_CASE_TEMPLATE("bad input: an expanded (stride 0) input travels unexpanded", Policy, NoOffload, SyncOffload,
@@ -626,7 +628,7 @@ TEST_CASE_TEMPLATE("bad input: an expanded (stride 0) input travels unexpanded",
   // elements. Its stash keeps the row (128 B) and expands it again on restore; the second
   // layer's input is an ordinary [16, 32] activation (2 KiB).
   auto bytes =
-      check_input_parity<Policy>(torch::randn({1, 32}), [](const torch::Tensor& b) { return b.expand({16, 32}); });
+      check_input_parity<Policy>(torch::randn({1, 32}, test_device::options()), [](const torch::Tensor& b) { return b.expand({16, 32}); });
   if (std::is_same_v<Policy, SyncOffload>) CHECK(bytes == std::vector<std::int64_t>{32 * 4, 16 * 32 * 4});
   // Async: 128 B is under the 1 KiB threshold, so the row stays on the device.
   if (std::is_same_v<Policy, AsyncOffload>) CHECK(bytes == std::vector<std::int64_t>{16 * 32 * 4});
@@ -636,13 +638,13 @@ TEST_CASE_TEMPLATE("bad input: a view of a larger tensor: only the view's bytes 
                    SyncOffload, AsyncOffload) {
   constexpr bool offloads = !std::is_same_v<Policy, NoOffload>;
   SUBCASE("rows 8..23 of a [64, 32] tensor (contiguous view with an offset)") {
-    auto bytes = check_input_parity<Policy>(torch::randn({64, 32}),
+    auto bytes = check_input_parity<Policy>(torch::randn({64, 32}, test_device::options()),
                                             [](const torch::Tensor& b) { return b.narrow(0, 8, 16); });
     REQUIRE(bytes.size() == (offloads ? 2u : 0u));
     if (offloads) CHECK(bytes[0] == 16 * 32 * 4);  // the view, not the 8 KiB base
   }
   SUBCASE("columns 0..15 of a [64, 32] tensor (strided view)") {
-    auto bytes = check_input_parity<Policy>(torch::randn({64, 32}),
+    auto bytes = check_input_parity<Policy>(torch::randn({64, 32}, test_device::options()),
                                             [](const torch::Tensor& b) { return b.narrow(1, 0, 16); });
     REQUIRE(bytes.size() == (offloads ? 2u : 0u));
     if (offloads) CHECK(bytes[0] == 64 * 16 * 4);
@@ -667,9 +669,9 @@ TEST_CASE_TEMPLATE("bad input: integer inputs that cannot require grad", Policy,
   mixed->set_stash_options(options);
 
   torch::manual_seed(9);
-  const auto idx = torch::randint(0, 50, {16, 8}, torch::kLong);  // 1 KiB: at AsyncOffload's threshold
+  const auto idx = torch::randint(0, 50, {16, 8}, test_device::options(torch::kLong));  // 1 KiB: at AsyncOffload's threshold
   const auto idx_before = idx.clone();
-  const auto x0 = torch::randn({16, 8, 32});
+  const auto x0 = torch::randn({16, 8, 32}, test_device::options());
   CHECK_FALSE(idx.requires_grad());
   auto run = [&](auto& first, auto& second) {
     auto x = x0.clone().requires_grad_();

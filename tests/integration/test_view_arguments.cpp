@@ -28,7 +28,7 @@ namespace {
 
 /// Sums over the listed dims, scaled per dim: `c10::ArrayRef<int64_t>` and `c10::ArrayRef<double>`.
 struct DimSumImpl : torch::nn::Module {
-  DimSumImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); }
+  DimSumImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); to(test_device::device()); }
   Tensor forward(const Tensor& x, at::IntArrayRef dims, c10::ArrayRef<double> scales) {
     auto y = torch::tanh(fc(x));
     for (std::size_t i = 0; i < scales.size(); ++i) y = y * scales[i];
@@ -40,7 +40,7 @@ TORCH_MODULE(DimSum);
 
 /// Reshapes to an optional shape: `c10::OptionalArrayRef<int64_t>` and `c10::optional<IntArrayRef>`.
 struct OptionalShapeImpl : torch::nn::Module {
-  OptionalShapeImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); }
+  OptionalShapeImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); to(test_device::device()); }
   Tensor forward(const Tensor& x, c10::OptionalArrayRef<int64_t> shape, const c10::optional<at::IntArrayRef>& flip) {
     auto y = torch::sigmoid(fc(x));
     if (shape.has_value()) y = y.reshape(*shape);
@@ -53,7 +53,7 @@ TORCH_MODULE(OptionalShape);
 
 /// Picks its activation by name: `std::string_view`, `c10::string_view`, `std::optional<std::string_view>`.
 struct NamedActivationImpl : torch::nn::Module {
-  NamedActivationImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); }
+  NamedActivationImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); to(test_device::device()); }
   static Tensor activate(const Tensor& y, std::string_view name) {
     if (name == "tanh") return torch::tanh(y);
     if (name == "gelu") return torch::gelu(y);
@@ -72,9 +72,9 @@ TORCH_MODULE(NamedActivation);
 
 /// Weights each feature: `std::span<const float>`.
 struct SpanWeightsImpl : torch::nn::Module {
-  SpanWeightsImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); }
+  SpanWeightsImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); to(test_device::device()); }
   Tensor forward(const Tensor& x, std::span<const float> weights) {
-    auto w = torch::tensor(std::vector<float>(weights.begin(), weights.end()));
+    auto w = torch::tensor(std::vector<float>(weights.begin(), weights.end())).to(x.device());
     return torch::tanh(fc(x)) * w;
   }
   torch::nn::Linear fc{nullptr};
@@ -89,9 +89,9 @@ struct IndexView {
   std::size_t size() const { return count; }
 };
 struct IndexSelectImpl : torch::nn::Module {
-  IndexSelectImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); }
+  IndexSelectImpl() { fc = register_module("fc", torch::nn::Linear(6, 6)); to(test_device::device()); }
   Tensor forward(const Tensor& x, IndexView rows) {
-    auto index = torch::tensor(std::vector<int64_t>(rows.ptr, rows.ptr + rows.count));
+    auto index = torch::tensor(std::vector<int64_t>(rows.ptr, rows.ptr + rows.count)).to(x.device());
     return torch::tanh(fc(x)).index_select(0, index);
   }
   torch::nn::Linear fc{nullptr};
@@ -165,6 +165,7 @@ TEST_CASE_TEMPLATE("ConvTranspose2d with an explicit output_size (optional<IntAr
                    Policy, ACTCKPT_POLICIES) {
   torch::manual_seed(1);
   torch::nn::ConvTranspose2d deconv(torch::nn::ConvTranspose2dOptions(3, 4, 3).stride(2));
+  deconv->to(test_device::device());
   const auto x = leaf({2, 3, 7, 7});
   check_views_outlive_the_call<Policy>(deconv, x, [&](auto& module) {
     HeapArray<int64_t> size({16, 16});  // 15 x 15 without output_size
@@ -255,7 +256,7 @@ TEST_CASE_TEMPLATE("a user view type taught to actckpt through argument_storage 
   });
 }
 
-TEST_CASE("argument storage: what each view is kept as, and which types are refused") {
+TEST_CASE("argument storage: what each view is kept as, and which types are refused" * test_device::no_tensors()) {
   using actckpt::stored_argument_t;
   CHECK(std::is_same_v<stored_argument_t<at::IntArrayRef>, std::vector<int64_t>>);
   CHECK(std::is_same_v<stored_argument_t<const c10::optional<at::IntArrayRef>&>, std::optional<std::vector<int64_t>>>);

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The README's main-job command as a fresh clone runs it: scripts/main-job.sh configures its own
 # build tree (here one whose parent folders do not exist yet, as build/ in a fresh clone), builds
-# actckpt_bench, runs the four modes, the planned mode and the budget sweep on a tiny model and
-# draws the pictures. Then checks every file the README promises, that the table has the five modes
-# with consistent memory figures, and that every planned run's measured peak fits its budget.
+# actckpt_bench, runs its nine modes (baseline, classic, sync and async offload, the three
+# checkpointed ones again in the reentrant form, offload_saved and the planned mode) and the
+# budget sweep on a tiny model and draws the pictures. Then checks every file the README promises,
+# that the table has the nine modes with consistent memory figures, and that every planned run's
+# measured peak fits its budget.
 #
 #   fresh_build_smoke.sh SOURCE_DIR WORK_DIR
 set -euo pipefail
@@ -37,8 +39,9 @@ fi
 grep -q 'done: build' "$work/main-job.log" || { echo "FAIL: no closing line in the log"; fail=1; }
 ((fail == 0)) || { cat "$work/main-job.log"; exit 1; }
 
-# The table and the JSON behind it: four modes (and the three checkpointed ones in the reentrant form), every checkpointed one below baseline's peak,
-# the offload ones at or below classic's, and the Perfetto trace valid JSON with layer phases.
+# The table and the JSON behind it: the nine modes, every checkpointed one below baseline's peak,
+# sync offload at or below classic's, async offload at most one stash above it (see below), and
+# the Perfetto trace valid JSON with layer phases.
 /usr/bin/python3 - "$work/out" <<'PY'
 import json, re, sys, pathlib
 out = pathlib.Path(sys.argv[1])
@@ -68,8 +71,20 @@ base = modes["baseline"]["peak_MB"]
 classic = modes["ckpt_classic"]["peak_MB"]
 assert classic < base, f"classic peak {classic} MB not below baseline {base} MB"
 for m in ("ckpt_sync_offload", "ckpt_async_offload"):
-    assert modes[m]["peak_MB"] <= classic, f"{m} peak {modes[m]['peak_MB']} MB above classic {classic} MB"
+    assert modes[m]["peak_MB"] < base, f"{m} peak {modes[m]['peak_MB']} MB not below baseline {base} MB"
     assert modes[m]["host_stash_MB"] > 0, f"{m} stashed nothing on the host"
+# Sync offload: each stash is on the host before the compute goes on, so its peak never exceeds
+# classic's whatever the copy worker's speed. Async offload: where the CPU copy worker lags, a
+# stash it has not moved yet is on the device as in classic, and the prefetch of the stash below
+# the one being restored (one at a time) can add one stash: at most one stash above classic's
+# peak, however loaded the machine (classic's bound alone failed once under load, issue 27).
+sync_peak = modes["ckpt_sync_offload"]["peak_MB"]
+assert sync_peak <= classic, f"sync offload peak {sync_peak} MB above classic {classic} MB"
+t_async = modes["ckpt_async_offload"]["telemetry"]
+one_stash_MB = t_async["d2h_bytes"] / t_async["d2h_copies"] / 2**20
+async_peak = modes["ckpt_async_offload"]["peak_MB"]
+assert async_peak <= classic + one_stash_MB + 1e-4, \
+    f"async offload peak {async_peak} MB above classic {classic} MB plus one stash ({one_stash_MB:.4f} MB)"
 plan = results["memory_plan"]
 assert plan["budget"] == "mid:0.5" and plan["plan"], f"memory_plan: {plan}"
 assert plan["fits"] and modes["ckpt_planned"]["peak_MB"] <= plan["budget_MB"], f"planned peak over budget: {plan}"

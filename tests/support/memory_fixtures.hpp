@@ -21,7 +21,7 @@ using test_models::MlpBlock;
 inline constexpr std::int64_t MiB = 1 << 20;
 
 /// A float tensor of exactly `bytes` bytes (a multiple of 4).
-inline torch::Tensor tensor_of_bytes(std::int64_t bytes) { return torch::empty({bytes / 4}, torch::kFloat); }
+inline torch::Tensor tensor_of_bytes(std::int64_t bytes) { return torch::empty({bytes / 4}, test_device::options(torch::kFloat)); }
 
 /// Three checkpointed MLP blocks labelled "0", "1", "2" on an isolated offload context.
 template <class Policy>

@@ -82,6 +82,7 @@ struct StackBlockImpl : torch::nn::Module {
     }
     if (kind == 2) norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({in})));
     drop = register_module("drop", torch::nn::Dropout(dropout));
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor x) {
     switch (kind) {
@@ -103,6 +104,7 @@ struct EmbedBlockImpl : torch::nn::Module {
   EmbedBlockImpl(int64_t vocab, int64_t dim) {
     emb = register_module("emb", torch::nn::Embedding(vocab, dim));
     fc = register_module("fc", torch::nn::Linear(dim, dim));
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor idx) { return torch::gelu(fc(emb(idx))); }
   torch::nn::Embedding emb{nullptr};
@@ -115,6 +117,7 @@ struct MixedInputBlockImpl : torch::nn::Module {
   MixedInputBlockImpl(int64_t vocab, int64_t dim) {
     emb = register_module("emb", torch::nn::Embedding(vocab, dim));
     fc = register_module("fc", torch::nn::Linear(dim, dim));
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor x, torch::Tensor idx) { return torch::tanh(fc(x + emb(idx))); }
   torch::nn::Embedding emb{nullptr};

@@ -30,6 +30,7 @@ struct MlpBlockImpl : torch::nn::Cloneable<MlpBlockImpl> {
     fc1 = register_module("fc1", torch::nn::Linear(dim_, hidden_));
     fc2 = register_module("fc2", torch::nn::Linear(hidden_, dim_));
     drop = register_module("drop", torch::nn::Dropout(dropout_));
+    to(test_device::device());
   }
   int64_t dim_, hidden_;
   double dropout_;
@@ -41,7 +42,10 @@ TORCH_MODULE(MlpBlock);
 
 /// Two tensor inputs (x and a mask) and a non-tensor flag.
 struct MaskedBlockImpl : torch::nn::Module {
-  explicit MaskedBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit MaskedBlockImpl(int64_t dim) {
+    fc = register_module("fc", torch::nn::Linear(dim, dim));
+    to(test_device::device());
+  }
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask, bool invert) {
     auto m = invert ? 1.0 - mask : mask;
     return torch::tanh(fc(x)) * m + x;
@@ -57,7 +61,7 @@ inline torch::Tensor leaf(at::IntArrayRef sizes) { return torch::randn(sizes, te
 /// another output shape (and saves as many tensors, of other shapes). The reentrant form sees
 /// another output, the non-reentrant one other saved tensors.
 struct ChangingBlockImpl : torch::nn::Module {
-  explicit ChangingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit ChangingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     auto y = fc(x);
     if (calls++ == 0) return torch::tanh(y) * y;
@@ -73,6 +77,7 @@ struct TwoOutputBlockImpl : torch::nn::Module {
   explicit TwoOutputBlockImpl(int64_t dim) {
     a = register_module("a", torch::nn::Linear(dim, dim));
     b = register_module("b", torch::nn::Linear(dim, dim));
+    to(test_device::device());
   }
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, int64_t> forward(torch::Tensor x) {
     auto ya = torch::relu(a(x));
@@ -85,7 +90,10 @@ TORCH_MODULE(TwoOutputBlock);
 
 /// An output that the layer detaches: it carries no gradient with or without the wrapper.
 struct DetachingBlockImpl : torch::nn::Module {
-  explicit DetachingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit DetachingBlockImpl(int64_t dim) {
+    fc = register_module("fc", torch::nn::Linear(dim, dim));
+    to(test_device::device());
+  }
   std::vector<torch::Tensor> forward(torch::Tensor x) {
     auto y = fc(x);
     return {y, (y * 2).detach()};
@@ -99,6 +107,7 @@ struct BatchNormBlockImpl : torch::nn::Module {
   explicit BatchNormBlockImpl(int64_t dim) {
     fc = register_module("fc", torch::nn::Linear(dim, dim));
     bn = register_module("bn", torch::nn::BatchNorm1d(dim));
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor x) { return torch::relu(bn(fc(x))); }
   torch::nn::Linear fc{nullptr};
@@ -110,7 +119,10 @@ TORCH_MODULE(BatchNormBlock);
 /// counts forward calls 1, 2, ...; 0 = never), or only when recomputing (`actckpt::recomputing()`
 /// tells them apart in either checkpoint form). Tests that nothing leaks when a layer fails.
 struct FaultyBlockImpl : torch::nn::Module {
-  explicit FaultyBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit FaultyBlockImpl(int64_t dim) {
+    fc = register_module("fc", torch::nn::Linear(dim, dim));
+    to(test_device::device());
+  }
   torch::Tensor forward(torch::Tensor x) {
     const bool recomputing = actckpt::recomputing();
     if (!recomputing) {
@@ -138,7 +150,10 @@ TORCH_MODULE(FaultyBlock);
 
 /// Returns a different shape on its second call: a recompute that does not match the forward.
 struct ShapeShiftingBlockImpl : torch::nn::Module {
-  explicit ShapeShiftingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit ShapeShiftingBlockImpl(int64_t dim) {
+    fc = register_module("fc", torch::nn::Linear(dim, dim));
+    to(test_device::device());
+  }
   torch::Tensor forward(torch::Tensor x) {
     auto y = fc(x);
     return (calls++ % 2 == 0) ? y : y.narrow(0, 0, 1);
@@ -166,28 +181,6 @@ inline void check_bitwise_equal(const std::vector<torch::Tensor>& a, const std::
     REQUIRE(a[i].defined() == b[i].defined());
     if (a[i].defined()) CHECK(torch::equal(a[i], b[i]));
   }
-}
-
-/// For cases that need a CUDA device (named "[cuda]"): true when one is there. Without one the case
-/// is skipped with a message, unless ACTCKPT_REQUIRE_CUDA=1 (the GPU check sets it): then a
-/// missing device, or an actckpt built without its CUDA path, fails the case, so a GPU run that
-/// loaded a CPU LibTorch by mistake cannot pass.
-inline bool cuda_or_skip() {
-  const char* require = std::getenv("ACTCKPT_REQUIRE_CUDA");
-  const bool required = require != nullptr && std::string(require) == "1";
-  std::string missing;
-  if (!ACTCKPT_WITH_CUDA) {
-    missing = "actckpt was built without its CUDA path (ACTCKPT_WITH_CUDA=0: the LibTorch found has no torch_cuda)";
-  } else if (!torch::cuda::is_available()) {
-    missing = "no CUDA device is available to this process";
-  }
-  if (missing.empty()) return true;
-  if (required) {
-    FAIL_CHECK("ACTCKPT_REQUIRE_CUDA=1 but " << missing);
-  } else {
-    MESSAGE("skipped: needs a CUDA device (" << missing << ")");
-  }
-  return false;
 }
 
 /// True when layers checkpointed with `Policy` use the non-reentrant form in this process (the

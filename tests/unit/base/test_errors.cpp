@@ -50,7 +50,7 @@ struct LayerFailure : std::runtime_error {
   int code;
 };
 struct ThrowingBlockImpl : torch::nn::Module {
-  explicit ThrowingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit ThrowingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     const bool recomputing = actckpt::recomputing();
     if (!recomputing && fail_forward) throw LayerFailure(1);
@@ -64,7 +64,7 @@ TORCH_MODULE(ThrowingBlock);
 
 }  // namespace
 
-TEST_CASE("errors: the types form one hierarchy under actckpt::Error and std::exception") {
+TEST_CASE("errors: the types form one hierarchy under actckpt::Error and std::exception" * test_device::no_tensors()) {
   static_assert(std::is_base_of_v<std::runtime_error, actckpt::Error>);
   static_assert(std::is_base_of_v<actckpt::Error, actckpt::UsageError>);
   static_assert(std::is_base_of_v<actckpt::Error, actckpt::InfeasibleBudget>);
@@ -85,7 +85,7 @@ TEST_CASE("errors: the types form one hierarchy under actckpt::Error and std::ex
   }
 }
 
-TEST_CASE("errors: InfeasibleBudget carries the budget asked and the smallest feasible one") {
+TEST_CASE("errors: InfeasibleBudget carries the budget asked and the smallest feasible one" * test_device::no_tensors()) {
   // A synthetic chain of two layers: keeping one costs 100 bytes, checkpointing it 10.
   actckpt::StepProfile p;
   p.start_bytes = 1000;
@@ -130,7 +130,7 @@ TEST_CASE_TEMPLATE("errors: a recompute mismatch raised inside backward arrives 
   Checkpointed<ChangingBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
   wrapped->set_label("changer");
-  auto x = torch::randn({3, 4}, torch::requires_grad());
+  auto x = torch::randn({3, 4}, test_device::options().requires_grad(true));
   auto y = wrapped(x);
   const auto e = caught_as<actckpt::RecomputeMismatch>([&] { y.sum().backward(); });
   REQUIRE(e);
@@ -148,7 +148,7 @@ TEST_CASE_TEMPLATE("errors: an input modified in place after the forward is Inpu
   Checkpointed<MlpBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
   wrapped->set_label("mutated");
-  auto x = torch::randn({3, 4}, torch::requires_grad());
+  auto x = torch::randn({3, 4}, test_device::options().requires_grad(true));
   auto h = x * 2;  // not a leaf: may be modified in place
   auto y = wrapped(h);
   {
@@ -166,7 +166,7 @@ TEST_CASE("errors: a second backward through consumed stashes is StashConsumed (
   MlpBlock block(4, 8);
   Checkpointed<MlpBlock, Policy> wrapped(block);
   wrapped->set_label("once");
-  auto x = torch::randn({3, 4}, torch::requires_grad());
+  auto x = torch::randn({3, 4}, test_device::options().requires_grad(true));
   auto loss = wrapped(x).sum();
   loss.backward({}, /*retain_graph=*/true);
   const auto e = caught_as<actckpt::StashConsumed>([&] { loss.backward(); });
@@ -189,7 +189,7 @@ TEST_CASE_TEMPLATE("errors: an exhausted host pool is HostPoolExhausted with the
     wrapped.back()->set_offload_context(iso.context);
     wrapped.back()->set_label("blocks." + std::to_string(i));
   }
-  auto x = torch::randn({16, 32});  // every stash is 16 x 32 floats: 2048 bytes
+  auto x = torch::randn({16, 32}, test_device::options());  // every stash is 16 x 32 floats: 2048 bytes
   const auto e = caught_as<actckpt::HostPoolExhausted>([&] { chain(wrapped, x); });
   REQUIRE(e);
   check_common(*e);
@@ -203,7 +203,7 @@ TEST_CASE_TEMPLATE("errors: an exhausted host pool is HostPoolExhausted with the
   CHECK(iso.pool->stats().live_bytes == 0);
 }
 
-TEST_CASE_TEMPLATE("errors: a stash corrupted in host memory is StashCorrupted, raised inside backward", Policy,
+TEST_CASE_TEMPLATE("errors: a stash corrupted in host memory is StashCorrupted, raised inside backward" * test_device::cpu_only("the CPU copy worker's test hooks (fault injector, after-copy hook) are what this case drives; CUDA copies do not pass through them"), Policy,
                    SyncOffload, AsyncOffload) {
   IsolatedOffload iso;
   MlpBlock block(32, 64);
@@ -220,7 +220,7 @@ TEST_CASE_TEMPLATE("errors: a stash corrupted in host memory is StashCorrupted, 
     if (d != actckpt::CopyDirection::device_to_host || corrupted->fetch_add(1) != 0) return;
     static_cast<unsigned char*>(dst.data_ptr())[5] ^= 0x40;
   });
-  const auto x = torch::randn({16, 32}, torch::requires_grad());
+  const auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
   auto y = wrapped(x);
   const auto e = caught_as<actckpt::StashCorrupted>([&] { y.sum().backward(); });
   iso.context->engine().set_after_copy_hook(nullptr);
@@ -230,7 +230,7 @@ TEST_CASE_TEMPLATE("errors: a stash corrupted in host memory is StashCorrupted, 
   CHECK(corrupted->load() >= 1);
 }
 
-TEST_CASE_TEMPLATE("errors: a failed copy to or from host memory is OffloadFailed with the cause", Policy, SyncOffload,
+TEST_CASE_TEMPLATE("errors: a failed copy to or from host memory is OffloadFailed with the cause" * test_device::cpu_only("the CPU copy worker's fault injector is what this case drives; CUDA copies do not pass through it"), Policy, SyncOffload,
                    AsyncOffload) {
   IsolatedOffload iso;
   iso.context->engine().set_fault_injector([] { throw std::runtime_error("injected copy failure"); });
@@ -242,7 +242,7 @@ TEST_CASE_TEMPLATE("errors: a failed copy to or from host memory is OffloadFaile
   options.min_offload_bytes = 1;
   options.keep_on_device = 0;
   wrapped->set_stash_options(options);
-  const auto x = torch::randn({16, 32}, torch::requires_grad());
+  const auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
   // Sync: the forward waits for its copy and reports it; async: the backward that needs it.
   const auto e = caught_as<actckpt::OffloadFailed>([&] { wrapped(x).sum().backward(); });
   iso.context->engine().set_fault_injector(nullptr);
@@ -260,7 +260,7 @@ TEST_CASE_TEMPLATE("errors: a layer's own exception keeps its type, from its for
   ThrowingBlock block(4);
   Checkpointed<ThrowingBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
-  auto x = torch::randn({3, 4}, torch::requires_grad());
+  auto x = torch::randn({3, 4}, test_device::options().requires_grad(true));
   block->fail_forward = true;
   const auto in_forward = caught_as<LayerFailure>([&] { wrapped(x); });
   REQUIRE(in_forward);
@@ -287,7 +287,7 @@ TEST_CASE("errors: wrong usage is a UsageError") {
   check_common(*empty);
   torch::nn::Sequential seq(MlpBlock(4, 8));
   const auto segments = caught_as<actckpt::UsageError>(
-      [&] { actckpt::checkpoint_sequential<NoOffload>(seq, 2, torch::randn({2, 4})); });
+      [&] { actckpt::checkpoint_sequential<NoOffload>(seq, 2, torch::randn({2, 4}, test_device::options())); });
   REQUIRE(segments);
   check_common(*segments);
 }

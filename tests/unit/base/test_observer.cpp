@@ -39,7 +39,7 @@ TEST_CASE_TEMPLATE("an observer that throws from every event changes nothing: sa
   // Events come from destructors and (AsyncOffload on CPU) the copy worker: an exception there
   // would end the process. They are caught and counted instead.
   auto layers = mlp_stack(4);
-  auto x = torch::randn({16, 32});
+  auto x = torch::randn({16, 32}, test_device::options());
   chain(layers, x).sum().backward();
   std::vector<std::vector<torch::Tensor>> expected;
   for (auto& l : layers) expected.push_back(take_grads(*l));
@@ -92,7 +92,7 @@ struct LabelRecorder : actckpt::Observer {
 
 }  // namespace
 
-TEST_CASE("observer: installed for the lifetime of its scope; every installed observer gets each event") {
+TEST_CASE("observer: installed for the lifetime of its scope; every installed observer gets each event" * test_device::no_tensors()) {
   const std::string label = "observer-test-scope";
   auto first = std::make_shared<LabelRecorder>(label);
   auto second = std::make_shared<LabelRecorder>(label);
@@ -113,7 +113,7 @@ TEST_CASE("observer: installed for the lifetime of its scope; every installed ob
   CHECK(second->seen() == std::vector<std::string>{"offload_end"});
 }
 
-TEST_CASE("observer: one that throws is counted with its message, and the others still get the event") {
+TEST_CASE("observer: one that throws is counted with its message, and the others still get the event" * test_device::no_tensors()) {
   const std::string label = "observer-test-throwing";
   auto before = actckpt::observer_failures();
   auto recorder_before = std::make_shared<LabelRecorder>(label);
@@ -137,7 +137,7 @@ TEST_CASE("observer: one that throws is counted with its message, and the others
   CHECK(after.last_message.find("observer boom at stash_released") != std::string::npos);
 }
 
-TEST_CASE("observer: to_string names every event kind distinctly") {
+TEST_CASE("observer: to_string names every event kind distinctly" * test_device::no_tensors()) {
   const std::vector<EventKind> all{EventKind::forward_begin,  EventKind::forward_end,   EventKind::backward_begin,
                                    EventKind::recompute_end,  EventKind::backward_end,  EventKind::offload_begin,
                                    EventKind::offload_end,    EventKind::prefetch_begin, EventKind::restore_end,

@@ -51,7 +51,7 @@ static_assert(actckpt::OffloadPolicy<KeepEverything>);
 
 /// Answers, from inside a layer's forward, what the nesting state says there.
 struct ProbeImpl : torch::nn::Module {
-  ProbeImpl() { fc = register_module("fc", torch::nn::Linear(8, 8)); }
+  ProbeImpl() { fc = register_module("fc", torch::nn::Linear(8, 8)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     if (!actckpt::recomputing()) {
       in_forward.push_back(actckpt::detail::in_checkpointed_forward());
@@ -81,7 +81,7 @@ TEST_CASE_TEMPLATE("dispatch: every event of a layer carries its identity, also 
   auto log = std::make_shared<IdentityLog>();
   {
     actckpt::ObserverScope scope(log);
-    auto x = torch::randn({16, 32}, torch::requires_grad());
+    auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
     // Backward restores every stash, waiting for its copy, and a copy's completion callback
     // (offload_end) runs before its ticket finishes: every event is in by now.
     b(a(x)).sum().backward();
@@ -111,13 +111,13 @@ TEST_CASE_TEMPLATE("dispatch: every event of a layer carries its identity, also 
 TEST_CASE("dispatch: the functional form honours StashOptions::checkpoint == false (no recompute), and checkpoints "
           "otherwise") {
   torch::manual_seed(1);
-  auto w = torch::randn({16, 16}, torch::requires_grad());
+  auto w = torch::randn({16, 16}, test_device::options().requires_grad(true));
   int calls = 0;
   auto fn = [&](const torch::Tensor& x) {
     ++calls;
     return torch::tanh(x.mm(w));
   };
-  auto x = torch::randn({4, 16}, torch::requires_grad());
+  auto x = torch::randn({4, 16}, test_device::options().requires_grad(true));
 
   auto reference = fn(x).sum();
   auto grads = torch::autograd::grad({reference}, {x, w});
@@ -141,7 +141,7 @@ TEST_CASE("dispatch: the nesting state says 'inside a checkpointed forward' exac
   Probe probe;
   actckpt::Checkpointed<Probe, actckpt::NoOffload> wrapped(probe);
   CHECK_FALSE(actckpt::detail::in_checkpointed_forward());
-  auto x = torch::randn({4, 8}, torch::requires_grad());
+  auto x = torch::randn({4, 8}, test_device::options().requires_grad(true));
   auto y = wrapped(x).sum();
   CHECK_FALSE(actckpt::detail::in_checkpointed_forward());  // restored after the forward
   y.backward();

@@ -30,6 +30,7 @@ Checkpointed<Layer, Policy> wrap(Layer layer, const IsolatedOffload& iso, const 
 struct TiedBlockImpl : torch::nn::Module {
   TiedBlockImpl(int64_t dim, torch::Tensor tied) : tied(std::move(tied)) {
     fc = register_module("fc", torch::nn::Linear(dim, dim));
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor x) { return torch::tanh(fc(x)).mm(tied) + x.mm(tied.t()); }
   torch::nn::Linear fc{nullptr};
@@ -39,7 +40,7 @@ TORCH_MODULE(TiedBlock);
 
 /// Tensors inside a std::vector and a std::map argument.
 struct ContainerBlockImpl : torch::nn::Module {
-  explicit ContainerBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit ContainerBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x, std::vector<torch::Tensor> extra, std::map<std::string, torch::Tensor> named) {
     auto y = torch::sigmoid(fc(x));
     for (const auto& e : extra) y = y * e;
@@ -51,7 +52,7 @@ TORCH_MODULE(ContainerBlock);
 
 /// Outputs that need no grad: the input passed through, and a value computed under NoGradGuard.
 struct PassThroughBlockImpl : torch::nn::Module {
-  explicit PassThroughBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit PassThroughBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> forward(torch::Tensor x) {
     torch::Tensor stats;
     {
@@ -66,7 +67,7 @@ TORCH_MODULE(PassThroughBlock);
 
 /// Its recompute does other work than its forward: `mode` picks what the second call changes.
 struct DriftingBlockImpl : torch::nn::Module {
-  explicit DriftingBlockImpl(int64_t dim, int mode) : mode(mode) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit DriftingBlockImpl(int64_t dim, int mode) : mode(mode) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     const bool again = calls++ % 2 == 1;
     auto y = fc(x);
@@ -82,7 +83,7 @@ TORCH_MODULE(DriftingBlock);
 
 /// Calls autograd inside its forward: a gradient between two of its tensors, and a tensor hook.
 struct InnerGradBlockImpl : torch::nn::Module {
-  explicit InnerGradBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit InnerGradBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     auto h = torch::tanh(fc(x));
     auto energy = (h * h).sum();
@@ -99,7 +100,7 @@ TORCH_MODULE(InnerGradBlock);
 
 /// Counts what runs after its last saving op (early stop skips it in the recompute).
 struct TailBlockImpl : torch::nn::Module {
-  explicit TailBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit TailBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     auto y = torch::sigmoid(fc(x));  // the last op that saves a tensor
     ++tail_runs;
@@ -116,6 +117,7 @@ struct NestingBlockImpl : torch::nn::Module {
   explicit NestingBlockImpl(int64_t dim) {
     fc = register_module("fc", torch::nn::Linear(dim, dim));
     inner = register_module("inner", Inner(MlpBlock(dim, 2 * dim)));
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor x) { return torch::tanh(fc(inner(x))) * x; }
   torch::nn::Linear fc{nullptr};
@@ -131,11 +133,11 @@ struct NestingBlock : torch::nn::ModuleHolder<NestingBlockImpl<Inner>> {
 TEST_CASE_TEMPLATE("non-reentrant: a captured tensor (tied weight held by reference) gets its whole gradient", Policy,
                    NR_POLICIES) {
   torch::manual_seed(10);
-  auto tied = torch::randn({16, 16}, torch::requires_grad());
+  auto tied = torch::randn({16, 16}, test_device::options().requires_grad(true));
   TiedBlock block(16, tied);
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   block(x).pow(2).sum().backward();
   auto ref = take_grads({x, tied});
   auto ref_p = take_grads(*block);
@@ -152,10 +154,10 @@ TEST_CASE_TEMPLATE("non-reentrant: tensors inside std::vector and std::map argum
   ContainerBlock block(16);
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
-  auto x = torch::randn({24, 16}, torch::requires_grad());
-  std::vector<torch::Tensor> extra{torch::rand({24, 16}, torch::requires_grad()), torch::rand({16}, torch::requires_grad())};
-  std::map<std::string, torch::Tensor> named{{"bias", torch::randn({16}, torch::requires_grad())},
-                                             {"scale", torch::randn({24, 1}, torch::requires_grad())}};
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
+  std::vector<torch::Tensor> extra{torch::rand({24, 16}, test_device::options().requires_grad(true)), torch::rand({16}, test_device::options().requires_grad(true))};
+  std::map<std::string, torch::Tensor> named{{"bias", torch::randn({16}, test_device::options().requires_grad(true))},
+                                             {"scale", torch::randn({24, 1}, test_device::options().requires_grad(true))}};
   const std::vector<torch::Tensor> all{x, extra[0], extra[1], named["bias"], named["scale"]};
   block(x, extra, named).pow(2).sum().backward();
   auto ref = take_grads(all);
@@ -173,7 +175,7 @@ TEST_CASE_TEMPLATE("non-reentrant: outputs that need no grad stay so; backward f
   PassThroughBlock block(16);
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
-  auto raw = torch::randn({24, 16});  // does not require grad
+  auto raw = torch::randn({24, 16}, test_device::options());  // does not require grad
   auto [ry, rx, rstats] = block(raw);
   auto [y, x, stats] = wrapped(raw);
   CHECK(y.requires_grad() == ry.requires_grad());
@@ -198,7 +200,7 @@ TEST_CASE_TEMPLATE("non-reentrant: a recompute that saves other tensors raises a
     DriftingBlock block(16, mode);
     IsolatedOffload iso;
     auto wrapped = wrap<Policy>(block, iso, "drifter");
-    auto x = torch::randn({24, 16}, torch::requires_grad());
+    auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
     auto y = wrapped(x);
     const std::string expected = mode == 0 ? "saved 3 tensors for backward, its forward saved 5" : "as [[2, 16]";
     CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("recompute of checkpointed layer 'drifter'"),
@@ -225,7 +227,7 @@ TEST_CASE_TEMPLATE("non-reentrant: gradient penalty (create_graph, then backward
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
   auto run = [&](auto& module) {
-    auto x = torch::randn({24, 16}, torch::requires_grad());
+    auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
     auto out = module(x);
     auto gx = torch::autograd::grad({out.pow(2).sum()}, {x}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
     (out.sum() + gx.pow(2).sum()).backward();
@@ -246,7 +248,7 @@ TEST_CASE_TEMPLATE("non-reentrant: grad of grad (double backward) through the la
   MlpBlock block(16, 32);
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   auto second = [&](auto& module) {
     auto g = torch::autograd::grad({module(x).pow(3).sum()}, {x}, {}, true, true)[0];
     return torch::autograd::grad({g.sum()}, {x})[0];
@@ -259,7 +261,7 @@ TEST_CASE_TEMPLATE("non-reentrant: backward twice with retain_graph, as the unwr
   std::vector<MlpBlock> layers{MlpBlock(16, 32), MlpBlock(16, 32)};
   IsolatedOffload iso;
   std::vector<Checkpointed<MlpBlock, Policy>> wrapped{wrap<Policy>(layers[0], iso, "0"), wrap<Policy>(layers[1], iso, "1")};
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   auto twice = [&](auto& stack) {
     auto loss = chain(stack, x).pow(2).sum();
     loss.backward({}, /*retain_graph=*/true);
@@ -279,7 +281,7 @@ TEST_CASE_TEMPLATE("non-reentrant: autograd::grad and a tensor hook inside the l
   InnerGradBlock block(16);
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   block(x).pow(2).sum().backward();
   auto ref = take_grads({x});
   auto ref_p = take_grads(*block);
@@ -293,11 +295,11 @@ TEST_CASE_TEMPLATE("non-reentrant: autograd::grad and a tensor hook inside the l
 TEST_CASE_TEMPLATE("non-reentrant: CPU bf16 autocast, a leaf used twice: bitwise the unwrapped layer's", Policy,
                    NR_POLICIES) {
   torch::manual_seed(18);
-  auto tied = torch::randn({16, 16}, torch::requires_grad());
+  auto tied = torch::randn({16, 16}, test_device::options().requires_grad(true));
   TiedBlock block(16, tied);  // uses `tied` twice: the cast cache casts it once
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   auto run = [&](auto& module) {
     {
       actckpt::AutocastReplayGuard autocast(actckpt::AutocastState{true, false, at::kBFloat16, at::kHalf, true});
@@ -317,19 +319,19 @@ TEST_CASE_TEMPLATE("non-reentrant: early stop, the recompute ends at the last sa
   TailBlock block(16);
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   wrapped(x).sum().backward();
   CHECK(block->tail_runs == 1);  // the forward only
 }
 
 TEST_CASE_TEMPLATE("non-reentrant: a captured tensor changed in place before backward raises, as autograd would",
                    Policy, NR_POLICIES) {
-  auto tied = torch::randn({16, 16}, torch::requires_grad());
+  auto tied = torch::randn({16, 16}, test_device::options().requires_grad(true));
   TiedBlock block(16, tied);
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso, "tied");
-  auto mask = torch::rand({24, 16});
-  auto y = wrapped(torch::randn({24, 16})) * 1.0;
+  auto mask = torch::rand({24, 16}, test_device::options());
+  auto y = wrapped(torch::randn({24, 16}, test_device::options())) * 1.0;
   auto loss = actckpt::checkpoint<Policy>([&mask](const torch::Tensor& t) { return (t * mask).sum(); }, y);
   mask.mul_(2.0);  // after the forward saved it
   CHECK_THROWS_WITH_AS(loss.backward(), doctest::Contains("was modified by an in-place operation after the forward saved it"),
@@ -346,7 +348,7 @@ TEST_CASE_TEMPLATE("non-reentrant: BatchNorm statistics change once per step, al
   }
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(mine, iso);
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   auto l_ref = ref(x).pow(2).sum();
   l_ref.backward({}, true);
   l_ref.backward();
@@ -364,7 +366,7 @@ TEST_CASE_TEMPLATE("non-reentrant: backward(inputs=) and autograd::grad with res
   MlpBlock block(16, 32);
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   auto w = block->fc1->weight;
   torch::autograd::backward({block(x).pow(2).sum()}, {}, c10::nullopt, false, {w});
   auto ref = take_grads({w});
@@ -382,12 +384,12 @@ TEST_CASE_TEMPLATE("non-reentrant: dropout masks and the caller's RNG state (por
   MlpBlock block(16, 32, /*dropout=*/0.5);
   IsolatedOffload iso;
   auto wrapped = wrap<Policy>(block, iso);
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   auto step = [&](auto& module) {
     torch::manual_seed(21);
     module(x).pow(2).sum().backward();
     auto g = take_grads({x});
-    g.push_back(torch::rand({4}));  // the caller's generator after the step
+    g.push_back(torch::rand({4}, test_device::options()));  // the caller's generator after the step
     return g;
   };
   auto ref = step(block);
@@ -409,7 +411,7 @@ TEST_CASE_TEMPLATE("nesting: non-reentrant and reentrant checkpoints inside each
     Checkpointed<NestingBlock<Checkpointed<MlpBlock, Inner>>, Outer> wrapped(block);
     wrapped->set_offload_context(iso.context);
     block->inner->set_offload_context(iso.context);
-    auto x = torch::randn({24, 16}, torch::requires_grad());
+    auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
     // Reference: the inner checkpoint off (a plain layer), the outer not wrapped.
     auto options = block->inner->stash_options();
     auto plain = options;

@@ -23,7 +23,7 @@ namespace {
 
 /// A layer whose forward does in-place work on its intermediates (as many models do).
 struct InPlaceBlockImpl : torch::nn::Module {
-  explicit InPlaceBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit InPlaceBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     auto h = fc(x);
     h.relu_();       // saves its own result
@@ -37,7 +37,7 @@ TORCH_MODULE(InPlaceBlock);
 
 /// Saves a tensor, views of it (transpose, slice, chunk) and the same tensor twice.
 struct SharedStorageBlockImpl : torch::nn::Module {
-  explicit SharedStorageBlockImpl(int64_t dim) { w = register_parameter("w", torch::randn({dim, dim}) * 0.1); }
+  explicit SharedStorageBlockImpl(int64_t dim) { w = register_parameter("w", torch::randn({dim, dim}, test_device::options()) * 0.1); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     auto h = torch::tanh(x.mm(w));
     auto ht = h.t();                       // transposed view of h
@@ -57,6 +57,7 @@ struct LayoutBlockImpl : torch::nn::Module {
   LayoutBlockImpl() {
     conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 4, 3).padding(1)));
     fc = register_module("fc", torch::nn::Linear(8, 8));
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor x) {  // x: [2, 4, 8, 8]
     auto cl = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -160,20 +161,20 @@ TEST_CASE_TEMPLATE("offload-saved: gradients are bitwise the unwrapped model's f
     iso.context->reset_telemetry();
   };
   torch::manual_seed(1);
-  compare(MlpBlock(32, 64, /*dropout=*/0.3), [] { return torch::randn({16, 32}, torch::requires_grad()); }, "mlp+dropout");
-  compare(actckpt::models::TransformerBlock(
-              actckpt::models::TransformerBlockOptions(32, 8, 64).dropout(0.1)),
-          [] { return torch::randn({2, 12, 32}, torch::requires_grad()); }, "attention");
-  compare(InPlaceBlock(32), [] { return torch::randn({16, 32}, torch::requires_grad()); }, "in-place");
-  compare(SharedStorageBlock(24), [] { return torch::randn({16, 24}, torch::requires_grad()); }, "shared storage");
-  compare(BatchNormBlock(32), [] { return torch::randn({16, 32}, torch::requires_grad()); }, "batchnorm");
-  compare(LayoutBlock(), [] { return torch::randn({2, 4, 8, 8}, torch::requires_grad()); }, "layouts");
+  compare(MlpBlock(32, 64, /*dropout=*/0.3), [] { return torch::randn({16, 32}, test_device::options().requires_grad(true)); }, "mlp+dropout");
+  compare(test_device::on_device(actckpt::models::TransformerBlock(
+              actckpt::models::TransformerBlockOptions(32, 8, 64).dropout(0.1))),
+          [] { return torch::randn({2, 12, 32}, test_device::options().requires_grad(true)); }, "attention");
+  compare(InPlaceBlock(32), [] { return torch::randn({16, 32}, test_device::options().requires_grad(true)); }, "in-place");
+  compare(SharedStorageBlock(24), [] { return torch::randn({16, 24}, test_device::options().requires_grad(true)); }, "shared storage");
+  compare(BatchNormBlock(32), [] { return torch::randn({16, 32}, test_device::options().requires_grad(true)); }, "batchnorm");
+  compare(LayoutBlock(), [] { return torch::randn({2, 4, 8, 8}, test_device::options().requires_grad(true)); }, "layouts");
 
   // Layers with more arguments or outputs.
   MaskedBlock masked(32);
   auto wm = wrap_on<Policy>(masked, iso, "masked");
-  auto x = torch::randn({16, 32}, torch::requires_grad());
-  auto mask = torch::rand({16, 32});
+  auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
+  auto mask = torch::rand({16, 32}, test_device::options());
   auto ref = seeded_grads(masked, *masked, {x}, [&](auto& m) { m(x, mask, true).sum().backward(); });
   check_bitwise_equal(seeded_grads(wm, *masked, {x}, [&](auto& m) { m(x, mask, true).sum().backward(); }), ref);
   TwoOutputBlock two(32);
@@ -191,10 +192,12 @@ TEST_CASE_TEMPLATE("offload-saved: a stack of layers, keep-N and size thresholds
                    OFFLOAD_SAVED_POLICIES) {
   torch::manual_seed(2);
   std::vector<actckpt::models::TransformerBlock> layers;
-  for (int i = 0; i < 3; ++i) layers.emplace_back(actckpt::models::TransformerBlockOptions(32, 8, 64).dropout(0.1));
+  for (int i = 0; i < 3; ++i)
+    layers.push_back(test_device::on_device(actckpt::models::TransformerBlock(
+        actckpt::models::TransformerBlockOptions(32, 8, 64).dropout(0.1))));
   IsolatedOffload iso;
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({2, 10, 32}, torch::requires_grad());
+  auto x = torch::randn({2, 10, 32}, test_device::options().requires_grad(true));
   auto step = [&](auto& stack) {
     torch::manual_seed(7);
     chain(stack, x).pow(2).sum().backward();
@@ -238,7 +241,7 @@ TEST_CASE("offload-saved: switched on at run time through a layer's StashOptions
   auto log_ptr = std::make_shared<EventLog>();
   auto& log = *log_ptr;
   actckpt::ObserverScope observing(log_ptr);
-  auto x = torch::randn({16, 32}, torch::requires_grad());
+  auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
   auto ref = seeded_grads(block, *block, {x}, [&](auto& m) { m(x).sum().backward(); });
   auto got = seeded_grads(wrapped, *block, {x}, [&](auto& m) { m(x).sum().backward(); });
   check_bitwise_equal(got, ref);
@@ -272,15 +275,15 @@ TEST_CASE_TEMPLATE("offload-saved: bytes moved per step are the saved activation
     return expected;
   };
   for (std::size_t min_bytes : {1, 1024, 4096}) {
-    const auto mlp = check_layer(MlpBlock(32, 64, 0.2), torch::randn({16, 32}, torch::requires_grad()), min_bytes, "mlp");
+    const auto mlp = check_layer(MlpBlock(32, 64, 0.2), torch::randn({16, 32}, test_device::options().requires_grad(true)), min_bytes, "mlp");
     CHECK(mlp > 0);
-    check_layer(actckpt::models::TransformerBlock(32, 8, 64), torch::randn({2, 12, 32}, torch::requires_grad()),
+    check_layer(test_device::on_device(actckpt::models::TransformerBlock(32, 8, 64)), torch::randn({2, 12, 32}, test_device::options().requires_grad(true)),
                 min_bytes, "attention");
-    check_layer(SharedStorageBlock(24), torch::randn({16, 24}, torch::requires_grad()), min_bytes, "shared storage");
-    check_layer(BatchNormBlock(32), torch::randn({16, 32}, torch::requires_grad()), min_bytes, "batchnorm");
+    check_layer(SharedStorageBlock(24), torch::randn({16, 24}, test_device::options().requires_grad(true)), min_bytes, "shared storage");
+    check_layer(BatchNormBlock(32), torch::randn({16, 32}, test_device::options().requires_grad(true)), min_bytes, "batchnorm");
   }
   // A layer with large weights and a tiny activation: the weights never move.
-  const auto tiny = check_layer(torch::nn::Linear(512, 512), torch::randn({1, 512}), 1, "big weights");
+  const auto tiny = check_layer(test_device::on_device(torch::nn::Linear(512, 512)), torch::randn({1, 512}, test_device::options()), 1, "big weights");
   CHECK(tiny == 512 * 4);  // the input row only: the weight (1 MiB) and bias stay
 }
 
@@ -322,13 +325,13 @@ TEST_CASE_TEMPLATE("offload-saved: views come back as views of one restored stor
   };
   IsolatedOffload iso;
   actckpt::OffloadContextScope scope(iso.context);
-  auto x = torch::randn({8, 32}, torch::requires_grad());
+  auto x = torch::randn({8, 32}, test_device::options().requires_grad(true));
   auto y = actckpt::checkpoint<Policy>([](const torch::Tensor& in) { return Probe::apply(in)[0]; }, x);
   wait_until_idle(*iso.context);
   // base (1 KiB) and the channels-last copy (1 KiB) move, once each.
   CHECK(iso.context->telemetry().d2h_bytes == 2 * 8 * 32 * 4);
   y.backward();
-  CHECK(torch::equal(x.grad(), torch::ones({8, 32})));
+  CHECK(torch::equal(x.grad(), torch::ones({8, 32}, test_device::options())));
   CHECK(iso.pool->stats().live_bytes == 0);
 }
 
@@ -337,8 +340,9 @@ TEST_CASE_TEMPLATE("offload-saved: a saved tensor changed in place after the for
   IsolatedOffload iso;
   // exp saves its output; the caller then changes that output in place.
   torch::nn::Linear fc(32, 32);
+  fc->to(test_device::device());
   auto fn = [&](const torch::Tensor& x) { return torch::exp(fc(x)); };
-  auto x = torch::randn({16, 32});
+  auto x = torch::randn({16, 32}, test_device::options());
   {
     auto y = fn(x);
     y.mul_(2);
@@ -368,7 +372,7 @@ TEST_CASE_TEMPLATE("offload-saved: retain_graph twice and double backward are bi
     o.min_offload_bytes = 1;
     w->set_stash_options(o);
   }
-  auto x = torch::randn({24, 16}, torch::requires_grad());
+  auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   auto twice = [&](auto& stack) {
     auto loss = chain(stack, x).pow(2).sum();
     loss.backward({}, /*retain_graph=*/true);
@@ -396,8 +400,8 @@ TEST_CASE("offload-saved: the functional form; captured parameters stay, argumen
   torch::manual_seed(6);
   IsolatedOffload iso;
   actckpt::OffloadContextScope scope(iso.context);
-  auto w = torch::randn({64, 64}, torch::requires_grad());
-  auto x = torch::randn({8, 64}, torch::requires_grad());
+  auto w = torch::randn({64, 64}, test_device::options().requires_grad(true));
+  auto x = torch::randn({8, 64}, test_device::options().requires_grad(true));
   auto fn = [&](const torch::Tensor& in) { return torch::tanh(in.mm(w)).mm(w); };
   fn(x).sum().backward();
   std::vector<torch::Tensor> ref{x.grad().clone(), w.grad().clone()};
@@ -419,7 +423,7 @@ TEST_CASE("offload-saved async: the backward of layer i prefetches the saved ten
   for (int i = 0; i < 4; ++i) layers.emplace_back(32, 64);
   IsolatedOffload iso;
   auto wrapped = wrap_stack<OffloadSaved>(layers, iso);
-  auto x = torch::randn({16, 32}, torch::requires_grad());
+  auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
   auto log_ptr = std::make_shared<EventLog>();
   auto& log = *log_ptr;
   actckpt::ObserverScope observing(log_ptr);
@@ -438,13 +442,13 @@ TEST_CASE("offload-saved async: the backward of layer i prefetches the saved ten
   CHECK(iso.pool->stats().live_bytes == 0);
 }
 
-TEST_CASE_TEMPLATE("offload-saved: an exception mid-step, a failed copy or a dropped graph leave pool and stack empty",
+TEST_CASE_TEMPLATE("offload-saved: an exception mid-step, a failed copy or a dropped graph leave pool and stack empty" * test_device::cpu_only("the CPU copy worker's test hooks (fault injector, after-copy hook) are what this case drives; CUDA copies do not pass through them"),
                    Policy, OFFLOAD_SAVED_POLICIES) {
   torch::manual_seed(9);
   IsolatedOffload iso;
   std::vector<FaultyBlock> layers{FaultyBlock(32), FaultyBlock(32), FaultyBlock(32)};
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({16, 32}, torch::requires_grad());
+  auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
   layers[2]->fail_every_forward = true;
   CHECK_THROWS_WITH(chain(wrapped, x), doctest::Contains("injected forward failure"));
   wait_until_idle(*iso.context);
@@ -479,7 +483,7 @@ TEST_CASE_TEMPLATE("offload-saved: an exception mid-step, a failed copy or a dro
   check_bitwise_equal(got, ref);
 }
 
-TEST_CASE("offload-saved: stash checksums catch a host buffer corrupted in flight") {
+TEST_CASE("offload-saved: stash checksums catch a host buffer corrupted in flight" * test_device::cpu_only("the CPU copy worker's test hooks (fault injector, after-copy hook) are what this case drives; CUDA copies do not pass through them")) {
   torch::manual_seed(10);
   IsolatedOffload iso;
   MlpBlock block(32, 64);
@@ -487,7 +491,7 @@ TEST_CASE("offload-saved: stash checksums catch a host buffer corrupted in fligh
   auto o = wrapped->stash_options();
   o.verify_checksums = true;
   wrapped->set_stash_options(o);
-  auto x = torch::randn({16, 32});
+  auto x = torch::randn({16, 32}, test_device::options());
   // Flip one byte of the first saved tensor that reaches host memory, as a racing writer would.
   auto corrupted = std::make_shared<std::atomic<int>>(0);
   iso.context->engine().set_after_copy_hook([corrupted](actckpt::CopyDirection d, torch::Tensor& dst) {
@@ -511,6 +515,7 @@ TEST_CASE("offload-saved inside a checkpointed layer runs as part of that layer;
     explicit OuterImpl(MlpBlock block, const IsolatedOffload& iso) {
       wrapped = register_module("wrapped", Checkpointed<MlpBlock, OffloadSaved>(block));
       wrapped->set_offload_context(iso.context);
+      to(test_device::device());
     }
     torch::Tensor forward(torch::Tensor x) { return torch::tanh(wrapped(x)); }
     Checkpointed<MlpBlock, OffloadSaved> wrapped{nullptr};
@@ -518,7 +523,7 @@ TEST_CASE("offload-saved inside a checkpointed layer runs as part of that layer;
   auto outer = std::make_shared<OuterImpl>(inner, iso);
   Checkpointed<torch::nn::ModuleHolder<OuterImpl>, actckpt::AsyncOffload> ckpt{torch::nn::ModuleHolder<OuterImpl>(outer)};
   ckpt->set_offload_context(iso.context);
-  auto x = torch::randn({16, 32}, torch::requires_grad());
+  auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
   auto ref = seeded_grads(inner, *inner, {x}, [&](auto&) { torch::tanh(inner(x)).sum().backward(); });
   auto got = seeded_grads(inner, *inner, {x}, [&](auto&) { ckpt(x).sum().backward(); });
   check_bitwise_equal(got, ref);
@@ -532,9 +537,9 @@ TEST_CASE_TEMPLATE("offload-saved: after each layer's forward its activations le
   for (int i = 0; i < 4; ++i) layers.emplace_back(64, 256);
   IsolatedOffload iso;
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({32, 64}, torch::requires_grad());
+  auto x = torch::randn({32, 64}, test_device::options().requires_grad(true));
   auto held_after_forward = [&](auto& stack) {
-    actckpt::MemoryMeter meter(c10::Device(c10::kCPU), iso.pool);
+    actckpt::MemoryMeter meter(test_device::device(), iso.pool);
     const auto before = meter.device_bytes();
     auto y = chain(stack, x);
     REQUIRE(wait_until_idle(*iso.context));
@@ -561,10 +566,10 @@ TEST_CASE_TEMPLATE("offload-saved: transposed, sliced, expanded and channels-las
   o.min_offload_bytes = 1;
   wrapped->set_stash_options(o);
   std::vector<std::pair<const char*, std::function<torch::Tensor()>>> inputs{
-      {"transposed", [] { return torch::randn({32, 16}).t(); }},
-      {"sliced", [] { return torch::randn({16, 48}).narrow(1, 8, 32); }},
-      {"expanded", [] { return torch::randn({1, 32}).expand({16, 32}); }},
-      {"expanded then materialized", [] { return torch::randn({1, 32}).expand({16, 32}).contiguous(); }},
+      {"transposed", [] { return torch::randn({32, 16}, test_device::options()).t(); }},
+      {"sliced", [] { return torch::randn({16, 48}, test_device::options()).narrow(1, 8, 32); }},
+      {"expanded", [] { return torch::randn({1, 32}, test_device::options()).expand({16, 32}); }},
+      {"expanded then materialized", [] { return torch::randn({1, 32}, test_device::options()).expand({16, 32}).contiguous(); }},
   };
   for (auto& [name, make] : inputs) {
     CAPTURE(name);
@@ -574,7 +579,7 @@ TEST_CASE_TEMPLATE("offload-saved: transposed, sliced, expanded and channels-las
   }
   LayoutBlock conv;
   auto wc = wrap_on<Policy>(conv, iso, "conv");
-  auto x = torch::randn({2, 4, 8, 8}).contiguous(at::MemoryFormat::ChannelsLast).requires_grad_(true);
+  auto x = torch::randn({2, 4, 8, 8}, test_device::options()).contiguous(at::MemoryFormat::ChannelsLast).requires_grad_(true);
   auto run = [&](auto& m) { m(x).backward(); };
   check_bitwise_equal(seeded_grads(wc, *conv, {x}, run), seeded_grads(conv, *conv, {x}, run));
   CHECK(iso.pool->stats().live_bytes == 0);

@@ -43,7 +43,7 @@ struct ForeignEngine : torch::autograd::Engine {
 
 }  // namespace
 
-TEST_CASE("saved-tensor hooks: actckpt's engine is LibTorch's default from startup, inert without a scope") {
+TEST_CASE("saved-tensor hooks: actckpt's engine is LibTorch's default from startup, inert without a scope" * test_device::no_tensors()) {
   CHECK(&torch::autograd::Engine::get_default_engine() == &actckpt::detail::HooksEngine::instance());
   CHECK(actckpt::saved_tensor_hooks_depth() == 0);
   CHECK(torch::autograd::Engine::get_default_engine().get_default_saved_variable_hooks() == nullptr);
@@ -51,8 +51,8 @@ TEST_CASE("saved-tensor hooks: actckpt's engine is LibTorch's default from start
 
 TEST_CASE("saved-tensor hooks: every saved tensor is packed and unpacked, gradients bitwise unchanged") {
   torch::manual_seed(0);
-  auto x = torch::randn({4, 5}, torch::requires_grad());
-  auto w = torch::randn({5, 3}, torch::requires_grad());
+  auto x = torch::randn({4, 5}, test_device::options().requires_grad(true));
+  auto w = torch::randn({5, 3}, test_device::options().requires_grad(true));
   small_graph(x, w).backward();
   auto gx = x.grad().clone(), gw = w.grad().clone();
   x.mutable_grad().reset();
@@ -75,7 +75,7 @@ TEST_CASE("saved-tensor hooks: every saved tensor is packed and unpacked, gradie
 }
 
 TEST_CASE("saved-tensor hooks: what pack returns replaces the tensor (a CPU copy in a string-keyed store)") {
-  auto x = torch::randn({6}, torch::requires_grad());
+  auto x = torch::randn({6}, test_device::options().requires_grad(true));
   std::map<int, at::Tensor> store;
   int next = 0;
   torch::Tensor y;
@@ -94,7 +94,7 @@ TEST_CASE("saved-tensor hooks: what pack returns replaces the tensor (a CPU copy
 }
 
 TEST_CASE("saved-tensor hooks: nested scopes, the innermost applies; per thread") {
-  auto x = torch::randn({3}, torch::requires_grad());
+  auto x = torch::randn({3}, test_device::options().requires_grad(true));
   Counter outer, inner, other;
   {
     actckpt::SavedTensorHooks a(outer.pack(), outer.unpack());
@@ -121,7 +121,7 @@ TEST_CASE("saved-tensor hooks: nested scopes, the innermost applies; per thread"
 }
 
 TEST_CASE("saved-tensor hooks: retain_graph unpacks again; double backward through hooked tensors works") {
-  auto x = torch::randn({5}, torch::requires_grad());
+  auto x = torch::randn({5}, test_device::options().requires_grad(true));
   Counter c;
   torch::Tensor y;
   {
@@ -154,7 +154,7 @@ TEST_CASE("saved-tensor hooks: a foreign engine as the default is a clear error,
   CHECK(message.find("Python") != std::string::npos);
   CHECK(actckpt::saved_tensor_hooks_depth() == 0);
   actckpt::SavedTensorHooks hooks(c.pack(), c.unpack());  // works again
-  auto x = torch::randn({2}, torch::requires_grad());
+  auto x = torch::randn({2}, test_device::options().requires_grad(true));
   x.exp().sum().backward();
   CHECK(c.packs == 1);
 }

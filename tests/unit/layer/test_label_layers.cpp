@@ -16,6 +16,7 @@ struct NetImpl : torch::nn::Module {
     for (int i = 0; i < 4; ++i) blocks->push_back(Checkpointed<MlpBlock, NoOffload>(MlpBlock(8, 16)));
     register_module("blocks", blocks);
     head = register_module("head", Checkpointed<MlpBlock, NoOffload>(MlpBlock(8, 16)));
+    to(test_device::device());
   }
   torch::Tensor forward(torch::Tensor x) { return head(blocks->forward(x)); }
   torch::nn::Sequential blocks;
@@ -75,7 +76,7 @@ TEST_CASE("label_layers: error messages name the layer by its path") {
   model->push_back(Checkpointed<MlpBlock, NoOffload>(MlpBlock(4, 8)));
   model->push_back(Checkpointed<ChangingBlock, NoOffload>(ChangingBlock(4)));
   actckpt::label_layers(*model);
-  auto y = model->forward(torch::randn({3, 4}, torch::requires_grad()));
+  auto y = model->forward(torch::randn({3, 4}, test_device::options().requires_grad(true)));
   try {
     y.sum().backward();
     FAIL("the mismatching recompute was not reported");
@@ -99,11 +100,11 @@ TEST_CASE("label_layers: wrap_every names its layers by their place, label_layer
 }
 
 TEST_CASE("label_layers: the planner names layers by their path, and leaves the labels as they were") {
-  actckpt::MemoryMeter meter(torch::kCPU);
+  actckpt::MemoryMeter meter(test_device::device());
   Net net;
   layer_of(net->blocks, 1).set_label("special");
   net->train();
-  const auto x = torch::randn({64, 8});
+  const auto x = torch::randn({64, 8}, test_device::options());
   auto step = [&] {
     for (auto& p : net->parameters())
       if (p.grad().defined()) p.mutable_grad().zero_();

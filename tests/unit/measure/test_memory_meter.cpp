@@ -1,6 +1,6 @@
 // MemoryMeter (measure/memory_meter.hpp): known allocations give known bytes, per thread, through
 // autograd and the copy worker; host stash bytes from the pool.
-// Cases needing CUDA carry [cuda] in their name and skip with a message where CUDA is absent.
+// Cases needing CUDA carry [cuda] in their name and test_device::needs_cuda(): reported skipped where CUDA is absent.
 
 #include "memory_fixtures.hpp"
 
@@ -24,7 +24,7 @@ using test_models::IsolatedOffload;
 using test_models::MlpBlock;
 using namespace memory_fixtures;
 
-TEST_CASE("MemoryMeter counts a known CPU allocation in current and peak bytes") {
+TEST_CASE("MemoryMeter counts a known CPU allocation in current and peak bytes" * test_device::cpu_only("measures LibTorch's CPU allocator")) {
   MemoryMeter meter;
   CHECK(meter.device_bytes() == 0);
   CHECK(meter.device_peak_bytes() == 0);
@@ -47,7 +47,7 @@ TEST_CASE("MemoryMeter counts a known CPU allocation in current and peak bytes")
   CHECK(r.host_stash_bytes == 0);
 }
 
-TEST_CASE("MemoryMeter ignores the release of memory allocated before it started") {
+TEST_CASE("MemoryMeter ignores the release of memory allocated before it started" * test_device::cpu_only("measures LibTorch's CPU allocator")) {
   auto before = tensor_of_bytes(3 * MiB);
   MemoryMeter meter;
   auto t = tensor_of_bytes(1 * MiB);
@@ -56,7 +56,7 @@ TEST_CASE("MemoryMeter ignores the release of memory allocated before it started
   CHECK(meter.device_peak_bytes() == 1 * MiB);
 }
 
-TEST_CASE("nested MemoryMeters both count, and the outer one keeps counting after the inner ends") {
+TEST_CASE("nested MemoryMeters both count, and the outer one keeps counting after the inner ends" * test_device::cpu_only("measures LibTorch's CPU allocator")) {
   MemoryMeter outer;
   auto a = tensor_of_bytes(2 * MiB);
   torch::Tensor b;
@@ -73,7 +73,7 @@ TEST_CASE("nested MemoryMeters both count, and the outer one keeps counting afte
   CHECK(outer.device_peak_bytes() == 6 * MiB);
 }
 
-TEST_CASE("two MemoryMeters in two threads each measure their own thread") {
+TEST_CASE("two MemoryMeters in two threads each measure their own thread" * test_device::cpu_only("measures LibTorch's CPU allocator per thread")) {
   std::int64_t peaks[2] = {0, 0}, currents[2] = {0, 0};
   auto work = [&](int i, std::int64_t bytes) {
     MemoryMeter meter;
@@ -95,12 +95,12 @@ TEST_CASE("two MemoryMeters in two threads each measure their own thread") {
   CHECK(currents[1] == 3 * MiB);
 }
 
-TEST_CASE("MemoryMeter sees autograd's allocations in backward") {
+TEST_CASE("MemoryMeter sees autograd's allocations in backward" * test_device::cpu_only("measures LibTorch's CPU allocator")) {
   MemoryMeter meter;
-  auto w = torch::randn({512, 512}, torch::requires_grad());
+  auto w = torch::randn({512, 512}, test_device::options().requires_grad(true));
   const auto after_w = meter.device_bytes();
   CHECK(after_w == 512 * 512 * 4);
-  auto loss = torch::matmul(torch::ones({256, 512}), w).pow(2).sum();
+  auto loss = torch::matmul(torch::ones({256, 512}, test_device::options()), w).pow(2).sum();
   loss.backward();
   loss.reset();
   // w.grad stays: exactly one more weight-sized block than before.
@@ -108,13 +108,13 @@ TEST_CASE("MemoryMeter sees autograd's allocations in backward") {
   CHECK(meter.device_peak_bytes() > meter.device_bytes());
 }
 
-TEST_CASE_TEMPLATE("MemoryMeter reports offloaded stashes as host stash bytes of the pool, not device bytes", Policy,
+TEST_CASE_TEMPLATE("MemoryMeter reports offloaded stashes as host stash bytes of the pool, not device bytes" * test_device::cpu_only("the stashes' device is the CPU allocator the meter reads"), Policy,
                    actckpt::SyncOffload, actckpt::AsyncOffload) {
   CheckpointedChain<Policy> chain;
   CheckpointedChain<actckpt::NoOffload> classic;
   torch::manual_seed(0);
   const int64_t stash = 32 * 64 * 4;  // [32, 64] float inputs
-  auto x = torch::randn({32, 64});
+  auto x = torch::randn({32, 64}, test_device::options());
 
   std::int64_t classic_after_forward = 0;
   {
@@ -149,8 +149,8 @@ TEST_CASE_TEMPLATE("MemoryMeter reports offloaded stashes as host stash bytes of
   CHECK(meter.host_stash_bytes() == 0);
 }
 
-TEST_CASE("MemoryMeter on CUDA reads the caching allocator [cuda]") {
-  if (!test_models::cuda_or_skip()) return;
+TEST_CASE("MemoryMeter on CUDA reads the caching allocator [cuda]" * test_device::needs_cuda()) {
+  test_device::require_cuda();
 #if ACTCKPT_WITH_CUDA
   MemoryMeter meter(torch::Device(torch::kCUDA, 0));
   const auto start = meter.device_bytes();
@@ -168,7 +168,5 @@ TEST_CASE("MemoryMeter on CUDA reads the caching allocator [cuda]") {
   std::int64_t high = 0;
   for (const auto& s : timeline.samples()) high = std::max(high, s.device_bytes - start);
   CHECK(high == MiB);
-#else
-  MESSAGE("skipped: actckpt was built without ACTCKPT_WITH_CUDA");
 #endif
 }

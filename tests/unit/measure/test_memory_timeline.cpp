@@ -176,9 +176,9 @@ struct Json {
 
 }  // namespace
 
-TEST_CASE("MemoryTimeline records phases of checkpointed layers and exports CSV and a trace that parse") {
+TEST_CASE("MemoryTimeline records phases of checkpointed layers and exports CSV and a trace that parse" * test_device::cpu_only("samples LibTorch's CPU allocator")) {
   CheckpointedChain<actckpt::AsyncOffload> chain;
-  auto x = torch::randn({32, 64});
+  auto x = torch::randn({32, 64}, test_device::options());
   MemoryMeter meter(torch::kCPU, chain.iso.pool);
   MemoryTimeline timeline(meter, "async \"test\"", "begin");
   auto loss = chain.forward(x).pow(2).mean();
@@ -261,22 +261,22 @@ TEST_CASE("MemoryTimeline records phases of checkpointed layers and exports CSV 
     CHECK_MESSAGE(slices.count(p) == 1, "slice missing: ", p);
 }
 
-TEST_CASE("MemoryTimeline takes no phases from another thread's model") {
+TEST_CASE("MemoryTimeline takes no phases from another thread's model" * test_device::cpu_only("samples LibTorch's CPU allocator per thread")) {
   CheckpointedChain<actckpt::NoOffload> mine, theirs;
   for (int i = 0; i < 3; ++i) theirs.layers[static_cast<std::size_t>(i)]->set_label("other " + std::to_string(i));
   MemoryMeter meter;
   MemoryTimeline timeline(meter, "mine");
-  std::thread other([&] { theirs.forward(torch::randn({8, 64})).sum().backward(); });
+  std::thread other([&] { theirs.forward(torch::randn({8, 64}, test_device::options())).sum().backward(); });
   other.join();
-  mine.forward(torch::randn({8, 64})).sum().backward();
+  mine.forward(torch::randn({8, 64}, test_device::options())).sum().backward();
   timeline.stop();
   for (const auto& p : timeline.phases()) CHECK_MESSAGE(p.find("other") == std::string::npos, "foreign phase ", p);
   CHECK(contains(phases_of(timeline), "bwd 0"));
 }
 
-TEST_CASE("MemoryTimeline: one checkpointed step's phases in order, and device bytes that add up sample by sample") {
+TEST_CASE("MemoryTimeline: one checkpointed step's phases in order, and device bytes that add up sample by sample" * test_device::cpu_only("samples LibTorch's CPU allocator")) {
   CheckpointedChain<actckpt::NoOffload> chain(2);
-  auto x = torch::randn({16, 64});
+  auto x = torch::randn({16, 64}, test_device::options());
   MemoryMeter meter;
   MemoryTimeline timeline(meter, "step", "start");
   auto loss = chain.forward(x).pow(2).mean();

@@ -9,11 +9,12 @@
 #include <torch/torch.h>
 
 #include "stack_config.hpp"  // benchmarks/
+#include "test_device.hpp"
 
 using actckpt::UsageError;
 using namespace actckpt::models;
 
-TEST_CASE("A StackConfig that cannot run is an actckpt::UsageError naming the setting") {
+TEST_CASE("A StackConfig that cannot run is an actckpt::UsageError naming the setting" * test_device::no_tensors()) {
   bench::StackConfig c;
   REQUIRE_NOTHROW(c.validate());
   c.num_layers = 0;
@@ -43,7 +44,8 @@ TEST_CASE("The benchmark model's own checks raise actckpt::UsageError") {
   CHECK_THROWS_WITH_AS(TransformerBlock(TransformerBlockOptions(48, 10, 64)),
                        doctest::Contains("head_dim (10) must divide hidden_dim (48)"), UsageError);
   GptModel gpt(GptOptions(11, 16, TransformerBlockOptions(32, 16, 64), 1).mode(StackMode::baseline));
-  CHECK(gpt(torch::zeros({1, 16}, torch::kLong)).sizes() == torch::IntArrayRef({1, 16, 11}));
-  CHECK_THROWS_WITH_AS(gpt(torch::zeros({1, 17}, torch::kLong)),
+  gpt->to(test_device::device());
+  CHECK(gpt(torch::zeros({1, 16}, test_device::options(torch::kLong))).sizes() == torch::IntArrayRef({1, 16, 11}));
+  CHECK_THROWS_WITH_AS(gpt(torch::zeros({1, 17}, test_device::options(torch::kLong))),
                        doctest::Contains("sequence of 17 tokens exceeds max_seq_len 16"), UsageError);
 }

@@ -27,7 +27,8 @@ using namespace memory_fixtures;
 TEST_CASE("the unwrapped transformer stack announces fwd blocks.i / bwd blocks.i, so baseline timelines show phases") {
   using namespace actckpt::models;
   TransformerStack stack(TransformerBlockOptions(32, 16, 64), 3, StackMode::baseline);
-  auto x = torch::randn({2, 8, 32});
+  stack->to(test_device::device());
+  auto x = torch::randn({2, 8, 32}, test_device::options());
   MemoryMeter meter;
   MemoryTimeline timeline(meter, "baseline", "zero_grad");
   auto loss = stack(x).pow(2).mean();
@@ -41,6 +42,7 @@ TEST_CASE("the unwrapped transformer stack announces fwd blocks.i / bwd blocks.i
   CHECK(seen == expected);
   // The checkpointed modes name their layers the same way.
   TransformerStack classic(TransformerBlockOptions(32, 16, 64), 3, StackMode::ckpt_classic);
+  classic->to(test_device::device());
   auto* layer = dynamic_cast<actckpt::CheckpointedLayer*>(classic->named_modules()["blocks.1"].get());
   REQUIRE(layer != nullptr);
   CHECK(layer->label() == "blocks.1");
@@ -56,7 +58,7 @@ TEST_CASE("the transformer stack has the same parameter names in every mode and 
   const TransformerBlockOptions block(32, 16, 64);
   torch::manual_seed(1);
   TransformerStack base(block, 2, StackMode::baseline);
-  auto x = torch::randn({2, 8, 32});
+  auto x = torch::randn({2, 8, 32}, test_device::options());
   base(x).pow(2).mean().backward();
   for (auto mode : {StackMode::ckpt_classic, StackMode::ckpt_sync_offload, StackMode::ckpt_async_offload,
                     StackMode::offload_saved}) {
@@ -84,7 +86,7 @@ TEST_CASE("the transformer stack has the same parameter names in every mode and 
   CHECK(form_name(StackMode::offload_saved) == "none");  // nothing is recomputed
 }
 
-TEST_CASE("StackConfig follows the seed's CLI and rejects what cannot run") {
+TEST_CASE("StackConfig follows the seed's CLI and rejects what cannot run" * test_device::no_tensors()) {
   using bench::StackConfig;
   auto seed = StackConfig::seed();
   CHECK(seed.seq_len() == 250);
@@ -104,11 +106,12 @@ TEST_CASE("StackConfig follows the seed's CLI and rejects what cannot run") {
 TEST_CASE("GptModel maps tokens to logits through the stack") {
   using namespace actckpt::models;
   GptModel gpt(GptOptions(11, 16, TransformerBlockOptions(32, 16, 64), 2).mode(StackMode::ckpt_classic));
-  auto tokens = torch::randint(0, 11, {3, 16}, torch::kLong);
+  gpt->to(test_device::device());
+  auto tokens = torch::randint(0, 11, {3, 16}, test_device::options(torch::kLong));
   auto logits = gpt(tokens);
   CHECK(logits.sizes() == torch::IntArrayRef({3, 16, 11}));
   torch::nn::functional::cross_entropy(logits.view({-1, 11}), tokens.view({-1})).backward();
   CHECK(gpt->tok_emb->weight.grad().defined());
   CHECK(gpt->named_parameters().contains("stack.blocks.1.attn.qkv.weight"));
-  CHECK_THROWS_AS(gpt(torch::zeros({1, 17}, torch::kLong)), actckpt::UsageError);
+  CHECK_THROWS_AS(gpt(torch::zeros({1, 17}, test_device::options(torch::kLong))), actckpt::UsageError);
 }

@@ -20,7 +20,7 @@ using actckpt::SyncOffload;
 
 #include <actckpt/offload/copy_engine.hpp>
 
-TEST_CASE("async copy: the device source stays alive until its copy is done") {
+TEST_CASE("async copy: the device source stays alive until its copy is done" * test_device::cpu_only("the CPU copy worker (its queue and fault injector) is under test; CUDA copies are events on side streams, [cuda] cases")) {
   IsolatedOffload iso;
   std::mutex m;
   std::condition_variable cv;
@@ -31,7 +31,7 @@ TEST_CASE("async copy: the device source stays alive until its copy is done") {
   });
   auto layers = mlp_stack(3);
   auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
-  auto h = wrapped[0](torch::randn({16, 32}));
+  auto h = wrapped[0](torch::randn({16, 32}, test_device::options()));
   auto first_output = weak_storage(h);
   h = wrapped[1](h);  // pushes layer 1's stash: layer 0's... (layer 0's input is the data)
   h = wrapped[2](h);  // layer 1's input (= first_output) starts its offload, held by the worker
@@ -50,12 +50,12 @@ TEST_CASE("async copy: the device source stays alive until its copy is done") {
   CHECK(iso.pool->stats().live_bytes == 0);
 }
 
-TEST_CASE("async copy failure: backward reports it clearly, memory is returned, the next step trains") {
+TEST_CASE("async copy failure: backward reports it clearly, memory is returned, the next step trains" * test_device::cpu_only("the CPU copy worker (its queue and fault injector) is under test; CUDA copies are events on side streams, [cuda] cases")) {
   IsolatedOffload iso;
   iso.context->engine().set_fault_injector([] { throw std::runtime_error("injected copy failure"); });
   auto layers = mlp_stack(3);
   auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
-  auto x = torch::randn({16, 32});
+  auto x = torch::randn({16, 32}, test_device::options());
   {
     auto loss = chain(wrapped, x).sum();
     CHECK_THROWS_WITH(loss.backward(), doctest::Contains("injected copy failure"));
@@ -71,8 +71,8 @@ TEST_CASE("async copy failure: backward reports it clearly, memory is returned, 
 
 TEST_CASE("copy engine: a completion callback that throws fails its ticket with a message naming it") {
   actckpt::CopyEngine engine;
-  auto src = torch::arange(64, torch::kFloat);
-  auto dst = torch::empty({64});
+  auto src = torch::arange(64, test_device::options(torch::kFloat));
+  auto dst = torch::empty({64}, test_device::options());
   auto ticket = engine.copy(dst, src, {}, [] { throw std::runtime_error("callback boom"); });
   std::string message = "<no error>";
   try {
@@ -84,7 +84,7 @@ TEST_CASE("copy engine: a completion callback that throws fails its ticket with 
   CHECK(message.find("completion callback") != std::string::npos);
   CHECK(message.find("callback boom") != std::string::npos);
   // The worker survived and keeps copying.
-  auto dst2 = torch::empty({64});
+  auto dst2 = torch::empty({64}, test_device::options());
   engine.copy(dst2, src)->synchronize();
   CHECK(torch::equal(dst2, src));
   CHECK(engine.pending() == 0);
@@ -93,7 +93,7 @@ TEST_CASE("copy engine: a completion callback that throws fails its ticket with 
 // ---------------------------------------------------------------------------------------------
 // The engine on its own (CPU worker): order, failures, shutdown.
 
-TEST_CASE("copy engine: copies run in the order submitted; a later copy reads what an earlier one wrote") {
+TEST_CASE("copy engine: copies run in the order submitted; a later copy reads what an earlier one wrote" * test_device::cpu_only("the CPU copy worker (its queue and fault injector) is under test; CUDA copies are events on side streams, [cuda] cases")) {
   actckpt::CopyEngine engine;
   // The first copy is held back on the worker, so every later one is queued behind it: a worker
   // that did not keep submission order would run the second copy on the stale buffer.
@@ -103,9 +103,9 @@ TEST_CASE("copy engine: copies run in the order submitted; a later copy reads wh
     if (calls++ == 0)
       while (!release) std::this_thread::yield();
   });
-  const auto src = torch::arange(1024, torch::kFloat);
-  auto buffer = torch::zeros({1024});
-  auto dst = torch::full({1024}, -1.0f);
+  const auto src = torch::arange(1024, test_device::options(torch::kFloat));
+  auto buffer = torch::zeros({1024}, test_device::options());
+  auto dst = torch::full({1024}, -1.0f, test_device::options());
   std::mutex order_mutex;
   std::vector<int> order;
   auto note = [&](int i) {
@@ -119,8 +119,8 @@ TEST_CASE("copy engine: copies run in the order submitted; a later copy reads wh
   std::vector<std::shared_ptr<actckpt::CopyTicket>> more;
   std::vector<torch::Tensor> outs;
   for (int i = 2; i < 8; ++i) {
-    outs.push_back(torch::zeros({16}));
-    more.push_back(engine.copy(outs.back(), torch::full({16}, float(i)), {}, note(i)));
+    outs.push_back(torch::zeros({16}, test_device::options()));
+    more.push_back(engine.copy(outs.back(), torch::full({16}, float(i), test_device::options()), {}, note(i)));
   }
   CHECK_FALSE(second->done());
   CHECK(engine.pending() >= 7);
@@ -129,23 +129,23 @@ TEST_CASE("copy engine: copies run in the order submitted; a later copy reads wh
   second->synchronize();
   CHECK(first->done());
   CHECK(torch::equal(dst, src));
-  for (int i = 2; i < 8; ++i) CHECK(torch::equal(outs[i - 2], torch::full({16}, float(i))));
+  for (int i = 2; i < 8; ++i) CHECK(torch::equal(outs[i - 2], torch::full({16}, float(i), test_device::options())));
   CHECK(order == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7});
   CHECK(engine.pending() == 0);
   CHECK(calls == 8);
 }
 
-TEST_CASE("copy engine: a failed copy reaches its waiter only; its callback does not run; later copies run") {
+TEST_CASE("copy engine: a failed copy reaches its waiter only; its callback does not run; later copies run" * test_device::cpu_only("the CPU copy worker (its queue and fault injector) is under test; CUDA copies are events on side streams, [cuda] cases")) {
   actckpt::CopyEngine engine;
   std::atomic<int> calls{0};
   engine.set_fault_injector([&] {
     if (++calls == 2) throw std::runtime_error("injected copy failure #2");
   });
   std::atomic<int> callbacks{0};
-  auto a = torch::zeros({8}), b = torch::zeros({8}), c = torch::zeros({8});
-  auto ta = engine.copy(a, torch::ones({8}), {}, [&] { ++callbacks; });
-  auto tb = engine.copy(b, torch::ones({8}), {}, [&] { ++callbacks; });
-  auto tc = engine.copy(c, torch::ones({8}), {}, [&] { ++callbacks; });
+  auto a = torch::zeros({8}, test_device::options()), b = torch::zeros({8}, test_device::options()), c = torch::zeros({8}, test_device::options());
+  auto ta = engine.copy(a, torch::ones({8}, test_device::options()), {}, [&] { ++callbacks; });
+  auto tb = engine.copy(b, torch::ones({8}, test_device::options()), {}, [&] { ++callbacks; });
+  auto tc = engine.copy(c, torch::ones({8}, test_device::options()), {}, [&] { ++callbacks; });
   CHECK_NOTHROW(ta->synchronize());
   CHECK_THROWS_WITH(tb->synchronize(), doctest::Contains("injected copy failure #2"));
   CHECK(tb->done());
@@ -154,28 +154,28 @@ TEST_CASE("copy engine: a failed copy reaches its waiter only; its callback does
   CHECK_THROWS_WITH(tb->make_compute_wait(), doctest::Contains("injected copy failure #2"));
   CHECK_NOTHROW(tc->synchronize());
   CHECK_NOTHROW(ta->rethrow_error());
-  CHECK(torch::equal(a, torch::ones({8})));
-  CHECK(torch::equal(b, torch::zeros({8})));  // the failed copy never wrote
-  CHECK(torch::equal(c, torch::ones({8})));
+  CHECK(torch::equal(a, torch::ones({8}, test_device::options())));
+  CHECK(torch::equal(b, torch::zeros({8}, test_device::options())));  // the failed copy never wrote
+  CHECK(torch::equal(c, torch::ones({8}, test_device::options())));
   CHECK(callbacks == 2);
   CHECK(engine.pending() == 0);
 }
 
-TEST_CASE("copy engine: destroying the engine finishes every queued copy; no ticket is left waiting") {
+TEST_CASE("copy engine: destroying the engine finishes every queued copy; no ticket is left waiting" * test_device::cpu_only("the CPU copy worker (its queue and fault injector) is under test; CUDA copies are events on side streams, [cuda] cases")) {
   std::vector<std::shared_ptr<actckpt::CopyTicket>> tickets;
   std::vector<torch::Tensor> outs;
   {
     actckpt::CopyEngine engine;
     engine.set_fault_injector([] { std::this_thread::sleep_for(std::chrono::milliseconds(2)); });
     for (int i = 0; i < 10; ++i) {
-      outs.push_back(torch::zeros({64}));
-      tickets.push_back(engine.copy(outs.back(), torch::full({64}, float(i + 1))));
+      outs.push_back(torch::zeros({64}, test_device::options()));
+      tickets.push_back(engine.copy(outs.back(), torch::full({64}, float(i + 1), test_device::options())));
     }
   }
   for (int i = 0; i < 10; ++i) {
     CHECK(tickets[i]->done());
     CHECK_NOTHROW(tickets[i]->rethrow_error());
-    CHECK(torch::equal(outs[i], torch::full({64}, float(i + 1))));
+    CHECK(torch::equal(outs[i], torch::full({64}, float(i + 1), test_device::options())));
   }
 }
 
@@ -187,9 +187,9 @@ TEST_CASE("copy engine: each copy's bytes are in the telemetry with its directio
   to_host.label = "engine-test";
   actckpt::CopyOptions to_device = to_host;
   to_device.direction = actckpt::CopyDirection::host_to_device;
-  auto host = torch::zeros({256});
-  engine.copy(host, torch::ones({256}), {}, {}, to_host)->synchronize();
-  auto back = torch::zeros({256});
+  auto host = torch::zeros({256}, test_device::options());
+  engine.copy(host, torch::ones({256}, test_device::options()), {}, {}, to_host)->synchronize();
+  auto back = torch::zeros({256}, test_device::options());
   engine.copy(back, host, {}, {}, to_device)->synchronize();
   const auto t = engine.telemetry().take();
   CHECK(t.d2h_bytes == 256 * 4);
@@ -204,6 +204,6 @@ TEST_CASE("copy engine: each copy's bytes are in the telemetry with its directio
     CHECK(span.bytes == 256 * 4);
     CHECK(span.begin <= span.end);
   }
-  CHECK(torch::equal(back, torch::ones({256})));
+  CHECK(torch::equal(back, torch::ones({256}, test_device::options())));
 }
 

@@ -60,7 +60,7 @@ void training_step(HostBufferPool& pool, int layers, const std::vector<std::size
 
 }  // namespace
 
-TEST_CASE("host pool: stashes are placed at their exact size, aligned, one after another in a slab") {
+TEST_CASE("host pool: stashes are placed at their exact size, aligned, one after another in a slab" * test_device::no_tensors()) {
   auto pool = HostBufferPool::create(std::size_t{1} << 30);
   const std::vector<std::size_t> sizes = {1000, 1, 4096, 12345, 64, 65};
   std::vector<std::shared_ptr<HostBuffer>> out;
@@ -91,7 +91,7 @@ TEST_CASE("host pool: stashes are placed at their exact size, aligned, one after
   CHECK(first == 2.5f);
 }
 
-TEST_CASE("host pool: freed ranges coalesce with their free neighbours; first fit reuses the lowest address") {
+TEST_CASE("host pool: freed ranges coalesce with their free neighbours; first fit reuses the lowest address" * test_device::no_tensors()) {
   auto pool = HostBufferPool::create(std::size_t{1} << 30);
   auto a = pool->try_acquire(1 * KiB, false);
   auto b = pool->try_acquire(2 * KiB, false);
@@ -119,7 +119,7 @@ TEST_CASE("host pool: freed ranges coalesce with their free neighbours; first fi
   CHECK(s.stashed_bytes == 0);
 }
 
-TEST_CASE("host pool: bytes held stay within 5% of bytes stashed at the peak over training steps") {
+TEST_CASE("host pool: bytes held stay within 5% of bytes stashed at the peak over training steps" * test_device::no_tensors()) {
   struct Pattern {
     std::string name;
     int layers;
@@ -152,7 +152,7 @@ TEST_CASE("host pool: bytes held stay within 5% of bytes stashed at the peak ove
   }
 }
 
-TEST_CASE("host pool: randomized sizes and frees never overlap, stay in bounds and coalesce back") {
+TEST_CASE("host pool: randomized sizes and frees never overlap, stay in bounds and coalesce back" * test_device::no_tensors()) {
   auto pool = HostBufferPool::create(std::size_t{256} << 20);
   std::mt19937 rng(18);
   std::uniform_int_distribution<int> kind(0, 9);
@@ -214,7 +214,7 @@ TEST_CASE("host pool: randomized sizes and frees never overlap, stay in bounds a
   CHECK(pool->stats().slabs == 0);
 }
 
-TEST_CASE("host pool: the limit counts slab bytes; at the limit requests are refused, never waited for") {
+TEST_CASE("host pool: the limit counts slab bytes; at the limit requests are refused, never waited for" * test_device::no_tensors()) {
   auto pool = HostBufferPool::create(256 * KiB);
   auto a = pool->try_acquire(100 * KiB, false);
   REQUIRE(a != nullptr);
@@ -245,7 +245,7 @@ TEST_CASE("host pool: the limit counts slab bytes; at the limit requests are ref
   CHECK(pool->try_acquire(1, false) == nullptr);
 }
 
-TEST_CASE("host pool: a buffer out keeps its slab; trim returns only slabs with nothing in them") {
+TEST_CASE("host pool: a buffer out keeps its slab; trim returns only slabs with nothing in them" * test_device::no_tensors()) {
   auto pool = HostBufferPool::create(std::size_t{1} << 30);
   auto a = pool->try_acquire(10 * MiB, false);  // a slab of its own (larger than a grown slab)
   auto b = pool->try_acquire(20 * MiB, false);
@@ -263,7 +263,7 @@ TEST_CASE("host pool: a buffer out keeps its slab; trim returns only slabs with 
   CHECK(pool->stats().slabs == 0);
 }
 
-TEST_CASE("host pool: a freed range's fence runs before its bytes are handed out again, not at release") {
+TEST_CASE("host pool: a freed range's fence runs before its bytes are handed out again, not at release" * test_device::no_tensors()) {
   auto pool = HostBufferPool::create(std::size_t{1} << 30);
   auto a = pool->try_acquire(64 * KiB, false);
   auto b = pool->try_acquire(64 * KiB, false);
@@ -298,7 +298,7 @@ TEST_CASE("host pool: a freed range's fence runs before its bytes are handed out
   CHECK(pool->stats().reserved_bytes == 0);
 }
 
-TEST_CASE("host pool: buffers out when the pool is destroyed stay valid and run their fence") {
+TEST_CASE("host pool: buffers out when the pool is destroyed stay valid and run their fence" * test_device::no_tensors()) {
   std::shared_ptr<HostBuffer> survivor;
   int freed_fence = 0, survivor_fence = 0;
   {
@@ -318,7 +318,7 @@ TEST_CASE("host pool: buffers out when the pool is destroyed stay valid and run 
   CHECK(survivor_fence == 1);
 }
 
-TEST_CASE("host pool: a fence that fails fails the request, and nothing is lost") {
+TEST_CASE("host pool: a fence that fails fails the request, and nothing is lost" * test_device::no_tensors()) {
   auto pool = HostBufferPool::create(std::size_t{1} << 30);
   auto a = pool->try_acquire(4000, false);
   REQUIRE(a != nullptr);
@@ -360,7 +360,7 @@ TEST_CASE_TEMPLATE("the host pool is reused across steps: no growth over 50 step
   auto layers = mlp_stack(4);
   auto wrapped = wrap_stack<Policy>(layers, iso);
   auto step = [&] {
-    chain(wrapped, torch::randn({16, 32})).pow(2).mean().backward();
+    chain(wrapped, torch::randn({16, 32}, test_device::options())).pow(2).mean().backward();
     for (auto& l : layers) l->zero_grad();
   };
   step();
@@ -376,7 +376,7 @@ TEST_CASE_TEMPLATE("the host pool is reused across steps: no growth over 50 step
   CHECK(after_50.live_bytes == 0);
 }
 
-TEST_CASE("host buffer pool: bounded, reusable, statistics readable, trimmed on demand") {
+TEST_CASE("host buffer pool: bounded, reusable, statistics readable, trimmed on demand" * test_device::no_tensors()) {
   auto pool = actckpt::HostBufferPool::create(64 * 1024);
   auto a = pool->try_acquire(10000, false);
   REQUIRE(a != nullptr);
@@ -410,7 +410,7 @@ TEST_CASE_TEMPLATE("pool exhaustion: documented fallback keeps stashes on the de
   iso.pool->set_limit(4096);  // smaller than one 16x32 float stash (8 KiB)
   auto layers = mlp_stack(4);
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({16, 32}, torch::requires_grad());
+  auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
   chain(layers, x).pow(2).sum().backward();
   auto g_ref = take_grads(*layers[0]);
   x.mutable_grad().reset();
@@ -430,7 +430,7 @@ TEST_CASE_TEMPLATE("pool exhaustion with throw_error: a clear error, nothing lea
   iso.pool->set_limit(4096);
   auto layers = mlp_stack(4);
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({16, 32});
+  auto x = torch::randn({16, 32}, test_device::options());
   CHECK_THROWS_WITH_AS(chain(wrapped, x), doctest::Contains("host buffer pool exhausted"),
                        actckpt::HostPoolExhausted);
   CHECK(iso.pool->stats().live_bytes == 0);
@@ -440,13 +440,13 @@ TEST_CASE_TEMPLATE("pool exhaustion with throw_error: a clear error, nothing lea
   CHECK(layers[0]->fc1->weight.grad().defined());
 }
 
-TEST_CASE("CPU stashes live in the host pool, outside LibTorch's CPU allocator") {
+TEST_CASE("CPU stashes live in the host pool, outside LibTorch's CPU allocator" * test_device::cpu_only("checks LibTorch's CPU allocator does not see the stashes")) {
   IsolatedOffload iso;
   auto layers = mlp_stack(3);
   auto wrapped = wrap_stack<SyncOffload>(layers, iso);
   auto log = std::make_shared<EventLog>();
   actckpt::ObserverScope scope(log);
-  auto x = torch::randn({16, 32});
+  auto x = torch::randn({16, 32}, test_device::options());
   auto y = chain(wrapped, x);
   // Three stashes of 16x32 floats, each at its exact size rounded up to the pool's alignment.
   constexpr std::size_t align = actckpt::HostBufferPool::alignment;

@@ -23,7 +23,7 @@ TEST_CASE_TEMPLATE("an exception inside a layer in forward or in backward leaves
   std::vector<FaultyBlock> layers;
   for (int i = 0; i < 4; ++i) layers.emplace_back(32);
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({16, 32});
+  auto x = torch::randn({16, 32}, test_device::options());
   std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> outputs;
 
   SUBCASE("in forward") {
@@ -68,7 +68,7 @@ TEST_CASE_TEMPLATE("a graph dropped without backward returns every stash", Polic
   auto layers = mlp_stack(5);
   auto wrapped = wrap_stack<Policy>(layers, iso);
   {
-    auto y = chain(wrapped, torch::randn({16, 32}));
+    auto y = chain(wrapped, torch::randn({16, 32}, test_device::options()));
     CHECK(iso.pool->stats().live_bytes > 0);
   }
   CHECK(iso.context->stack().size() == 0);
@@ -91,7 +91,7 @@ TEST_CASE("stashes of two contexts never mix: each thread has its own default co
     auto layers = mlp_stack(3);
     std::vector<Checkpointed<MlpBlock, AsyncOffload>> wrapped;
     for (auto& l : layers) wrapped.emplace_back(l);  // no explicit context: the scope's is used
-    auto y = chain(wrapped, torch::randn({16, 32}));
+    auto y = chain(wrapped, torch::randn({16, 32}, test_device::options()));
     CHECK(iso.context->stack().size() == 3);
     CHECK(main_context->stack().size() == 0);
     y.sum().backward();

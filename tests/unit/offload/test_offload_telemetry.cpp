@@ -1,7 +1,7 @@
 // Offload telemetry (offload/offload_telemetry.hpp): bytes, copies, copy time and spans of a step,
 // nothing moved by classic checkpointing, a slow copy path counted as a stall; on CUDA, telemetry
 // and the memory meter together.
-// Cases needing CUDA carry [cuda] in their name and skip with a message where CUDA is absent.
+// Cases needing CUDA carry [cuda] in their name and test_device::needs_cuda(): reported skipped where CUDA is absent.
 
 #include "offload_fixtures.hpp"
 
@@ -19,8 +19,8 @@ using actckpt::EventKind;
 using actckpt::NoOffload;
 using actckpt::SyncOffload;
 
-TEST_CASE_TEMPLATE("[cuda] offload telemetry and the memory meter on CUDA", Policy, SyncOffload, AsyncOffload) {
-  if (!cuda_or_skip()) return;
+TEST_CASE_TEMPLATE("[cuda] offload telemetry and the memory meter on CUDA" * test_device::needs_cuda(), Policy, SyncOffload, AsyncOffload) {
+  test_device::require_cuda();
   torch::manual_seed(0);
   auto layers = mlp_stack(6, 256, 1024);
   for (auto& l : layers) l->to(torch::kCUDA);
@@ -74,7 +74,7 @@ TEST_CASE_TEMPLATE("offload telemetry: bytes, copies, copy time and spans of one
   IsolatedOffload iso;
   auto layers = mlp_stack(4);
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  const auto x = torch::randn({16, 32});
+  const auto x = torch::randn({16, 32}, test_device::options());
   const std::int64_t stash = 16 * 32 * 4;
   // Sync moves every layer's input; async keeps the newest one (layer 3's) on the device.
   const std::uint64_t moved = std::is_same_v<Policy, SyncOffload> ? 4 : 3;
@@ -114,19 +114,21 @@ TEST_CASE("offload telemetry: classic checkpointing moves nothing and reports fu
   IsolatedOffload iso;
   auto layers = mlp_stack(3);
   auto wrapped = wrap_stack<NoOffload>(layers, iso);
-  const auto t = telemetry_of_step(wrapped, iso, torch::randn({16, 32}));
+  const auto t = telemetry_of_step(wrapped, iso, torch::randn({16, 32}, test_device::options()));
   CHECK(t.copies() == 0);
   CHECK(t.d2h_bytes + t.h2d_bytes == 0);
   CHECK(t.stall_ms == 0);
   CHECK(t.overlap() == 1.0);
 }
 
-TEST_CASE_TEMPLATE("offload telemetry: a slow copy path is a stall, not hidden behind compute", Policy, SyncOffload,
+TEST_CASE_TEMPLATE("offload telemetry: a slow copy path is a stall, not hidden behind compute" *
+                       test_device::cpu_only("the CPU copy worker's fault injector makes the copies slow; CUDA copies do not pass through it"),
+                   Policy, SyncOffload,
                    AsyncOffload) {
   IsolatedOffload iso;
   auto layers = mlp_stack(3);
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  const auto x = torch::randn({16, 32});
+  const auto x = torch::randn({16, 32}, test_device::options());
   telemetry_of_step(wrapped, iso, x);
   // Every copy now waits 20 ms on the worker before it starts: whoever needs it waits too.
   iso.context->engine().set_fault_injector([] { std::this_thread::sleep_for(std::chrono::milliseconds(20)); });

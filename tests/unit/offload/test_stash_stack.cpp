@@ -27,7 +27,7 @@ TEST_CASE("async offload keeps the newest N stashes on the device") {
   SUBCASE("N = 1 (default)") {
     auto layers = mlp_stack(4);
     auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
-    auto y = chain(wrapped, torch::randn({16, 32}));
+    auto y = chain(wrapped, torch::randn({16, 32}, test_device::options()));
     for (int i = 0; i < 3; ++i) CHECK(log->index_of(EventKind::offload_begin, std::to_string(i)) >= 0);
     CHECK(log->index_of(EventKind::offload_begin, "3") == -1);
     CHECK(iso.context->stack().size() == 4);
@@ -37,7 +37,7 @@ TEST_CASE("async offload keeps the newest N stashes on the device") {
   SUBCASE("N = 2") {
     auto layers = mlp_stack(4);
     auto wrapped = wrap_stack<actckpt::BasicAsyncOffload<2>>(layers, iso);
-    auto y = chain(wrapped, torch::randn({16, 32}));
+    auto y = chain(wrapped, torch::randn({16, 32}, test_device::options()));
     CHECK(log->index_of(EventKind::offload_begin, "1") >= 0);
     CHECK(log->index_of(EventKind::offload_begin, "2") == -1);
     CHECK(log->index_of(EventKind::offload_begin, "3") == -1);
@@ -49,7 +49,7 @@ TEST_CASE("async offload: while layer i recomputes, the input of layer i-1 is al
   IsolatedOffload iso;
   auto layers = mlp_stack(5);
   auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
-  auto y = chain(wrapped, torch::randn({16, 32}, torch::requires_grad()));
+  auto y = chain(wrapped, torch::randn({16, 32}, test_device::options().requires_grad(true)));
   auto log = std::make_shared<EventLog>();
   actckpt::ObserverScope scope(log);
   y.sum().backward();
@@ -90,7 +90,7 @@ struct RecordingEntry : actckpt::StackEntry {
 
 }  // namespace
 
-TEST_CASE("stash stack: a push offloads the entry that just left the newest keep_on_device") {
+TEST_CASE("stash stack: a push offloads the entry that just left the newest keep_on_device" * test_device::no_tensors()) {
   for (std::size_t keep : {0u, 1u, 2u, 3u}) {
     CAPTURE(keep);
     std::vector<std::string> log;
@@ -108,7 +108,7 @@ TEST_CASE("stash stack: a push offloads the entry that just left the newest keep
   }
 }
 
-TEST_CASE("stash stack: take prefetches the entry below, in reverse order; remove prefetches nothing") {
+TEST_CASE("stash stack: take prefetches the entry below, in reverse order; remove prefetches nothing" * test_device::no_tensors()) {
   std::vector<std::string> log;
   actckpt::StashStack stack;
   RecordingEntry a("a", log), b("b", log), c("c", log), d("d", log);
@@ -131,7 +131,7 @@ TEST_CASE("stash stack: take prefetches the entry below, in reverse order; remov
   CHECK(stack.size() == 0);
 }
 
-TEST_CASE("stash stack: when the offload a push starts throws, the new entry is not kept") {
+TEST_CASE("stash stack: when the offload a push starts throws, the new entry is not kept" * test_device::no_tensors()) {
   std::vector<std::string> log;
   actckpt::StashStack stack;
   RecordingEntry a("a", log), b("b", log);

@@ -17,7 +17,7 @@ using actckpt::EventKind;
 using actckpt::NoOffload;
 using actckpt::SyncOffload;
 
-TEST_CASE_TEMPLATE("stash checksums: a host buffer corrupted in flight fails backward naming the layer", Policy,
+TEST_CASE_TEMPLATE("stash checksums: a host buffer corrupted in flight fails backward naming the layer" * test_device::cpu_only("the CPU copy worker's test hooks (fault injector, after-copy hook) are what this case drives; CUDA copies do not pass through them"), Policy,
                    SyncOffload, AsyncOffload) {
   IsolatedOffload iso;
   auto layers = mlp_stack(3);
@@ -27,7 +27,7 @@ TEST_CASE_TEMPLATE("stash checksums: a host buffer corrupted in flight fails bac
     options.verify_checksums = true;
     w->set_stash_options(options);
   }
-  const auto x = torch::randn({16, 32}, torch::requires_grad());
+  const auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
   // Clean run: verification passes and changes nothing.
   chain(layers, x).sum().backward();
   const auto g_ref = take_grads(*layers[1]);

@@ -29,7 +29,7 @@ struct PlannedStack {
       model->push_back(layer);
     }
     model->train();
-    x = torch::randn({batch, dim});
+    x = torch::randn({batch, dim}, test_device::options());
   }
 
   /// Forward, loss, backward; gradients zeroed in place first (they stay allocated).
@@ -71,7 +71,7 @@ struct PlannedStack {
   }
 
   IsolatedOffload iso;
-  actckpt::MemoryMeter meter{torch::kCPU, iso.pool};  // before the model: it counts the weights
+  actckpt::MemoryMeter meter{test_device::device(), iso.pool};  // before the model: it counts the weights
   std::vector<MlpBlock> blocks;
   torch::nn::Sequential model;
   torch::Tensor x;
@@ -258,7 +258,7 @@ TEST_CASE("planner: with GPU-like costs it offloads the layers whose copies hide
   CHECK(s.measured_peak() <= target.peak_bytes);
 }
 
-TEST_CASE("planner: on a synthetic chain it offloads exactly where the copies hide, asynchronously") {
+TEST_CASE("planner: on a synthetic chain it offloads exactly where the copies hide, asynchronously" * test_device::no_tensors()) {
   // Six layers whose forward alternates light (1 ms) and heavy (10 ms); a stash copy takes 5 ms
   // each way, so it hides behind a heavy next layer (forward 10 ms, backward 20 ms) and not behind
   // a light one. Keeping a layer costs 50 bytes, far over any budget below: the choice is between
@@ -485,7 +485,7 @@ namespace {
 /// a and a view of it (one storage, counted once); mm saves b and the parameter w (not an
 /// activation). So it saves x, a and b: 3 x batch x dim floats.
 struct SharedSavesImpl : torch::nn::Module {
-  explicit SharedSavesImpl(int64_t dim) { w = register_parameter("w", torch::randn({dim, dim}) * 0.1); }
+  explicit SharedSavesImpl(int64_t dim) { w = register_parameter("w", torch::randn({dim, dim}, test_device::options()) * 0.1); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     auto a = x.sin();
     auto b = a * a.t().t();
@@ -526,7 +526,7 @@ actckpt::StepProfile two_layers() {
 
 }  // namespace
 
-TEST_CASE("planner: offload saved's cost terms: copies hidden behind the layer above, in flight, prefetched") {
+TEST_CASE("planner: offload saved's cost terms: copies hidden behind the layer above, in flight, prefetched" * test_device::no_tensors()) {
   const auto p = two_layers();
   using C = LayerChoice;
   // Layer 0 offloads its 40 saved bytes: they hide behind layer 1's forward (10 ms) and come back
@@ -561,7 +561,7 @@ TEST_CASE("planner: offload saved's cost terms: copies hidden behind the layer a
   CHECK_THROWS_AS(actckpt::evaluate_plan(unmeasured, {C::offload_saved, C::keep}), actckpt::UsageError);
 }
 
-TEST_CASE("planner: offload saved is chosen where its copies hide and checkpointing would recompute") {
+TEST_CASE("planner: offload saved is chosen where its copies hide and checkpointing would recompute" * test_device::no_tensors()) {
   // Six layers alternating light (forward 1 ms, backward 2) and heavy (10, 20); a layer's 40
   // saved bytes take 10 ms each way: they hide only behind a heavy layer above. Checkpointing
   // holds the same 10 bytes as offloading the saved activations, and costs the recompute.
@@ -630,7 +630,7 @@ TEST_CASE("planner: offload saved is chosen where its copies hide and checkpoint
 TEST_CASE("planner: the profile counts the bytes autograd saves per layer, parameters aside, each storage once") {
   constexpr int64_t batch = 32, dim = 16;
   IsolatedOffload iso;
-  actckpt::MemoryMeter meter{torch::kCPU, iso.pool};
+  actckpt::MemoryMeter meter{test_device::device(), iso.pool};
   torch::manual_seed(0);
   torch::nn::Sequential model;
   for (int i = 0; i < 3; ++i) {
@@ -639,7 +639,7 @@ TEST_CASE("planner: the profile counts the bytes autograd saves per layer, param
     model->push_back(layer);
   }
   model->train();
-  const auto x = torch::randn({batch, dim}, torch::requires_grad());  // so that layer 0 saves x and a too
+  const auto x = torch::randn({batch, dim}, test_device::options().requires_grad(true));  // so that layer 0 saves x and a too
   actckpt::PlannerOptions options;
   options.meter = &meter;
   const auto before = actckpt::saved_tensor_hooks_depth();
@@ -701,28 +701,30 @@ TEST_CASE("planner: optimizer_state_bytes estimates the state a first step will 
   SUBCASE("SGD: one buffer per parameter with momentum, none without") {
     SGD momentum(s.model->parameters(), SGDOptions(0.01).momentum(0.9));
     SGD plain(s.model->parameters(), SGDOptions(0.01));
-    CHECK(actckpt::optimizer_state_bytes(momentum, torch::kCPU) == param_bytes);
-    CHECK(actckpt::optimizer_state_bytes(plain, torch::kCPU) == 0);
+    CHECK(actckpt::optimizer_state_bytes(momentum, test_device::device()) == param_bytes);
+    CHECK(actckpt::optimizer_state_bytes(plain, test_device::device()) == 0);
     s.step();
     momentum.step();
-    CHECK(actckpt::optimizer_state_bytes(momentum, torch::kCPU) == 0);  // it exists now
+    CHECK(actckpt::optimizer_state_bytes(momentum, test_device::device()) == 0);  // it exists now
   }
   SUBCASE("Adam and AdamW: two, three with amsgrad; RMSprop: one to three") {
     Adam adam(s.model->parameters(), AdamOptions(1e-3));
     AdamW amsgrad(s.model->parameters(), AdamWOptions(1e-3).amsgrad(true));
     RMSprop rms(s.model->parameters(), RMSpropOptions(1e-3).momentum(0.9).centered(true));
-    CHECK(actckpt::optimizer_state_bytes(adam, torch::kCPU) == 2 * param_bytes);
-    CHECK(actckpt::optimizer_state_bytes(amsgrad, torch::kCPU) == 3 * param_bytes);
-    CHECK(actckpt::optimizer_state_bytes(rms, torch::kCPU) == 3 * param_bytes);
+    CHECK(actckpt::optimizer_state_bytes(adam, test_device::device()) == 2 * param_bytes);
+    CHECK(actckpt::optimizer_state_bytes(amsgrad, test_device::device()) == 3 * param_bytes);
+    CHECK(actckpt::optimizer_state_bytes(rms, test_device::device()) == 3 * param_bytes);
     s.step();
     adam.step();
-    CHECK(actckpt::optimizer_state_bytes(adam, torch::kCPU) == 0);
+    CHECK(actckpt::optimizer_state_bytes(adam, test_device::device()) == 0);
   }
   SUBCASE("parameters on another device, and optimizers it does not know") {
     SGD momentum(s.model->parameters(), SGDOptions(0.01).momentum(0.9));
-    CHECK(actckpt::optimizer_state_bytes(momentum, torch::Device(torch::kCUDA, 0)) == 0);
+    // The other device than the test device's: nothing of this model's state lives there.
+    const auto other = test_device::on_cuda() ? torch::Device(torch::kCPU) : torch::Device(torch::kCUDA, 0);
+    CHECK(actckpt::optimizer_state_bytes(momentum, other) == 0);
     LBFGS lbfgs(s.model->parameters(), LBFGSOptions(1));
-    CHECK_THROWS_WITH_AS(actckpt::optimizer_state_bytes(lbfgs, torch::kCPU), doctest::Contains("reserve_bytes"),
+    CHECK_THROWS_WITH_AS(actckpt::optimizer_state_bytes(lbfgs, test_device::device()), doctest::Contains("reserve_bytes"),
                          actckpt::UsageError);
   }
 }
@@ -730,7 +732,7 @@ TEST_CASE("planner: optimizer_state_bytes estimates the state a first step will 
 TEST_CASE("planner: a plan made before the first optimizer step stays in budget once SGD's momentum exists") {
   PlannedStack s({256, 256, 256, 256});
   torch::optim::SGD sgd(s.model->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
-  const auto state = actckpt::optimizer_state_bytes(sgd, torch::kCPU);
+  const auto state = actckpt::optimizer_state_bytes(sgd, test_device::device());
   REQUIRE(state > 0);
   auto step = [&] { s.step(); };
   // The reserve moves every level of the profile by the state's bytes.
@@ -752,7 +754,7 @@ TEST_CASE("planner: a plan made before the first optimizer step stays in budget 
     s.step();
     sgd.step();
   }
-  REQUIRE(actckpt::optimizer_state_bytes(sgd, torch::kCPU) == 0);
+  REQUIRE(actckpt::optimizer_state_bytes(sgd, test_device::device()) == 0);
   const auto measured = s.measured_peak();
   CAPTURE(measured);
   CHECK(measured <= budget);
@@ -773,7 +775,7 @@ TEST_CASE("planner: the profile's copies of the model's buffers are not in its f
   struct Holder : torch::nn::Module {
     Holder(torch::nn::Sequential stack) {
       register_module("stack", std::move(stack));
-      table = register_buffer("table", torch::zeros({2 << 20}));
+      table = register_buffer("table", torch::zeros({2 << 20}, test_device::options()));
     }
     torch::Tensor table;
   };

@@ -7,6 +7,8 @@
 #include <actckpt/planner/search.hpp>
 #include <doctest/doctest.h>
 
+#include "test_device.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -137,7 +139,7 @@ bool reset_peak_rss() {
 
 }  // namespace
 
-TEST_CASE("planner depth: random chains of 4-8 layers, every budget against brute force over all 5^n plans") {
+TEST_CASE("planner depth: random chains of 4-8 layers, every budget against brute force over all 5^n plans" * test_device::no_tensors()) {
   int compared = 0;
   for (std::uint64_t seed = 1; seed <= 40; ++seed) {
     const std::size_t n = 4 + seed % 5;
@@ -170,7 +172,7 @@ TEST_CASE("planner depth: random chains of 4-8 layers, every budget against brut
   CHECK(compared == 40 * 7);
 }
 
-TEST_CASE("planner depth: random chains of 9-12 layers without offload, against brute force over all 2^n plans") {
+TEST_CASE("planner depth: random chains of 9-12 layers without offload, against brute force over all 2^n plans" * test_device::no_tensors()) {
   // Host memory shared and no copy bandwidth: each layer is kept or checkpointed.
   actckpt::OffloadCosts no_offload;
   no_offload.host_memory_separate = false;
@@ -199,7 +201,7 @@ TEST_CASE("planner depth: random chains of 9-12 layers without offload, against 
   }
 }
 
-TEST_CASE("planner depth: chains of 12-14 layers, the bounded search against the exact one") {
+TEST_CASE("planner depth: chains of 12-14 layers, the bounded search against the exact one" * test_device::no_tensors()) {
   for (std::uint64_t seed = 200; seed < 206; ++seed) {
     const std::size_t n = 12 + seed % 3;
     const auto p = chain(seed, n, /*uniform=*/false);
@@ -223,7 +225,7 @@ TEST_CASE("planner depth: chains of 12-14 layers, the bounded search against the
   }
 }
 
-TEST_CASE("planner depth: 128 and 512 layers plan in bounded time and memory, unlike and uniform") {
+TEST_CASE("planner depth: 128 and 512 layers plan in bounded time and memory, unlike and uniform" * test_device::no_tensors()) {
   // Targets on an idle 2-core machine: 128 unlike layers under 100 ms, 512 under 1 s, the
   // search's memory under 256 MB. The limits here are generous: test machines are busy.
   const bool can_measure_memory = reset_peak_rss() && peak_rss_kib() > 0;

@@ -26,7 +26,7 @@ TEST_CASE_TEMPLATE("offloading policies release the device copy of an input befo
   auto wrapped = wrap_stack<Policy>(layers, iso);
   // Inputs of layers 1..3 are produced inside the chain; watch whether their memory survives.
   std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> inputs;
-  auto h = torch::randn({16, 32}, torch::requires_grad());
+  auto h = torch::randn({16, 32}, test_device::options().requires_grad(true));
   for (auto& l : wrapped) {
     auto next = l(h);
     h = next;
@@ -47,7 +47,7 @@ TEST_CASE("classic checkpointing keeps inputs on the device and uses no host mem
   auto layers = mlp_stack(3);
   IsolatedOffload iso;
   auto wrapped = wrap_stack<NoOffload>(layers, iso);
-  auto h = torch::randn({16, 32}, torch::requires_grad());
+  auto h = torch::randn({16, 32}, test_device::options().requires_grad(true));
   h = wrapped[0](h);
   auto first_output = weak_storage(h);
   h = wrapped[1](h);
@@ -63,7 +63,7 @@ TEST_CASE("sync offload: each stash is on the host before the next layer starts"
   auto wrapped = wrap_stack<SyncOffload>(layers, iso);
   auto log = std::make_shared<EventLog>();
   actckpt::ObserverScope scope(log);
-  chain(wrapped, torch::randn({16, 32})).sum().backward();
+  chain(wrapped, torch::randn({16, 32}, test_device::options())).sum().backward();
   for (int i = 0; i + 1 < 3; ++i) {
     CAPTURE(i);
     auto done = log->index_of(EventKind::offload_end, std::to_string(i));
@@ -79,7 +79,7 @@ TEST_CASE("async offload leaves stashes under the size threshold on the device")
   actckpt::ObserverScope scope(log);
   auto layers = mlp_stack(4, 8, 16);  // 4x8 floats = 128 bytes per input, under 1 KiB
   auto wrapped = wrap_stack<AsyncOffload>(layers, iso);
-  auto y = chain(wrapped, torch::randn({4, 8}));
+  auto y = chain(wrapped, torch::randn({4, 8}, test_device::options()));
   CHECK(iso.context->stack().size() == 0);
   CHECK(log->index_of(EventKind::offload_begin, "0") == -1);
   CHECK(iso.pool->stats().peak_live_bytes == 0);
@@ -87,6 +87,6 @@ TEST_CASE("async offload leaves stashes under the size threshold on the device")
 
   auto big = mlp_stack(3, 64, 64);
   auto wrapped_big = wrap_stack<actckpt::BasicAsyncOffload<1, (1 << 20)>>(big, iso);
-  chain(wrapped_big, torch::randn({16, 64})).sum().backward();  // 4 KiB < 1 MiB threshold
+  chain(wrapped_big, torch::randn({16, 64}, test_device::options())).sum().backward();  // 4 KiB < 1 MiB threshold
   CHECK(iso.pool->stats().peak_live_bytes == 0);
 }

@@ -7,6 +7,8 @@
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
+#include "test_device.hpp"
+
 namespace {
 
 /// Restores the thread's autocast state when a case ends, whatever the case did.
@@ -15,6 +17,9 @@ struct RestoreAutocast {
   ~RestoreAutocast() { saved.apply(); }
 };
 
+/// What a matmul of CPU tensors gives: on the CPU whatever the device switch says, since CPU
+/// autocast is the state these cases set (CUDA autocast is replayed by the [cuda] fp16 case and
+/// by the checkpointed cases under autocast on CUDA).
 torch::ScalarType cpu_matmul_dtype() {
   auto a = torch::randn({4, 4}), b = torch::randn({4, 4});
   return torch::mm(a, b).scalar_type();
@@ -22,7 +27,7 @@ torch::ScalarType cpu_matmul_dtype() {
 
 }  // namespace
 
-TEST_CASE("autocast state: current() reads what apply() set, and applying the captured state restores it") {
+TEST_CASE("autocast state: current() reads what apply() set, and applying the captured state restores it" * test_device::cpu_only("CPU autocast is the state under test")) {
   RestoreAutocast restore;
   const auto before = actckpt::AutocastState::current();
   CHECK_FALSE(before.cpu_enabled);  // the suite runs without autocast
@@ -44,7 +49,7 @@ TEST_CASE("autocast state: current() reads what apply() set, and applying the ca
   CHECK(cpu_matmul_dtype() == torch::kFloat);
 }
 
-TEST_CASE("autocast state: the replay guard runs under the forward's state and gives the caller's back") {
+TEST_CASE("autocast state: the replay guard runs under the forward's state and gives the caller's back" * test_device::cpu_only("CPU autocast is the state under test")) {
   RestoreAutocast restore;
   actckpt::AutocastState forward;  // captured in a forward under CPU bf16 autocast
   forward.cpu_enabled = true;
@@ -71,7 +76,7 @@ TEST_CASE("autocast state: the replay guard runs under the forward's state and g
   CHECK(actckpt::AutocastState::current().cpu_enabled);
 }
 
-TEST_CASE("autocast state: AutocastCacheOff turns the cast cache off for its lifetime only") {
+TEST_CASE("autocast state: AutocastCacheOff turns the cast cache off for its lifetime only" * test_device::no_tensors()) {
   RestoreAutocast restore;
   at::autocast::set_autocast_cache_enabled(true);
   {
@@ -87,7 +92,7 @@ TEST_CASE("autocast state: AutocastCacheOff turns the cast cache off for its lif
 }
 
 TEST_CASE("autocast scope: bf16 autocast on the device's type inside, the caller's state after; nullopt changes "
-          "nothing") {
+          "nothing" * test_device::cpu_only("CPU autocast is the state under test")) {
   RestoreAutocast restore;
   const auto before = actckpt::AutocastState::current();
   {

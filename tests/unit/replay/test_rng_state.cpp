@@ -7,18 +7,22 @@
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
+#include "test_device.hpp"
+
 #include <vector>
 
 namespace {
 
-/// A dropout mask of 4096 elements drawn from the CPU generator.
+/// A dropout mask of 4096 elements drawn from the CPU generator (on the CPU whatever the device
+/// switch says: the CPU generator is what these cases capture and replay; the CUDA generators
+/// are replayed in the [cuda] cases and by every checkpointed case on CUDA).
 torch::Tensor dropout_mask() {
   return torch::dropout(torch::ones({4096}), /*p=*/0.5, /*train=*/true).ne(0);
 }
 
 }  // namespace
 
-TEST_CASE("rng state: apply() makes the CPU generator draw the captured dropout mask again") {
+TEST_CASE("rng state: apply() makes the CPU generator draw the captured dropout mask again" * test_device::cpu_only("the CPU generator is what is captured and replayed")) {
   torch::manual_seed(1234);
   const auto snapshot = actckpt::RngSnapshot::capture({});
   const auto first = dropout_mask();
@@ -30,7 +34,7 @@ TEST_CASE("rng state: apply() makes the CPU generator draw the captured dropout 
   CHECK(snapshot.device_states().empty());      // CPU only: no device generator touched
 }
 
-TEST_CASE("rng state: the replay guard draws the forked masks inside, the caller's stream after") {
+TEST_CASE("rng state: the replay guard draws the forked masks inside, the caller's stream after" * test_device::cpu_only("the CPU generator is what is captured and replayed")) {
   torch::manual_seed(99);
   const auto forked = actckpt::RngSnapshot::capture({});
   const auto forward_mask = dropout_mask();
@@ -46,7 +50,7 @@ TEST_CASE("rng state: the replay guard draws the forked masks inside, the caller
   CHECK(torch::equal(dropout_mask(), callers_next));  // the caller's generator is as it was
 }
 
-TEST_CASE("rng state: capture ignores CPU entries in the device list, and an empty snapshot applies nothing") {
+TEST_CASE("rng state: capture ignores CPU entries in the device list, and an empty snapshot applies nothing" * test_device::cpu_only("the CPU generator is what is captured and replayed")) {
   const auto with_cpu = actckpt::RngSnapshot::capture({c10::Device(c10::kCPU), c10::Device(c10::kCPU)});
   CHECK(with_cpu.device_states().empty());
   torch::manual_seed(5);

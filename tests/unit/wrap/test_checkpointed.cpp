@@ -39,7 +39,7 @@ TEST_CASE_TEMPLATE("MLP stack: outputs, input and parameter gradients are bitwis
   for (int i = 0; i < 4; ++i) layers.emplace_back(16, 64);
   IsolatedOffload iso;
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({8, 16}, torch::requires_grad());
+  auto x = torch::randn({8, 16}, test_device::options().requires_grad(true));
 
   auto y_ref = chain(layers, x);
   y_ref.pow(2).sum().backward();
@@ -62,20 +62,20 @@ TEST_CASE_TEMPLATE("transformer blocks with dropout: the recompute draws the sam
   using actckpt::models::TransformerBlockOptions;
   torch::manual_seed(1);
   std::vector<TransformerBlock> layers;
-  for (int i = 0; i < 3; ++i) layers.emplace_back(TransformerBlockOptions(32, 8, 64).dropout(0.2));
+  for (int i = 0; i < 3; ++i) layers.push_back(test_device::on_device(TransformerBlock(TransformerBlockOptions(32, 8, 64).dropout(0.2))));
   IsolatedOffload iso;
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({2, 12, 32});  // raw data: does not require grad
+  auto x = torch::randn({2, 12, 32}, test_device::options());  // raw data: does not require grad
 
   torch::manual_seed(42);
   chain(layers, x).sum().backward();
-  auto after_ref = torch::rand({4});  // the caller's generator after a whole step
+  auto after_ref = torch::rand({4}, test_device::options());  // the caller's generator after a whole step
   auto g_ref = take_all_grads(layers);
 
   torch::manual_seed(42);
   auto y = chain(wrapped, x);
   y.sum().backward();
-  auto after = torch::rand({4});
+  auto after = torch::rand({4}, test_device::options());
   check_bitwise_equal(take_all_grads(layers), g_ref);
   // The recompute replayed the forward's RNG state, then gave the caller's state back.
   CHECK(torch::equal(after, after_ref));
@@ -87,7 +87,7 @@ TEST_CASE_TEMPLATE("no input requires grad: parameters still get gradients", Pol
   IsolatedOffload iso;
   Checkpointed<MlpBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
-  auto data = torch::randn({4, 8});
+  auto data = torch::randn({4, 8}, test_device::options());
   REQUIRE_FALSE(data.requires_grad());
 
   block(data).sum().backward();
@@ -106,8 +106,8 @@ TEST_CASE_TEMPLATE("two tensor inputs plus a non-tensor flag", Policy, ACTCKPT_P
   IsolatedOffload iso;
   Checkpointed<MaskedBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
-  auto x = torch::randn({4, 8}, torch::requires_grad());
-  auto mask = torch::rand({4, 8}, torch::requires_grad());
+  auto x = torch::randn({4, 8}, test_device::options().requires_grad(true));
+  auto mask = torch::rand({4, 8}, test_device::options().requires_grad(true));
   for (bool invert : {false, true}) {
     CAPTURE(invert);
     block(x, mask, invert).pow(2).sum().backward();
@@ -131,7 +131,7 @@ TEST_CASE_TEMPLATE("several outputs, a non-differentiable output and a non-tenso
   IsolatedOffload iso;
   Checkpointed<TwoOutputBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
-  auto x = torch::randn({5, 8}, torch::requires_grad());
+  auto x = torch::randn({5, 8}, test_device::options().requires_grad(true));
 
   auto [ra, rb, ridx, rn] = block(x);
   (ra.sum() + (rb * 3).sum()).backward();
@@ -171,7 +171,7 @@ TEST_CASE_TEMPLATE("an output the layer detached gets no gradient", Policy, ACTC
   IsolatedOffload iso;
   Checkpointed<DetachingBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
-  auto x = torch::randn({3, 6}, torch::requires_grad());
+  auto x = torch::randn({3, 6}, test_device::options().requires_grad(true));
   auto ref = block(x);
   (ref[0].sum() + ref[1].sum()).backward();
   auto gx = x.grad().clone();
@@ -190,7 +190,7 @@ TEST_CASE_TEMPLATE("torch::autograd::grad and backward(inputs=) through checkpoi
   for (int i = 0; i < 3; ++i) layers.emplace_back(8, 16);
   IsolatedOffload iso;
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({4, 8}, torch::requires_grad());
+  auto x = torch::randn({4, 8}, test_device::options().requires_grad(true));
   auto params = all_params(layers);
 
   auto ref = torch::autograd::grad({chain(layers, x).pow(2).sum()}, params);
@@ -220,7 +220,7 @@ TEST_CASE_TEMPLATE("BatchNorm running statistics change once per step", Policy, 
   Checkpointed<BatchNormBlock, Policy> wrapped(mine);
   wrapped->set_offload_context(iso.context);
   for (int step = 0; step < 3; ++step) {
-    auto x = torch::randn({10, 6});
+    auto x = torch::randn({10, 6}, test_device::options());
     ref(x).sum().backward();
     wrapped(x).sum().backward();
   }
@@ -236,7 +236,7 @@ TEST_CASE_TEMPLATE("a recompute that differs from the forward raises an error na
   Checkpointed<ShapeShiftingBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
   wrapped->set_label("shifty");
-  auto x = torch::randn({3, 4});
+  auto x = torch::randn({3, 4}, test_device::options());
   auto y = wrapped(x);
   if (!non_reentrant_form<Policy>()) {
     CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("recompute of checkpointed layer 'shifty'"),
@@ -261,7 +261,7 @@ TEST_CASE_TEMPLATE("an input modified in place after it was stashed raises an er
   Checkpointed<MlpBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
   wrapped->set_label("victim");
-  auto x = torch::randn({3, 4});
+  auto x = torch::randn({3, 4}, test_device::options());
   auto y = wrapped(x);
   x.add_(1.0);
   // A SyncOffload stash is its own copy of x: in the non-reentrant form the change matters only
@@ -276,7 +276,7 @@ TEST_CASE_TEMPLATE("an input modified in place after it was stashed raises an er
 namespace {
 /// Writes to its own input during forward (allowed in the unwrapped layer, where autograd saw it).
 struct InputWritingBlockImpl : torch::nn::Module {
-  explicit InputWritingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); }
+  explicit InputWritingBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
     x.mul_(2.0);
     return fc(x);
@@ -293,7 +293,7 @@ TEST_CASE_TEMPLATE("a layer that writes to its own input during forward raises a
   Checkpointed<InputWritingBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
   wrapped->set_label("writer");
-  auto x = torch::randn({3, 4}, torch::requires_grad()) * 1.0;  // not a leaf: in-place is legal
+  auto x = torch::randn({3, 4}, test_device::options().requires_grad(true)) * 1.0;  // not a leaf: in-place is legal
   CHECK_THROWS_WITH_AS(wrapped(x), doctest::Contains("'writer' modified its input #0 in place during forward"),
                        actckpt::InputMutated);
   CHECK(iso.context->stack().size() == 0);
@@ -305,7 +305,7 @@ TEST_CASE_TEMPLATE("a parameter changed in place between forward and backward ra
   IsolatedOffload iso;
   Checkpointed<MlpBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
-  auto y = wrapped(torch::randn({3, 4}));
+  auto y = wrapped(torch::randn({3, 4}, test_device::options()));
   {
     torch::NoGradGuard no_grad;
     block->fc1->weight.mul_(0.5);
@@ -319,7 +319,7 @@ TEST_CASE_TEMPLATE("a second backward through a consumed checkpoint raises, not 
   IsolatedOffload iso;
   Checkpointed<MlpBlock, Policy> wrapped(block);
   wrapped->set_offload_context(iso.context);
-  auto x = torch::randn({3, 4}, torch::requires_grad());
+  auto x = torch::randn({3, 4}, test_device::options().requires_grad(true));
   auto loss = wrapped(x).sum();
   loss.backward({}, /*retain_graph=*/true);
   if (!non_reentrant_form<Policy>()) {
@@ -341,7 +341,7 @@ TEST_CASE_TEMPLATE("eval mode and no-grad mode run the layer directly and stash 
   wrapped->set_offload_context(iso.context);
   auto log = std::make_shared<EventLog>();
   actckpt::ObserverScope scope(log);
-  auto x = torch::randn({3, 4});
+  auto x = torch::randn({3, 4}, test_device::options());
   {
     torch::NoGradGuard no_grad;
     auto y = wrapped(x);
@@ -369,7 +369,7 @@ TEST_CASE_TEMPLATE("autocast: the recompute runs under the forward's state, what
   for (int i = 0; i < 2; ++i) layers.emplace_back(16, 32);
   IsolatedOffload iso;
   auto wrapped = wrap_stack<Policy>(layers, iso);
-  auto x = torch::randn({4, 16}, torch::requires_grad());
+  auto x = torch::randn({4, 16}, test_device::options().requires_grad(true));
 
   actckpt::AutocastState bf16;
   bf16.cpu_enabled = true;
@@ -423,6 +423,7 @@ TEST_CASE_TEMPLATE("state-dict names are identical with and without the wrapper,
   using actckpt::models::TransformerBlock;
   torch::manual_seed(9);
   TransformerBlock block(16, 4, 32);
+  block->to(test_device::device());
   Checkpointed<TransformerBlock, Policy> wrapped(block);
   auto plain_names = block->named_parameters().keys();
   CHECK(wrapped->named_parameters().keys() == plain_names);
@@ -430,8 +431,10 @@ TEST_CASE_TEMPLATE("state-dict names are identical with and without the wrapper,
 
   // A model holding wrapped layers saves under the same names as one holding plain layers.
   torch::nn::Sequential plain_model(TransformerBlock(16, 4, 32), TransformerBlock(16, 4, 32));
+  plain_model->to(test_device::device());
   torch::nn::Sequential wrapped_model(Checkpointed<TransformerBlock, Policy>(16, 4, 32),
                                       Checkpointed<TransformerBlock, Policy>(16, 4, 32));
+  wrapped_model->to(test_device::device());
   CHECK(wrapped_model->named_parameters().keys() == plain_model->named_parameters().keys());
 
   std::stringstream archive;
@@ -471,7 +474,7 @@ TEST_CASE_TEMPLATE("clone, to(dtype), parameters() and pretty_print behave as fo
 
   wrapped->to(torch::kDouble);
   CHECK(block->fc1->weight.scalar_type() == torch::kDouble);
-  auto x = torch::randn({2, 4}, torch::kDouble);
+  auto x = torch::randn({2, 4}, test_device::options(torch::kDouble));
   wrapped(x).sum().backward();
   CHECK(block->fc1->weight.grad().scalar_type() == torch::kDouble);
 
@@ -483,9 +486,10 @@ TEST_CASE_TEMPLATE("clone, to(dtype), parameters() and pretty_print behave as fo
 TEST_CASE_TEMPLATE("torch::nn::Sequential as the layer, and Checkpointed inside a Sequential", Policy, ACTCKPT_POLICIES) {
   torch::manual_seed(11);
   torch::nn::Sequential seq(torch::nn::Linear(6, 12), torch::nn::GELU(), torch::nn::Dropout(0.3), torch::nn::Linear(12, 6));
+  seq->to(test_device::device());
   Checkpointed<torch::nn::Sequential, Policy> wrapped(seq);
   CHECK(wrapped->named_parameters().keys() == seq->named_parameters().keys());
-  auto x = torch::randn({4, 6}, torch::requires_grad());
+  auto x = torch::randn({4, 6}, test_device::options().requires_grad(true));
   torch::manual_seed(5);
   seq->forward(x).sum().backward();
   auto g_ref = take_grads(*seq);
@@ -495,6 +499,7 @@ TEST_CASE_TEMPLATE("torch::nn::Sequential as the layer, and Checkpointed inside 
 
   MlpBlock inner(6, 12);
   torch::nn::Sequential outer(torch::nn::Linear(6, 6), Checkpointed<MlpBlock, Policy>(inner), torch::nn::Linear(6, 6));
+  outer->to(test_device::device());
   auto y = outer->forward(x);
   y.sum().backward();
   CHECK(inner->fc1->weight.grad().defined());
@@ -511,7 +516,7 @@ TEST_CASE("in-place construction builds the layer from its constructor arguments
   CHECK(sync->stash_options().mode == actckpt::StashMode::sync_host);
 }
 
-TEST_CASE("compile-time contract: concepts accept layers and policies and reject the rest") {
+TEST_CASE("compile-time contract: concepts accept layers and policies and reject the rest" * test_device::no_tensors()) {
   static_assert(actckpt::CheckpointableLayer<MlpBlock>);
   static_assert(actckpt::CheckpointableLayer<MaskedBlock>);
   static_assert(actckpt::CheckpointableLayer<TwoOutputBlock>);

@@ -5,13 +5,15 @@
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
+#include "test_device.hpp"
+
 #include <string>
 #include <vector>
 
 namespace {
 
 struct WrapBlockImpl : torch::nn::Module {
-  explicit WrapBlockImpl(int64_t dim) : fc(register_module("fc", torch::nn::Linear(dim, dim))) {}
+  explicit WrapBlockImpl(int64_t dim) : fc(register_module("fc", torch::nn::Linear(dim, dim))) { to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) { return x + torch::tanh(fc(x)); }
   torch::nn::Linear fc;
 };
@@ -19,7 +21,7 @@ TORCH_MODULE(WrapBlock);
 
 /// Two tensor inputs and a non-tensor flag, as in examples/custom_block.
 struct MaskedResidualBlockImpl : torch::nn::Module {
-  explicit MaskedResidualBlockImpl(int64_t dim) : fc(register_module("fc", torch::nn::Linear(dim, dim))) {}
+  explicit MaskedResidualBlockImpl(int64_t dim) : fc(register_module("fc", torch::nn::Linear(dim, dim))) { to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x, torch::Tensor mask, bool residual) {
     auto y = torch::gelu(fc(x)) * mask;
     return residual ? x + y : y;
@@ -57,7 +59,7 @@ TEST_CASE("wrap_every wraps layers first, first+k, ... and keeps names and gradi
   for (std::size_t i = 0; i < 5; ++i) CHECK(is_wrapped<Policy, WrapBlock>(shifted, i) == (i == 1 || i == 4));
   CHECK(stack->named_parameters().keys() == plain->named_parameters().keys());
 
-  const auto x = torch::randn({4, 8});
+  const auto x = torch::randn({4, 8}, test_device::options());
   auto run = [&](torch::nn::Sequential& model) {
     for (auto& p : model->parameters()) p.mutable_grad() = torch::Tensor();
     model->forward(x).pow(2).sum().backward();
@@ -80,6 +82,7 @@ TEST_CASE("wrap_every on a mixed Sequential wraps only the given layer type, kee
                               {"b", WrapBlock(8)},
                               {"c", WrapBlock(8)},
                               {"head", torch::nn::Linear(8, 2)}};
+  model->to(test_device::device());
   auto stack = actckpt::wrap_every<Policy, WrapBlock>(model, 2);
   CHECK(stack->named_children().keys() == model->named_children().keys());
   CHECK(stack->named_parameters().keys() == model->named_parameters().keys());
@@ -93,8 +96,8 @@ TEST_CASE("wrap_every stacks of multi-argument layers are called layer by layer"
   torch::manual_seed(5);
   std::vector<MaskedResidualBlock> blocks{MaskedResidualBlock(8), MaskedResidualBlock(8), MaskedResidualBlock(8)};
   auto stack = actckpt::wrap_every<Policy>(blocks, 2);
-  const auto x = torch::randn({4, 8});
-  const auto mask = (torch::rand({4, 8}) > 0.3).to(torch::kFloat);
+  const auto x = torch::randn({4, 8}, test_device::options());
+  const auto mask = (torch::rand({4, 8}, test_device::options()) > 0.3).to(torch::kFloat);
 
   auto run = [&](auto&& call_layer) {
     for (auto& b : blocks)
@@ -128,10 +131,11 @@ TEST_CASE_TEMPLATE("wrap_every over Sequential blocks, k = 1, 2, 3: names kept, 
   torch::manual_seed(11);
   std::vector<torch::nn::Sequential> blocks;
   for (int i = 0; i < 4; ++i)
-    blocks.emplace_back(torch::nn::Linear(8, 8), torch::nn::Tanh(), torch::nn::Dropout(0.25), torch::nn::Linear(8, 8));
+    blocks.push_back(test_device::on_device(
+        torch::nn::Sequential(torch::nn::Linear(8, 8), torch::nn::Tanh(), torch::nn::Dropout(0.25), torch::nn::Linear(8, 8))));
   torch::nn::ModuleList reference;  // the unwrapped stack's names: "0.0.weight", "0.3.bias", ...
   for (auto& b : blocks) reference->push_back(b);
-  const auto x = torch::randn({5, 8}, torch::requires_grad());
+  const auto x = torch::randn({5, 8}, test_device::options().requires_grad(true));
 
   auto run = [&](auto&& forward) {
     for (auto& b : blocks)
