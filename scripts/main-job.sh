@@ -94,7 +94,7 @@ cmake --build "$build" --target actckpt_bench -j "$jobs" ||
 build_seconds=$((SECONDS - build_start))
 bench=$build/benchmarks/actckpt_bench
 
-# 3. Run the nine modes and the budget sweep.
+# 3. Run the eleven modes and the budget sweep.
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The README's main-job command as a fresh clone runs it: scripts/main-job.sh configures its own
 # build tree (here one whose parent folders do not exist yet, as build/ in a fresh clone), builds
-# actckpt_bench, runs its nine modes (baseline, classic, sync and async offload, the three
-# checkpointed ones again in the reentrant form, offload_saved and the planned mode) and the
+# actckpt_bench, runs its eleven modes (baseline, classic, sync and async offload, the three
+# checkpointed ones again in the reentrant form, offload_saved, the disk tier's ckpt_disk_offload
+# and ckpt_disk_spill, and the planned mode) and the
 # budget sweep on a tiny model and draws the pictures. Then checks every file the README promises,
-# that the table has the nine modes with consistent memory figures, and that every planned run's
+# that the table has the eleven modes with consistent memory figures, and that every planned run's
 # measured peak fits its budget.
 #
 #   fresh_build_smoke.sh SOURCE_DIR WORK_DIR
@@ -39,7 +40,7 @@ fi
 grep -q 'done: build' "$work/main-job.log" || { echo "FAIL: no closing line in the log"; fail=1; }
 ((fail == 0)) || { cat "$work/main-job.log"; exit 1; }
 
-# The table and the JSON behind it: the nine modes, every checkpointed one below baseline's peak,
+# The table and the JSON behind it: the eleven modes, every checkpointed one below baseline's peak,
 # sync offload at or below classic's, async offload at most one stash above it (see below), and
 # the Perfetto trace valid JSON with layer phases.
 /usr/bin/python3 - "$work/out" <<'PY'
@@ -49,7 +50,17 @@ results = json.loads((out / "results.json").read_text())
 modes = {m["mode"]: m for m in results["modes"]}
 want = ["baseline", "ckpt_classic", "ckpt_sync_offload", "ckpt_async_offload", "ckpt_planned"]
 reentrant = ["ckpt_classic_reentrant", "ckpt_sync_offload_reentrant", "ckpt_async_offload_reentrant"]
-assert sorted(modes) == sorted(want + reentrant + ["offload_saved"]), f"modes in results.json: {sorted(modes)}"
+disk_modes = ["ckpt_disk_offload", "ckpt_disk_spill"]
+assert sorted(modes) == sorted(want + reentrant + ["offload_saved"] + disk_modes), f"modes in results.json: {sorted(modes)}"
+# The disk tier's modes: stashes went to disk and came back (the telemetry), and the spill mode's
+# host pool stayed within its budget (a quarter of what async offload stashes), the rest on disk.
+for m in disk_modes:
+    t = modes[m]["telemetry"]
+    assert t["disk_write_bytes"] > 0 and t["disk_read_bytes"] == t["disk_write_bytes"], f"{m}: disk bytes {t['disk_write_bytes']} out, {t['disk_read_bytes']} back"
+    d = modes[m]["disk"]
+    assert d["disk_peak_MB"] > 0, f"{m}: nothing held on disk"
+assert modes["ckpt_disk_spill"]["disk"]["host_within_budget"] is True, f"spill: host pool over its budget: {modes['ckpt_disk_spill']['disk']}"
+assert modes["ckpt_disk_spill"]["disk"]["host_budget_MB"] > 0, "spill: no host budget"
 # Both checkpoint forms side by side: each mode says which ran, and the comparison is there.
 for m in want[1:]:
     assert modes[m]["form"] == "non_reentrant", f"{m}: form {modes[m]['form']}"
