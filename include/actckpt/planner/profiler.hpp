@@ -34,6 +34,10 @@
 /// Also: the level at the first layer's forward (`start_bytes`), the peak before it, the peak
 /// between the last forward and the last backward (loss and head, `tail_peak_bytes`) and the
 /// whole step's time and peak in each configuration.
+/// That is a chain's profile. A step that is not a chain (a layer's forward several times,
+/// several backward calls, backwards not in reverse order) gets a call-level profile instead:
+/// every forward call and every segment between boundaries (call_profile.hpp), planned by
+/// call_model.hpp. Every sample step must make the same calls (compared boundary by boundary).
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
