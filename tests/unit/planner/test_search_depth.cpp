@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -421,4 +422,25 @@ TEST_CASE("planner depth: the call-level search stopped early proves its gap, an
   }
   CHECK(stopped >= 10);  // the limit did stop the search: the bound was exercised
   MESSAGE(stopped << " searches stopped early");
+}
+
+TEST_CASE("planner depth: large call-level steps plan within the search's work limit and state their gap") {
+  // 32 and 64 layers of 1-3 calls (up to ~190 calls, ~570 segments): too many to search out, so
+  // the search stops at its work limit; the plan fits, and its stated gap is finite.
+  for (std::size_t layers : {32, 64}) {
+    const auto p = call_step(1000 + layers, layers);
+    const auto floor = actckpt::smallest_feasible_budget(p);
+    const auto top = actckpt::evaluate_plan(p, std::vector<LayerChoice>(layers, LayerChoice::keep)).peak_bytes;
+    for (double at : {0.3, 0.7}) {
+      const auto budget = floor + static_cast<std::int64_t>(static_cast<double>(top - floor) * at);
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto plan = actckpt::plan_for_budget(p, budget);
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      MESSAGE(layers << " layers, " << p.calls.size() << " calls, " << p.points.size() << " segments, budget at " << at
+                     << ": planned in " << ms << " ms, time_gap_bound " << plan.time_gap_bound);
+      CHECK(plan.predicted_peak_bytes <= budget);
+      CHECK(std::isfinite(plan.time_gap_bound));
+      CHECK(ms < 20000);
+    }
+  }
 }
