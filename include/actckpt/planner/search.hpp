@@ -498,7 +498,15 @@ inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budge
     auto found = search_calls(calls, budget_bytes, /*minimize_peak=*/false);
     choices = std::move(found.choices);
     const double kept_ms = profile.step_ms[mode_index(ProfiledMode::keep)];
-    gap = found.exact || !choices ? 0.0 : std::max(0.0, (kept_ms + found.ms) / std::max(1e-12, kept_ms + found.lower_bound) - 1.0);
+    double extra_ms = found.ms;
+    if (!choices && !found.exact) {  // out of work before any plan: the least-peak plan, if it fits
+      auto least = search_calls(calls, std::nullopt, /*minimize_peak=*/true);
+      if (least.choices && evaluate_calls(calls, *least.choices).peak_bytes <= budget_bytes) {
+        choices = std::move(least.choices);
+        extra_ms = evaluate_calls(calls, *choices).step_ms - kept_ms;
+      }
+    }
+    gap = found.exact || !choices ? 0.0 : std::max(0.0, (kept_ms + extra_ms) / std::max(1e-12, kept_ms + found.lower_bound) - 1.0);
   }
   if (!choices) {
     const auto floor = smallest_feasible_budget(profile, costs);
