@@ -133,6 +133,13 @@ MUTANTS = [
          replace="AutocastReplayGuard autocast(AutocastState::current());",
          tests=[("unit/wrap/test_checkpointed.cpp", ["autocast: the recompute runs under the forward's state*"])],
          forms=REENTRANT),
+    dict(name="autocast-not-replayed-non-reentrant",
+         why="the non-reentrant recompute runs under the caller's autocast state",
+         file="include/actckpt/core/non_reentrant.hpp",
+         find="AutocastReplayGuard autocast(record_->autocast());",
+         replace="AutocastReplayGuard autocast(AutocastState::current());",
+         tests=[("unit/wrap/test_checkpointed.cpp", ["autocast: the recompute runs under the forward's state*"])],
+         forms=DEFAULT),
     dict(name="buffer-replay-skipped",
          why="what the recompute does to BatchNorm's running statistics sticks (they change twice per step)",
          file="include/actckpt/replay/buffer_replay.hpp",
@@ -161,6 +168,12 @@ MUTANTS = [
          replace="    (void)previous;\n",
          tests=[("unit/core/test_offload_saved.cpp", ["offload-saved async: the backward of layer i prefetches*"])],
          forms=DEFAULT),
+    dict(name="planner-recompute-cost-dropped",
+         why="the planner's cost model charges checkpointing no recompute time",
+         file="include/actckpt/planner/cost_model.hpp",
+         find="case LayerChoice::checkpoint: r.extra_ms = ckpt_extra; break;",
+         replace="case LayerChoice::checkpoint: break;",
+         tests=[("unit/planner/test_planner.cpp", ["planner: offload saved's cost terms*"])], forms=DEFAULT),
     dict(name="planner-copy-back-cost-dropped",
          why="the planner's cost model forgets offload-saved's copy back that its backward cannot hide",
          file="include/actckpt/planner/cost_model.hpp",
@@ -262,11 +275,18 @@ def run(cmd, env=None, timeout=None):
 
 
 def end_group(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+    """SIGTERM first: ninja then ends the compilers it started (each in a process group of its
+    own); SIGKILL to the group after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def end_children():
@@ -355,8 +375,8 @@ def main():
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a background job starts with it ignored
+        signal.signal(sig, on_signal)
     rows = {}
     problems = []
     try:
@@ -416,6 +436,8 @@ def main():
                 configure(src, build_dir, {f for f, _ in m["tests"]})
                 ok, out = build(build_dir, 1)
                 restore(path)
+                if stop.is_set():  # interrupted: the build was ended, not failed
+                    return
                 tests_run, result = [], "SURVIVED"
                 if not ok:
                     result = "BUILD FAILED"
@@ -426,6 +448,8 @@ def main():
                         tests_run.append(f"{short(test_file, form)}: {status}")
                         if status != "passed":
                             result = "caught"
+                if stop.is_set():
+                    return
                 seconds = time.monotonic() - t0
                 rows[i] = (m["name"], m["file"].removeprefix("include/actckpt/"), "; ".join(tests_run) or "-", result,
                            seconds)
