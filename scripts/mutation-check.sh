@@ -3,8 +3,9 @@
 #
 # Applies small deliberate faults ("mutants") to include/actckpt/**, one at a time, each to a
 # private copy of the tree (build/mutation/src; the working tree is never touched, also on Ctrl-C),
-# builds the test executable from only the test files that mutant needs (one build tree,
-# build/mutation/build, against Debian's LibTorch 1.13: ninja recompiles only those files), runs
+# builds the test executable from only the test files that mutant needs (against Debian's
+# LibTorch 1.13; JOBS workers, default 2, each with its own copy and build tree under
+# build/mutation/, so ninja recompiles only the mutant's test file), runs
 # the test cases that check the behaviour the mutant breaks (in both checkpoint forms where the
 # mutant concerns them) and prints a table: mutant, file, tests run, caught or not, time.
 # Exits non-zero if any mutant survives, does not compile, or no longer applies (its pattern must
@@ -14,7 +15,8 @@
 # First, unless --no-baseline, the same selections run on the unmutated tree: each must run at
 # least one test case and pass, or a "caught" would mean nothing.
 #
-#   scripts/mutation-check.sh                      every mutant (about 20-30 min on 2 busy cores)
+#   scripts/mutation-check.sh                      every mutant (19 took 17 min on the shared 2-core
+#                                                  machine under load, the baseline 10 min more)
 #   scripts/mutation-check.sh --list               the mutants and what each breaks
 #   scripts/mutation-check.sh --only keep-n-off-by-one,reuse-fence-skipped --no-baseline
 #   JOBS=4 WORK_DIR=/tmp/mutation scripts/mutation-check.sh
