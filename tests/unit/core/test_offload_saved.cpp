@@ -442,6 +442,44 @@ TEST_CASE("offload-saved async: the backward of layer i prefetches the saved ten
   CHECK(iso.pool->stats().live_bytes == 0);
 }
 
+// The stash stack alone would prefetch only the stash below the one being restored (the last
+// saved tensor of layer i-1); the layer's backward starts all of layer i-1's saved tensors on their
+// way back, so none of them is waited for when layer i-1's backward begins.
+TEST_CASE("offload-saved async: every saved tensor of layer i-1 is on its way back before its backward begins") {
+  torch::manual_seed(8);
+  std::vector<MlpBlock> layers;
+  for (int i = 0; i < 4; ++i) {
+    layers.emplace_back(32, 64);
+    layers.back()->to(test_device::device());
+  }
+  IsolatedOffload iso;
+  auto wrapped = wrap_stack<OffloadSaved>(layers, iso);
+  auto x = torch::randn({16, 32}, test_device::options().requires_grad(true));
+  auto log = std::make_shared<EventLog>();
+  actckpt::ObserverScope observing(log);
+  auto loss = chain(wrapped, x).sum();
+  REQUIRE(wait_until_idle(*iso.context));
+  loss.backward();
+  const auto events = log->snapshot();
+  for (int i = 0; i < 3; ++i) {  // the layers below the top one
+    CAPTURE(i);
+    const auto label = std::to_string(i);
+    const long begin = log->index_of(EventKind::backward_begin, label);
+    REQUIRE(begin >= 0);
+    std::size_t offloaded = 0, prefetched_before = 0;
+    for (std::size_t k = 0; k < events.size(); ++k) {
+      if (events[k].label != label) continue;
+      if (events[k].kind == EventKind::offload_begin) ++offloaded;
+      if (events[k].kind == EventKind::prefetch_begin && static_cast<long>(k) < begin) ++prefetched_before;
+    }
+    // An MLP block saves fc1's output and the activation's output (separate storages): more than
+    // the one stash the stack would prefetch.
+    CHECK(offloaded >= 2);
+    CHECK(prefetched_before == offloaded);
+  }
+  CHECK(iso.pool->stats().live_bytes == 0);
+}
+
 TEST_CASE_TEMPLATE("offload-saved: an exception mid-step, a failed copy or a dropped graph leave pool and stack empty" * test_device::cpu_only("the CPU copy worker's test hooks (fault injector, after-copy hook) are what this case drives; CUDA copies do not pass through them"),
                    Policy, OFFLOAD_SAVED_POLICIES) {
   torch::manual_seed(9);
