@@ -39,7 +39,9 @@
 // that a view is modified in place; (4) an output autograd saved changed in place: the unwrapped
 // side alone raises; (5) an unused input whose producer's saved output was changed: the wrapped
 // side alone raises autograd's in-place error; (6) a parameter added in place to a view: the
-// wrapped side alone refuses the doubled gradient. (7), both forms: an input changed in place
+// wrapped side alone refuses the doubled gradient; (the table's "outputs that need no grad") an
+// input that needs no grad: the unwrapped side alone may raise that its loss needs none, as the
+// reentrant output comes back requiring grad. (7), both forms: an input changed in place
 // after the forward (mutates_stashed_input). And any form: a throw_error layer that offloads into
 // the small pool raises HostPoolExhausted. Any other one-sided error fails the case.
 //
@@ -249,7 +251,13 @@ struct ReentrantShapes {
   bool output_changed_in_place = false;  // 3 and 4: a call's own output changed in place
   bool unused_input_changed = false;  // 5: the side tensor, unused by the layer, changed (before or after)
   bool parameter_on_view = false;     // 6: add_bias_ on an intermediate
-  bool any() const { return shared_use || output_changed_in_place || unused_input_changed || parameter_on_view; }
+  // (docs/pitfalls.md#forms, the table's "outputs that need no grad": come back requiring grad.)
+  // An input that needs no grad: a layer that uses no parameter on it returns a tensor needing
+  // none, so the unwrapped loss may need no grad (backward raises) where the reentrant one does.
+  bool output_may_need_no_grad = false;
+  bool any() const {
+    return shared_use || output_changed_in_place || unused_input_changed || parameter_on_view || output_may_need_no_grad;
+  }
 };
 
 ReentrantShapes reentrant_shapes(const CaseSpec& c) {
@@ -268,6 +276,8 @@ ReentrantShapes reentrant_shapes(const CaseSpec& c) {
     if (call.second_is_side && !uses_second && c.side_changed != 0) r.unused_input_changed = true;
     if (std::find(l.ops.begin(), l.ops.end(), add_bias_inplace) != l.ops.end()) r.parameter_on_view = true;
   }
+  if (!c.input_requires_grad)
+    for (const auto& l : c.layers) r.output_may_need_no_grad = r.output_may_need_no_grad || l.reentrant();
   return r;
 }
 
@@ -296,6 +306,7 @@ std::string error_kind(const std::string& error) {
     return "a view changed in place";
   if (has("modified by an inplace operation") || has("modified by an in-place operation"))
     return "a saved tensor changed in place";
+  if (has("does not require grad and does not have a grad_fn")) return "nothing to differentiate";
   return "other: " + error;
 }
 
@@ -421,9 +432,9 @@ double in_scale_ulps(const torch::Tensor& a, const torch::Tensor& e) {
 /// The reentrant form's contract on random programs (README "What is bitwise"): no silent wrong
 /// gradient. Where a case has the shape of divergence 1 (sums grouped otherwise), its tensors
 /// may differ from the unwrapped ones by this many roundings of each tensor's largest value
-/// (largest seen: 4.9 in 3,000 programs before offload-saved and per-layer forms were drawn, 1.9
-/// since; the allowance was 64 and applied to every case before).
-constexpr double reentrant_rounding_allowance = 16;
+/// (largest seen: 4.9 in 3,000 programs before offload-saved and per-layer forms were drawn, 13.3
+/// in 2,277 since; it applied to every case before, now only where that shape is drawn).
+constexpr double reentrant_rounding_allowance = 64;
 
 struct Tally {
   Exercised drawn;
@@ -490,6 +501,8 @@ std::string run_case(const CaseSpec& c, Tally& tally) {
     const auto kind = error_kind(*expected.error);
     if (shapes.output_changed_in_place && kind == "a saved tensor changed in place") {
       accept("unwrapped alone raised (reentrant divergence 4)");  // the recompute makes its own output
+    } else if (shapes.output_may_need_no_grad && kind == "nothing to differentiate") {
+      accept("unwrapped alone raised: the reentrant output requires grad where the unwrapped one needs none");
     } else {
       why << "\n  only the unwrapped model raised (" << kind << "): " << *expected.error;
     }
