@@ -272,7 +272,9 @@ ReentrantShapes reentrant_shapes(const CaseSpec& c) {
     if (call.residual || call.after == add_input_after || !call.second_is_side || calls_of[call.layer] > 1 ||
         (call.second_is_side && side_uses > 1) || l.ending == input_unchanged)
       r.shared_use = true;
-    if (call.second_is_side && !uses_second && c.side_changed != 0) r.unused_input_changed = true;
+    // (An input whose use is thrown away, the layer returning its first input, counts as unused.)
+    if (call.second_is_side && (!uses_second || l.ending == input_unchanged) && c.side_changed != 0)
+      r.unused_input_changed = true;
     if (std::find(l.ops.begin(), l.ops.end(), add_bias_inplace) != l.ops.end()) r.parameter_on_view = true;
   }
   // 3 and 4: an in-place op on a reentrant call's output, or on it passed on unchanged by layers
