@@ -290,6 +290,13 @@ TEST_CASE_TEMPLATE("divergence 4: changing in place an output that autograd save
   auto r = wrapped<actckpt::Reentrant<Policy>>(layer, iso);
   const auto reentrant = run([&](torch::Tensor x) { return r(x); });
   CHECK(!reentrant.error);
+  // That gradient: the unwrapped layer's with the change made out of place (y * 0.5).
+  const auto out_of_place = step(*layer, [&] {
+    auto x = values.clone().requires_grad_(true);
+    auto y = layer(x) * 0.5;
+    return std::pair{weighted_loss(y), std::vector<torch::Tensor>{x}};
+  });
+  check_same(reentrant, out_of_place);
   check_nothing_left(iso);
 }
 

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <iostream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -203,19 +204,8 @@ inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
 }
 
-/// Bitwise equality (same definedness, shape, dtype, values; NaNs must match too).
-inline bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {
-  if (a.defined() != b.defined()) return false;
-  if (!a.defined()) return true;
-  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return false;
-  if (a.numel() == 0) return true;
-  if (a.is_floating_point()) {
-    // Compare the bits, so that -0.0 vs 0.0 or differing NaN payloads count as differences.
-    auto ai = a.contiguous().view({-1}).view(torch::kByte), bi = b.contiguous().view({-1}).view(torch::kByte);
-    return torch::equal(ai, bi);
-  }
-  return torch::equal(a, b);
-}
+/// Bitwise equality: the one helper of test_models.hpp (bytes, so -0.0 is not +0.0).
+using test_models::bitwise_equal;
 
 /// Checks every gradient of `actual` against `expected` bitwise, naming the first mismatches.
 inline void check_grads_bitwise(const std::map<std::string, torch::Tensor>& actual,
@@ -253,50 +243,188 @@ inline std::map<std::string, torch::Tensor> gradients_of(torch::nn::Module& mode
 // ---------------------------------------------------------------------------------------------
 // Randomized tests (test_randomized_parity.cpp, test_randomized_programs.cpp)
 
-/// The seeds a randomized test runs, from the environment it shares with the other one:
-///   ACTCKPT_PARITY_SEED=<seed>       one case (a replay)
-///   ACTCKPT_PARITY_CASES=<n>         number of cases (default `default_cases`)
-///   ACTCKPT_PARITY_BASE_SEED=<seed>  first seed (default `default_base`, so CI is reproducible;
-///                                    "random" draws one)
-/// The choice is reported (doctest MESSAGE), `what` naming the test.
-inline std::vector<uint64_t> randomized_seeds(const char* what, uint64_t default_base, int default_cases) {
-  auto env = [](const char* name) -> const char* {
-    const char* v = std::getenv(name);
-    return v != nullptr && *v != '\0' ? v : nullptr;
-  };
-  std::vector<uint64_t> seeds;
-  if (const char* one = env("ACTCKPT_PARITY_SEED")) {
-    seeds.push_back(std::stoull(one));
-    MESSAGE(std::string(what), ": replaying one case, ACTCKPT_PARITY_SEED=", std::string(one));
-    return seeds;
+/// The seeds a randomized test runs: a fixed range (the same cases every run, so a change that
+/// breaks one is seen at once) and a per-run random range beside it (new cases every run, so CI
+/// does not repeat the same cases forever). From the environment both generators share:
+///   ACTCKPT_PARITY_SEED=<seed>          one case (a replay); nothing else runs
+///   ACTCKPT_PARITY_CASES=<n>            fixed cases (default `fixed_cases`)
+///   ACTCKPT_PARITY_BASE_SEED=<seed>     first fixed seed (default `default_base`)
+///   ACTCKPT_PARITY_RANDOM_SEED=<seed>   first seed of the per-run random range (default: drawn
+///                                       from std::random_device; .ci/run sets and prints one)
+///   ACTCKPT_PARITY_RANDOM_CASES=<n>     cases in the random range (default `random_cases`)
+/// Both ranges are printed (doctest MESSAGE and stdout, so a passing ctest log shows them too).
+struct Seeds {
+  std::vector<uint64_t> fixed, random;
+  uint64_t fixed_base = 0, random_base = 0;
+  bool replay = false;
+  std::vector<uint64_t> all() const {
+    auto out = fixed;
+    out.insert(out.end(), random.begin(), random.end());
+    return out;
   }
-  uint64_t base = default_base;
-  if (const char* b = env("ACTCKPT_PARITY_BASE_SEED")) base = std::string(b) == "random" ? std::random_device{}() : std::stoull(b);
-  const int cases = env("ACTCKPT_PARITY_CASES") ? std::stoi(env("ACTCKPT_PARITY_CASES")) : default_cases;
-  for (int i = 0; i < cases; ++i) seeds.push_back(base + static_cast<uint64_t>(i));
-  MESSAGE(std::string(what), ": ", cases, " cases, seeds ", base, "..", base + cases - 1);
-  return seeds;
+};
+
+inline const char* nonempty_env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : nullptr;
 }
 
-/// StashOptions a layer gets at run time in a random case: any mode, keep-N 0-2, one of
-/// `thresholds` as the size threshold, the keep-on-device fallback. `pick(lo, hi)` draws an int;
-/// the draws are made in that order, so a seed keeps drawing the same case.
+inline Seeds randomized_seeds(const char* what, uint64_t default_base, int fixed_cases, int random_cases) {
+  Seeds s;
+  if (const char* one = nonempty_env("ACTCKPT_PARITY_SEED")) {
+    s.replay = true;
+    s.fixed.push_back(std::stoull(one));
+    MESSAGE(std::string(what), ": replaying one case, ACTCKPT_PARITY_SEED=", std::string(one));
+    return s;
+  }
+  s.fixed_base = default_base;
+  if (const char* b = nonempty_env("ACTCKPT_PARITY_BASE_SEED"))
+    s.fixed_base = std::string(b) == "random" ? std::random_device{}() : std::stoull(b);
+  if (const char* n = nonempty_env("ACTCKPT_PARITY_CASES")) fixed_cases = std::stoi(n);
+  // 32 random bits from the device, shifted clear of the fixed bases (all below 2^32).
+  s.random_base = (uint64_t{1} << 40) + std::random_device{}();
+  if (const char* r = nonempty_env("ACTCKPT_PARITY_RANDOM_SEED")) s.random_base = std::stoull(r);
+  if (const char* n = nonempty_env("ACTCKPT_PARITY_RANDOM_CASES")) random_cases = std::stoi(n);
+  for (int i = 0; i < fixed_cases; ++i) s.fixed.push_back(s.fixed_base + static_cast<uint64_t>(i));
+  for (int i = 0; i < random_cases; ++i) s.random.push_back(s.random_base + static_cast<uint64_t>(i));
+  std::ostringstream line;
+  line << what << ": " << fixed_cases << " fixed cases, seeds " << s.fixed_base << ".." << s.fixed_base + fixed_cases - 1
+       << "; " << random_cases << " per-run random cases, seeds " << s.random_base << ".."
+       << s.random_base + random_cases - 1 << " (replay this run's: ACTCKPT_PARITY_RANDOM_SEED=" << s.random_base << ")";
+  MESSAGE(line.str());
+  std::cout << line.str() << std::endl;
+  return s;
+}
+
+/// The process's checkpoint form, as its environment variable names it.
+inline const char* process_form_name() {
+  return actckpt::resolve(actckpt::CheckpointForm::process_default) == actckpt::CheckpointForm::reentrant
+             ? "reentrant"
+             : "non_reentrant";
+}
+
+/// The command that replays `seed` in this process's checkpoint form (a failure in the
+/// `.reentrant` ctest run must replay in that form, else it passes).
+inline std::string replay_command(uint64_t seed, const std::string& test_pattern) {
+  std::ostringstream s;
+  s << "ACTCKPT_PARITY_SEED=" << seed << " ACTCKPT_CHECKPOINT_FORM=" << process_form_name()
+    << " <build>/tests/actckpt_tests -tc='" << test_pattern << "'";
+  return s.str();
+}
+
+/// Every policy the library has, as the generators draw them.
+enum DrawnPolicy : int { no_offload, sync_offload, async_offload, offload_saved, sync_offload_saved, policy_kinds };
+inline const char* const policy_names[] = {"NoOffload", "SyncOffload", "AsyncOffload", "OffloadSaved", "SyncOffloadSaved"};
+
+/// What a wrapped layer does with its options resolved (a policy's options, or StashOptions set
+/// at run time, may turn a NoOffload layer into an offload-saved one and the other way round).
+enum class Behaviour { not_checkpointed, recompute_non_reentrant, recompute_reentrant, offload_saved };
+
+inline Behaviour behaviour_of(const actckpt::StashOptions& o) {
+  if (o.offload_saved) return Behaviour::offload_saved;  // no recompute: the form does not matter
+  if (!o.checkpoint) return Behaviour::not_checkpointed;
+  return actckpt::resolve(o.form) == actckpt::CheckpointForm::reentrant ? Behaviour::recompute_reentrant
+                                                                           : Behaviour::recompute_non_reentrant;
+}
+
+/// The options a wrapped layer runs with: its policy's, or those drawn for it at run time.
+inline actckpt::StashOptions policy_options(int policy) {
+  switch (policy) {
+    case no_offload: return actckpt::NoOffload::options();
+    case sync_offload: return actckpt::SyncOffload::options();
+    case async_offload: return actckpt::AsyncOffload::options();
+    case offload_saved: return actckpt::OffloadSaved::options();
+    default: return actckpt::SyncOffloadSaved::options();
+  }
+}
+
+/// Counts of what a generator exercised, by name ("policy OffloadSaved", "form reentrant",
+/// "on_exhausted throw_error", ...), printed at the end and checked: a generator that stops
+/// drawing something it claims to cover fails instead of passing without testing it.
+struct Exercised {
+  std::map<std::string, int> counts;
+  void add(const std::string& what, int n = 1) { counts[what] += n; }
+  int operator[](const std::string& what) const {
+    auto it = counts.find(what);
+    return it == counts.end() ? 0 : it->second;
+  }
+  std::string summary() const {
+    std::ostringstream s;
+    for (const auto& [what, n] : counts) s << "\n  " << what << ": " << n;
+    return s.str();
+  }
+};
+
+/// Counts one wrapped layer: its policy, its form, its resolved behaviour, and each StashOptions
+/// field's value.
+inline void count_wrapped_layer(Exercised& e, int policy, bool overridden, const actckpt::StashOptions& o) {
+  const std::string form = actckpt::resolve(o.form) == actckpt::CheckpointForm::reentrant ? "reentrant" : "non_reentrant";
+  e.add(std::string("policy ") + policy_names[policy]);
+  e.add(std::string("policy ") + policy_names[policy] + ", form " + form);
+  e.add("form " + form);
+  static const char* behaviours[] = {"not checkpointed", "recompute, non-reentrant", "recompute, reentrant", "offload-saved"};
+  e.add(std::string("runs as ") + behaviours[static_cast<int>(behaviour_of(o))]);
+  if (overridden) e.add("StashOptions set at run time");
+  e.add("mode " + std::string(actckpt::to_string(o.mode)));
+  e.add("keep_on_device " + std::to_string(o.keep_on_device));
+  e.add("min_offload_bytes " + std::to_string(o.min_offload_bytes));
+  e.add(o.on_exhausted == actckpt::PoolExhaustion::throw_error ? "on_exhausted throw_error" : "on_exhausted keep_on_device");
+  e.add(o.checkpoint ? "checkpoint true" : "checkpoint false");
+  e.add(o.offload_saved ? "offload_saved true" : "offload_saved false");
+  e.add(o.verify_checksums ? "verify_checksums true" : "verify_checksums false");
+  e.add("form field " + std::string(actckpt::to_string(o.form)));
+}
+
+/// The generator's claim (every policy in every form, every value of every StashOptions field),
+/// checked over a run of `cases` cases; a replay of one seed checks nothing here.
+inline void check_exercised_everything(const Exercised& e, std::size_t cases) {
+  if (cases < 100) return;
+  for (const char* policy : policy_names) {
+    CHECK_MESSAGE(e[std::string("policy ") + policy] > 0, policy, " never drawn");
+    for (const char* form : {"non_reentrant", "reentrant"})
+      CHECK_MESSAGE(e[std::string("policy ") + policy + ", form " + form] > 0, policy, " never drawn in the ", form,
+                    " form");
+  }
+  for (const char* what :
+       {"runs as not checkpointed", "runs as recompute, non-reentrant", "runs as recompute, reentrant",
+        "runs as offload-saved", "StashOptions set at run time", "mode device", "mode sync_host", "mode async_host",
+        "keep_on_device 0", "keep_on_device 1", "keep_on_device 2", "on_exhausted throw_error",
+        "on_exhausted keep_on_device", "checkpoint false", "offload_saved true", "verify_checksums true",
+        "form field process_default", "form field non_reentrant", "form field reentrant"})
+    CHECK_MESSAGE(e[what] > 0, what, " never drawn");
+}
+
+/// StashOptions a layer gets at run time in a random case, every field drawn: any mode, keep-N
+/// 0-2, one of `thresholds` as the size threshold, either pool-exhaustion rule, sometimes not
+/// checkpointed or offload-saved instead, checksums on or off, any form field. `pick(lo, hi)`
+/// draws an int; the draws are made in that order, so a seed keeps drawing the same case.
 template <class Pick>
 actckpt::StashOptions draw_stash_options(Pick& pick, const std::array<std::size_t, 3>& thresholds) {
   static const actckpt::StashMode modes[] = {actckpt::StashMode::device, actckpt::StashMode::sync_host,
                                              actckpt::StashMode::async_host};
+  static const actckpt::CheckpointForm forms[] = {actckpt::CheckpointForm::process_default,
+                                                  actckpt::CheckpointForm::non_reentrant,
+                                                  actckpt::CheckpointForm::reentrant};
   actckpt::StashOptions o;
   o.mode = modes[pick(0, 2)];
   o.keep_on_device = static_cast<std::size_t>(pick(0, 2));
   o.min_offload_bytes = thresholds[static_cast<std::size_t>(pick(0, 2))];
-  o.on_exhausted = actckpt::PoolExhaustion::keep_on_device;
+  o.on_exhausted = pick(0, 4) == 0 ? actckpt::PoolExhaustion::throw_error : actckpt::PoolExhaustion::keep_on_device;
+  const int how = pick(0, 7);
+  o.checkpoint = how != 0;
+  o.offload_saved = how == 1;
+  o.verify_checksums = pick(0, 3) == 0;
+  o.form = forms[pick(0, 2)];
   return o;
 }
 
 /// " options{async_host, keep 1, min 1024}": what a random case's description says of them.
 inline std::string describe_stash_options(const actckpt::StashOptions& o) {
   std::ostringstream s;
-  s << " options{" << actckpt::to_string(o.mode) << ", keep " << o.keep_on_device << ", min " << o.min_offload_bytes << "}";
+  s << " options{" << actckpt::to_string(o.mode) << ", keep " << o.keep_on_device << ", min " << o.min_offload_bytes
+    << (o.on_exhausted == actckpt::PoolExhaustion::throw_error ? ", throw when the pool is exhausted" : "")
+    << (o.checkpoint ? "" : ", not checkpointed") << (o.offload_saved ? ", offload_saved" : "")
+    << (o.verify_checksums ? ", checksums" : "") << ", form " << actckpt::to_string(o.form) << "}";
   return s.str();
 }
 

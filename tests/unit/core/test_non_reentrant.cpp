@@ -98,16 +98,18 @@ struct InnerGradBlockImpl : torch::nn::Module {
 };
 TORCH_MODULE(InnerGradBlock);
 
-/// Counts what runs after its last saving op (early stop skips it in the recompute).
+/// Counts what runs before its last saving op (forward and recompute) and after it (early stop
+/// skips that part in the recompute).
 struct TailBlockImpl : torch::nn::Module {
   explicit TailBlockImpl(int64_t dim) { fc = register_module("fc", torch::nn::Linear(dim, dim)); to(test_device::device()); }
   torch::Tensor forward(torch::Tensor x) {
+    ++head_runs;
     auto y = torch::sigmoid(fc(x));  // the last op that saves a tensor
     ++tail_runs;
     return y.view({-1}).view(x.sizes());  // views save nothing
   }
   torch::nn::Linear fc{nullptr};
-  int tail_runs = 0;
+  int head_runs = 0, tail_runs = 0;
 };
 TORCH_MODULE(TailBlock);
 
@@ -185,7 +187,7 @@ TEST_CASE_TEMPLATE("non-reentrant: outputs that need no grad stay so; backward f
   CHECK_FALSE(stats.requires_grad());
   CHECK_THROWS_AS(stats.sum().backward(), c10::Error);  // as for the unwrapped layer's
   CHECK_THROWS_AS(rstats.sum().backward(), c10::Error);
-  CHECK(torch::equal(stats, rstats));
+  CHECK(test_models::bitwise_equal(stats, rstats));
   y.sum().backward();
   auto g = take_grads(*block);
   ry.sum().backward();
@@ -253,7 +255,7 @@ TEST_CASE_TEMPLATE("non-reentrant: grad of grad (double backward) through the la
     auto g = torch::autograd::grad({module(x).pow(3).sum()}, {x}, {}, true, true)[0];
     return torch::autograd::grad({g.sum()}, {x})[0];
   };
-  CHECK(torch::equal(second(wrapped), second(block)));
+  CHECK(test_models::bitwise_equal(second(wrapped), second(block)));
 }
 
 TEST_CASE_TEMPLATE("non-reentrant: backward twice with retain_graph, as the unwrapped layer", Policy, NR_POLICIES) {
@@ -321,7 +323,8 @@ TEST_CASE_TEMPLATE("non-reentrant: early stop, the recompute ends at the last sa
   auto wrapped = wrap<Policy>(block, iso);
   auto x = torch::randn({24, 16}, test_device::options().requires_grad(true));
   wrapped(x).sum().backward();
-  CHECK(block->tail_runs == 1);  // the forward only
+  CHECK(block->head_runs == 2);  // the forward and the recompute ran ...
+  CHECK(block->tail_runs == 1);  // ... and the recompute stopped before the tail
 }
 
 TEST_CASE_TEMPLATE("non-reentrant: a captured tensor changed in place before backward raises, as autograd would",
@@ -355,8 +358,8 @@ TEST_CASE_TEMPLATE("non-reentrant: BatchNorm statistics change once per step, al
   auto l = wrapped(x).pow(2).sum();
   l.backward({}, true);
   l.backward();
-  CHECK(torch::equal(mine->bn->running_mean, ref->bn->running_mean));
-  CHECK(torch::equal(mine->bn->running_var, ref->bn->running_var));
+  CHECK(test_models::bitwise_equal(mine->bn->running_mean, ref->bn->running_mean));
+  CHECK(test_models::bitwise_equal(mine->bn->running_var, ref->bn->running_var));
   check_bitwise_equal(take_grads(*mine), take_grads(*ref));
 }
 
@@ -376,7 +379,7 @@ TEST_CASE_TEMPLATE("non-reentrant: backward(inputs=) and autograd::grad with res
   check_bitwise_equal(take_grads({w}), ref);
   auto gx_ref = torch::autograd::grad({block(x).sum()}, {x})[0];
   auto gx = torch::autograd::grad({wrapped(x).sum()}, {x})[0];
-  CHECK(torch::equal(gx, gx_ref));
+  CHECK(test_models::bitwise_equal(gx, gx_ref));
 }
 
 TEST_CASE_TEMPLATE("non-reentrant: dropout masks and the caller's RNG state (ported from TestCheckpoint rng cases)",

@@ -152,6 +152,79 @@ TEST_CASE("host pool: bytes held stay within 5% of bytes stashed at the peak ove
   }
 }
 
+// docs/offload.md states the bytes held against the bytes stashed at the peak; this is the check
+// behind those figures, over random patterns (layer counts, stash sizes) and random free orders:
+// backward frees in reverse, in reverse with neighbours swapped (asynchronous copies finishing
+// out of order), or in a random order. Within 2.5% for steps that stash at least 1 MiB (measured:
+// at most 2.35%; the free order changed nothing); below that, a slab's rounding to 4 KiB pages
+// and a slab's room for more stashes of its size are a visible share (6 stashes of 6 KiB: 48 KiB
+// held for 36 KiB), so there the bound is 64 KiB held beyond what is stashed (measured: 32 KiB).
+// (docs/offload.md said "within 1%" from four fixed patterns; this found 2.35%.)
+constexpr double documented_held_over_stashed = 1.025;
+constexpr std::size_t documented_from_bytes = MiB;
+
+TEST_CASE("host pool: bytes held within 2.5% of bytes stashed from 1 MiB up (one page per slab below), random "
+          "patterns and free orders" * test_device::no_tensors()) {
+  std::mt19937 rng(27);
+  auto draw = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const std::size_t menu[] = {6144, 200000, 786432, 1572864, 3 * MiB, 3145728 + 4096, 4000, 16384};
+  double worst = 0.0, worst_small = 0.0;
+  std::size_t worst_small_excess = 0;
+  std::string worst_case;
+  int runs = 0, large = 0;
+  for (int pattern = 0; pattern < 40; ++pattern) {
+    const int layers = draw(2, 32);
+    std::vector<std::size_t> sizes(static_cast<std::size_t>(draw(1, 6)));
+    for (auto& size : sizes) size = menu[draw(0, 7)];
+    for (int order = 0; order < 3; ++order) {
+      auto pool = HostBufferPool::create(std::size_t{8} << 30);
+      for (int step = 0; step < 6; ++step) {
+        std::vector<std::shared_ptr<HostBuffer>> stashes;
+        for (int l = 0; l < layers; ++l)
+          for (std::size_t size : sizes) {
+            auto b = pool->try_acquire(size, false);
+            REQUIRE(b != nullptr);
+            stashes.push_back(std::move(b));
+          }
+        std::reverse(stashes.begin(), stashes.end());  // backward's order
+        if (order == 1)
+          for (std::size_t i = 0; i + 1 < stashes.size(); ++i)
+            if (draw(0, 2) == 0) std::swap(stashes[i], stashes[i + 1]);
+        if (order == 2) std::shuffle(stashes.begin(), stashes.end(), rng);
+        for (auto& b : stashes) b.reset();
+      }
+      const auto s = pool->stats();
+      REQUIRE(s.peak_stashed_bytes > 0);
+      CHECK(s.live_bytes == 0);
+      const double ratio = static_cast<double>(s.peak_reserved_bytes) / static_cast<double>(s.peak_stashed_bytes);
+      ++runs;
+      CAPTURE(layers);
+      CAPTURE(order);
+      CAPTURE(s.peak_stashed_bytes);
+      CAPTURE(s.peak_reserved_bytes);
+      CAPTURE(s.slabs);
+      if (s.peak_stashed_bytes < documented_from_bytes) {
+        worst_small = std::max(worst_small, ratio);
+        worst_small_excess = std::max(worst_small_excess, s.peak_reserved_bytes - s.peak_stashed_bytes);
+        CHECK(s.peak_reserved_bytes <= s.peak_stashed_bytes + 64 * KiB);
+        continue;
+      }
+      ++large;
+      if (ratio > worst) {
+        worst = ratio;
+        worst_case = std::to_string(layers) + " layers x " + std::to_string(sizes.size()) + " stashes, free order " +
+                     (order == 0 ? "reverse" : order == 1 ? "reverse with swaps" : "random");
+      }
+      CHECK(ratio <= documented_held_over_stashed);
+    }
+  }
+  MESSAGE("held over stashed at the peak, ", runs, " random patterns and orders: ", large, " stashing 1 MiB or more, largest x",
+          worst, " (", worst_case, "); below 1 MiB largest x", worst_small, ", at most ", worst_small_excess,
+          " B held beyond what was stashed");
+  CHECK(runs == 120);
+  CHECK(large >= 60);
+}
+
 TEST_CASE("host pool: randomized sizes and frees never overlap, stay in bounds and coalesce back" * test_device::no_tensors()) {
   auto pool = HostBufferPool::create(std::size_t{256} << 20);
   std::mt19937 rng(18);
