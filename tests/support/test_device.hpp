@@ -31,6 +31,7 @@ inline bool cuda_present() {
 /// The device named by ACTCKPT_TEST_DEVICE, read once. An unknown name, or cuda where no CUDA
 /// device is available, throws: a suite asked to run on a device must not run elsewhere.
 inline torch::Device device() {
+  ++device_switch::reads();  // first: a case whose switch throws did take its device from here
   static const torch::Device chosen = [] {
     const std::string name = device_switch::named();
     if (name == "cpu") return torch::Device(torch::kCPU);
@@ -44,7 +45,6 @@ inline torch::Device device() {
     }
     throw std::runtime_error("ACTCKPT_TEST_DEVICE must be cpu or cuda, not '" + name + "'");
   }();
-  ++device_switch::reads();
   return chosen;
 }
 

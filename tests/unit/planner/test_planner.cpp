@@ -473,7 +473,7 @@ TEST_CASE("planner: the profile tells layers apart by identity: labels untouched
   CHECK(other.labels() == std::vector<std::string>{"block 0"});
 }
 
-TEST_CASE("planner: describe() names runs of layers") {
+TEST_CASE("planner: describe() names runs of layers" * test_device::no_tensors()) {
   actckpt::MemoryPlan plan;
   plan.choices = {LayerChoice::checkpoint, LayerChoice::checkpoint, LayerChoice::checkpoint, LayerChoice::async_offload,
                   LayerChoice::keep, LayerChoice::keep};
