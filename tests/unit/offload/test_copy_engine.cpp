@@ -86,7 +86,7 @@ TEST_CASE("copy engine: a completion callback that throws fails its ticket with 
   // The worker survived and keeps copying.
   auto dst2 = torch::empty({64}, test_device::options());
   engine.copy(dst2, src)->synchronize();
-  CHECK(torch::equal(dst2, src));
+  CHECK(bitwise_equal(dst2, src));
   CHECK(engine.pending() == 0);
 }
 
@@ -128,8 +128,8 @@ TEST_CASE("copy engine: copies run in the order submitted; a later copy reads wh
   for (auto& t : more) t->synchronize();
   second->synchronize();
   CHECK(first->done());
-  CHECK(torch::equal(dst, src));
-  for (int i = 2; i < 8; ++i) CHECK(torch::equal(outs[i - 2], torch::full({16}, float(i), test_device::options())));
+  CHECK(bitwise_equal(dst, src));
+  for (int i = 2; i < 8; ++i) CHECK(bitwise_equal(outs[i - 2], torch::full({16}, float(i), test_device::options())));
   CHECK(order == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7});
   CHECK(engine.pending() == 0);
   CHECK(calls == 8);
@@ -154,9 +154,9 @@ TEST_CASE("copy engine: a failed copy reaches its waiter only; its callback does
   CHECK_THROWS_WITH(tb->make_compute_wait(), doctest::Contains("injected copy failure #2"));
   CHECK_NOTHROW(tc->synchronize());
   CHECK_NOTHROW(ta->rethrow_error());
-  CHECK(torch::equal(a, torch::ones({8}, test_device::options())));
-  CHECK(torch::equal(b, torch::zeros({8}, test_device::options())));  // the failed copy never wrote
-  CHECK(torch::equal(c, torch::ones({8}, test_device::options())));
+  CHECK(bitwise_equal(a, torch::ones({8}, test_device::options())));
+  CHECK(bitwise_equal(b, torch::zeros({8}, test_device::options())));  // the failed copy never wrote
+  CHECK(bitwise_equal(c, torch::ones({8}, test_device::options())));
   CHECK(callbacks == 2);
   CHECK(engine.pending() == 0);
 }
@@ -175,7 +175,7 @@ TEST_CASE("copy engine: destroying the engine finishes every queued copy; no tic
   for (int i = 0; i < 10; ++i) {
     CHECK(tickets[i]->done());
     CHECK_NOTHROW(tickets[i]->rethrow_error());
-    CHECK(torch::equal(outs[i], torch::full({64}, float(i + 1), test_device::options())));
+    CHECK(bitwise_equal(outs[i], torch::full({64}, float(i + 1), test_device::options())));
   }
 }
 
@@ -204,6 +204,6 @@ TEST_CASE("copy engine: each copy's bytes are in the telemetry with its directio
     CHECK(span.bytes == 256 * 4);
     CHECK(span.begin <= span.end);
   }
-  CHECK(torch::equal(back, torch::ones({256}, test_device::options())));
+  CHECK(bitwise_equal(back, torch::ones({256}, test_device::options())));
 }
 

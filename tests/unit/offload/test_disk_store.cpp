@@ -157,13 +157,13 @@ TEST_CASE("disk store: tensors round-trip bitwise, buffered and O_DIRECT, into s
     store->write(*extent, src, nullptr);
     auto back = torch::empty_like(src);
     store->read(*extent, back, nullptr);
-    CHECK(torch::equal(back, src));
+    CHECK(bitwise_equal(back, src));
     const auto matrix = torch::randn({64, 48}, test_device::options());
     auto e2 = store->acquire(matrix.nbytes(), "m");
     store->write(*e2, matrix, nullptr);
     auto transposed = torch::empty({48, 64}, test_device::options()).t();  // strided destination
     store->read(*e2, transposed, nullptr);
-    CHECK(torch::equal(transposed, matrix));
+    CHECK(bitwise_equal(transposed, matrix));
   }
   CHECK(entries(dir.path).empty());
 }
@@ -192,7 +192,7 @@ TEST_CASE_TEMPLATE("DiskOffload trains bitwise through the disk tier; checksums 
   REQUIRE(wait_until_idle(*setup.context));
   check_bitwise_equal(take_grads(*layers[0]), reference);
   check_bitwise_equal(take_grads(*layers[5]), reference_last);
-  CHECK(torch::equal(x.grad(), reference_x));
+  CHECK(bitwise_equal(x.grad(), reference_x));
   const auto t = setup.context->take_telemetry();
   const std::int64_t stash = 64 * 256 * 4;
   // Async keeps the newest stash on the device: 5 of 6 move; sync moves all 6.

@@ -27,6 +27,7 @@ namespace {
 
 using synthetic_chain::chain;
 using synthetic_chain::keep_all_peak;
+using synthetic_chain::MiB;
 
 /// The fastest predicted step time that fits each budget, over every plan (infinity: none fits).
 /// `choices`: 5 (every LayerChoice), or 2 (keep and checkpoint) where the costs allow no offload.
@@ -397,6 +398,7 @@ TEST_CASE("planner depth: large call-level steps plan within the search's work l
       CHECK(ms < 20000);
     }
   }
+}
 
 // The planner's promise (docs/planner.md): a plan's predicted step time is within 0.5% of the
 // fastest plan that fits. Checked exhaustively here: all 5^n plans of 1,000 random chains of 4-8
