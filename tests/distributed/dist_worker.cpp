@@ -33,6 +33,8 @@
 
 #include <actckpt/distributed/distributed.hpp>
 #include <actckpt/models/transformer_stack.hpp>
+#include <actckpt/offload/disk_store.hpp>
+#include <actckpt/offload/offload_context.hpp>
 
 #include <torch/torch.h>
 
@@ -48,6 +50,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <iostream>
 #include <sstream>
@@ -331,6 +334,20 @@ void say(const actckpt::World& world, const std::string& text) {
 // ---------------------------------------------------------------------------------------------
 // Scenarios.
 
+/// The disk tier's modes write to a store of their own, in $TMPDIR (else /tmp), through an
+/// offload context made for the mode; the spill mode's host pool holds 64 KiB, so its stashes do
+/// go to disk. Other modes use the thread's default context (nullptr: no scope).
+std::unique_ptr<actckpt::OffloadContextScope> disk_tier_scope(StackMode mode) {
+  if (!actckpt::models::uses_disk(mode)) return nullptr;
+  const char* dir = std::getenv("TMPDIR");
+  actckpt::DiskStoreOptions o;
+  o.directory = dir != nullptr && *dir != '\0' ? dir : "/tmp";
+  o.capacity_bytes = std::size_t{64} << 20;
+  const std::size_t host_limit = mode == StackMode::ckpt_disk_spill ? std::size_t{64} << 10 : std::size_t{1} << 30;
+  return std::make_unique<actckpt::OffloadContextScope>(
+      actckpt::OffloadContext::create(actckpt::HostBufferPool::create(host_limit), actckpt::DiskStore::open(o)));
+}
+
 void parity(const actckpt::World& world) {
   expect(world.size <= 2, "parity compares bitwise against a 1-process reference: run it on 1 or 2 ranks");
   for (int micro_batches : {1, 2}) {
@@ -338,6 +355,7 @@ void parity(const actckpt::World& world) {
     for (StackMode mode : actckpt::models::all_stack_modes) {
       const std::string name = std::string(actckpt::models::to_string(mode)) +
                                (micro_batches > 1 ? " with no_sync accumulation" : "");
+      const auto disk_scope = disk_tier_scope(mode);
       const auto trained = ddp_training(world, mode, micro_batches);
       expect(same_on_all_ranks(world, trained), name + ": parameters differ across ranks");
       if (world.is_main()) {

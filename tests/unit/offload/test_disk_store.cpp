@@ -103,7 +103,8 @@ bool can_mount_tmpfs() {
 
 }  // namespace
 
-TEST_CASE("disk store: the file has no name in the directory, space is placed and coalesced like the host pool's") {
+TEST_CASE("disk store: the file has no name in the directory, space is placed and coalesced like the host pool's" *
+          test_device::no_tensors()) {
   ScratchDir dir;
   auto store = open_store(dir.path, 1 << 20);
   CHECK(entries(dir.path).empty());
@@ -333,7 +334,7 @@ TEST_CASE("disk tier: the file corrupted or truncated under the store fails that
   CHECK(static_cast<std::size_t>(st.st_size) == setup.disk->capacity());
 }
 
-TEST_CASE("disk store: a process killed with SIGKILL leaves no file in the directory") {
+TEST_CASE("disk store: a process killed with SIGKILL leaves no file in the directory" * test_device::no_tensors()) {
   ScratchDir dir;
   std::array<int, 2> pipe_fds{};
   REQUIRE(::pipe(pipe_fds.data()) == 0);
@@ -373,7 +374,7 @@ TEST_CASE("disk store: a process killed with SIGKILL leaves no file in the direc
 }
 
 TEST_CASE("disk store: a disk that cannot hold the capacity fails at open naming the directory, bytes asked and free "
-          "[root: mounts a 1 MiB tmpfs]" * doctest::skip(!can_mount_tmpfs())) {
+          "[root: mounts a 1 MiB tmpfs]" * test_device::no_tensors() * doctest::skip(!can_mount_tmpfs())) {
   ScratchDir dir;
   struct Mounted {  // unmounted on every way out, before the scratch directory goes
     explicit Mounted(const std::string& p) : path(p) { REQUIRE(::mount("tmpfs", p.c_str(), "tmpfs", 0, "size=1m") == 0); }
