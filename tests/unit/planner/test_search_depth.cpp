@@ -220,6 +220,7 @@ TEST_CASE("planner depth: 128 and 512 layers plan in bounded time and memory, un
     }
   }
 }
+
 // The planner's promise (docs/planner.md): a plan's predicted step time is within 0.5% of the
 // fastest plan that fits. Checked exhaustively here: all 5^n plans of 1,000 random chains of 4-8
 // layers and 10 of 9 layers evaluated (brute_force) at 5 budgets each, against what users get
