@@ -2,7 +2,8 @@
 /// \file cost_model.hpp
 /// The cost model: from a `StepProfile`, each choice's bytes and extra time per layer
 /// (`detail::planner::CostModel`, shared by the search so that both agree exactly) and a whole
-/// plan's predicted peak and step time (`evaluate_plan`).
+/// plan's predicted peak and step time (`evaluate_plan`). This is the chain model; a call-level
+/// profile (a step that is not a chain) is evaluated by call_model.hpp's.
 ///
 /// ## Cost model (`evaluate_plan`)
 /// Memory, for a plan c_0..c_{L-1}, with S_k = start_bytes + sum_{m<k} held(m, c_m):
@@ -44,6 +45,7 @@
 #include <vector>
 
 #include "actckpt/base/errors.hpp"
+#include "actckpt/planner/call_model.hpp"
 #include "actckpt/planner/plan.hpp"
 
 namespace actckpt {
@@ -150,6 +152,14 @@ inline PlanEstimate evaluate_plan(const StepProfile& profile, const std::vector<
   using namespace detail::planner;
   ACTCKPT_CHECK(choices.size() == profile.layers.size(), UsageError, "actckpt::evaluate_plan: ", choices.size(),
               " choices for a profile of ", profile.layers.size(), " layers");
+  if (!profile.is_chain()) {  // several calls per layer, several backwards: call_model.hpp
+    const CallModel calls(profile, costs);
+    for (std::size_t k = 0; k < choices.size(); ++k)
+      ACTCKPT_CHECK(calls.allows(k, choices[k]), UsageError, "actckpt::evaluate_plan: layer ", k, " is '",
+                    to_string(choices[k]), "', which this profile cannot do (offloading needs measured or given "
+                    "bandwidths; offload saved also host memory separate from the device's and saved activations)");
+    return evaluate_calls(calls, choices);
+  }
   const CostModel model(profile, costs);
   const std::size_t n = choices.size();
   PlanEstimate e;

@@ -69,6 +69,30 @@ struct LayerProfile {
   std::int64_t saved_bytes = 0;
 };
 
+/// One segment of a step that is not a chain: from one layer boundary (a forward's begin or
+/// end, a backward's begin) to the next, measured in each uniform run (`ProfiledMode` index).
+/// Levels and peaks are absolute, as the meter reads them (with `reserve_bytes`).
+struct StepPoint {
+  std::int64_t level[profiled_modes] = {};  ///< bytes at the segment's start
+  std::int64_t peak[profiled_modes] = {};   ///< highest bytes until the next boundary (the step's end for the last)
+  double ms = 0;                            ///< its duration in the kept run
+};
+
+/// One forward call of a Checkpointed layer in a step that is not a chain (a layer that runs
+/// three times has three calls), in the order the forwards ran. Points index `StepProfile::points`.
+struct CallProfile {
+  std::size_t layer = 0;          ///< index into `StepProfile::layers`
+  std::size_t forward_point = 0;  ///< the segment its forward runs in
+  std::size_t end_point = 0;      ///< the segment that starts as its forward ends
+  /// The segment its backward starts (a layer's backward calls are matched to its forward calls
+  /// last-in first-out: the newest call whose backward has not started); none: no backward.
+  std::optional<std::size_t> backward_point;
+  std::int64_t held_bytes[profiled_modes] = {};  ///< bytes added from its forward's begin to its end
+  std::int64_t stash_bytes = 0;   ///< its inputs (sync run): what checkpointing keeps and offloading moves
+  std::int64_t saved_bytes = 0;   ///< kept run: the activations autograd saved in its forward
+  double recompute_ms = 0;        ///< checkpointed run: its backward's start to its recompute's end
+};
+
 /// What `profile_step` measured. Bytes are as the meter reads them (see PlannerOptions::meter).
 struct StepProfile {
   std::vector<LayerProfile> layers;  ///< in forward order
@@ -81,6 +105,14 @@ struct StepProfile {
   double d2h_bytes_per_s = 0;  ///< measured (sync copies); 0: nothing was copied
   double h2d_bytes_per_s = 0;
   bool host_memory_separate = false;  ///< the device is not the CPU
+  /// Call level: empty for a chain (each layer's forward once, backwards in reverse order, the
+  /// model of cost_model.hpp); otherwise every forward call and every segment of the step, the
+  /// model of call_model.hpp. In a call-level profile `layers` holds one entry per distinct
+  /// layer (first forward first) with its label and module index; its per-mode figures are sums
+  /// over the layer's calls, for reading only.
+  std::vector<CallProfile> calls;
+  std::vector<StepPoint> points;
+  bool is_chain() const { return calls.empty(); }
 };
 
 /// Costs the solver uses instead of the measured ones: tests and what-if questions (for example
@@ -106,6 +138,12 @@ struct MemoryPlan {
   std::int64_t budget_bytes = 0;
   std::int64_t predicted_peak_bytes = 0;
   double predicted_step_ms = 0;
+  /// Call-level plans: the forward calls of one step in order (positions in `choices`); a step
+  /// that calls them otherwise is reported by `PlanMonitor` (planner.hpp). Empty for chains.
+  std::vector<std::size_t> call_sequence;
+  /// The search's proven bound on how much slower (relative) this plan's predicted step time is
+  /// than the fastest plan that fits: 0 when the search was exact.
+  double time_gap_bound = 0;
 
   /// "layers 0-5 checkpoint, 6-7 keep" (forward order, 0-based).
   std::string describe() const;

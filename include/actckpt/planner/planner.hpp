@@ -11,7 +11,10 @@
 ///   std::cout << plan.describe();                         // "layers 0-5 checkpoint, 6-7 keep"
 ///   plan.apply(*model);                                   // each layer's StashOptions set
 /// \endcode
-/// For each `Checkpointed` layer of a chain it chooses one of five things (`LayerChoice`): keep
+/// It plans chains and, at call level, any step as the user wrote it: a layer whose forward runs
+/// several times (a GAN's discriminator, shared weights), several backward calls, accumulated
+/// micro-batches (call_model.hpp). `PlanMonitor` reports a training step that calls the layers
+/// otherwise than the profiled one. For each `Checkpointed` layer it chooses one of five things (`LayerChoice`): keep
 /// (not checkpointed: autograd keeps its activations), checkpoint (inputs stay on the device),
 /// sync offload, async offload (of the checkpoint's inputs), offload saved (no recompute: every
 /// activation autograd saves goes to the host pool and comes back a layer ahead in backward); the
@@ -29,12 +32,20 @@
 
 #include <torch/nn/module.h>
 
+#include <c10/util/Exception.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "actckpt/base/errors.hpp"
+#include "actckpt/base/observer.hpp"
 #include "actckpt/planner/cost_model.hpp"
 #include "actckpt/planner/optimizer_state.hpp"
 #include "actckpt/planner/plan.hpp"
@@ -77,5 +88,79 @@ inline void MemoryPlan::apply(torch::nn::Module& model) const {
     layer->set_stash_options(detail::planner::options_for(choices[p], layer->stash_options()));
   }
 }
+
+/// How `PlanMonitor` reports a step whose calls differ from the plan's.
+enum class SequenceCheck { warn, strict };
+
+/// Watches a planned model train: a plan holds for the calls it was profiled with, so a step
+/// whose layers' forward calls differ (data-dependent control flow: a layer skipped, run once
+/// more, in another order) runs a plan made for another step, and its peak may not be the one
+/// predicted. Call `step_done()` after each training step; the first step that differs is
+/// reported once, naming its first differing call: a LibTorch warning, or with
+/// `SequenceCheck::strict` a `UsageError` (thrown from `step_done`, in the caller's thread).
+/// While it lives an observer listens to the layers' events (kept layers then announce their
+/// phases too: a gradient hook per call).
+class PlanMonitor {
+ public:
+  PlanMonitor(torch::nn::Module& model, const MemoryPlan& plan, SequenceCheck check = SequenceCheck::warn)
+      : check_(check), expected_(plan.call_sequence), labels_(plan.labels), recorder_(std::make_shared<Recorder>()) {
+    auto layers = detail::planner::find_layers(model);
+    ACTCKPT_CHECK(layers.size() == plan.choices.size(), UsageError, "actckpt::PlanMonitor: the plan is for ",
+                  plan.choices.size(), " Checkpointed layers, the model has ", layers.size());
+    for (std::size_t p = 0; p < plan.module_index.size(); ++p)
+      recorder_->position.emplace(static_cast<const void*>(static_cast<const CheckpointedLayer*>(layers[plan.module_index[p]])), p);
+    scope_ = std::make_unique<ObserverScope>(recorder_);
+  }
+  /// Compares the step that just ended with the plan's calls (see the class comment). Returns
+  /// whether they matched.
+  bool step_done() {
+    std::vector<std::size_t> seen;
+    {
+      std::lock_guard<std::mutex> lock(recorder_->mutex);
+      seen.swap(recorder_->calls);
+    }
+    ++steps_;
+    if (seen == expected_) return true;
+    if (reported_) return false;
+    reported_ = true;
+    std::size_t i = 0;
+    while (i < seen.size() && i < expected_.size() && seen[i] == expected_[i]) ++i;
+    auto name = [&](const std::vector<std::size_t>& s) {
+      return i < s.size() ? "layer '" + labels_[s[i]] + "'" : std::string("no call (the step ended)");
+    };
+    message_ = c10::str("actckpt::PlanMonitor: training step ", steps_, " called the planned layers differently from "
+                        "the step the plan was made for: its forward call ", i + 1, " was ", name(seen), " where the "
+                        "planned step has ", name(expected_), " (", seen.size(), " calls, planned ", expected_.size(),
+                        "). The plan's peak holds only for the profiled calls: plan again with a sample step that "
+                        "makes these calls (this is reported once)");
+    if (check_ == SequenceCheck::strict) throw UsageError(message_);
+    TORCH_WARN(message_);
+    return false;
+  }
+  /// The report, once made (empty before).
+  const std::string& report() const { return message_; }
+
+ private:
+  struct Recorder final : Observer {
+    std::unordered_map<const void*, std::size_t> position;  // written before listening only
+    std::mutex mutex;
+    std::vector<std::size_t> calls;
+    void on_event(const Event& e) override {
+      if (e.kind != EventKind::forward_begin) return;
+      const auto found = position.find(e.layer);
+      if (found == position.end()) return;
+      std::lock_guard<std::mutex> lock(mutex);
+      calls.push_back(found->second);
+    }
+  };
+  SequenceCheck check_;
+  std::vector<std::size_t> expected_;
+  std::vector<std::string> labels_;
+  std::shared_ptr<Recorder> recorder_;
+  std::unique_ptr<ObserverScope> scope_;
+  std::size_t steps_ = 0;
+  bool reported_ = false;
+  std::string message_;
+};
 
 }  // namespace actckpt

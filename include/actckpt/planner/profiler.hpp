@@ -34,6 +34,10 @@
 /// Also: the level at the first layer's forward (`start_bytes`), the peak before it, the peak
 /// between the last forward and the last backward (loss and head, `tail_peak_bytes`) and the
 /// whole step's time and peak in each configuration.
+/// That is a chain's profile. A step that is not a chain (a layer's forward several times,
+/// several backward calls, backwards not in reverse order) gets a call-level profile instead:
+/// every forward call and every segment between boundaries (call_profile.hpp), planned by
+/// call_model.hpp. Every sample step must make the same calls (compared boundary by boundary).
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -63,6 +67,7 @@
 #include "actckpt/layer/checkpointed_layer.hpp"
 #include "actckpt/layer/label_layers.hpp"
 #include "actckpt/measure/memory_meter.hpp"
+#include "actckpt/planner/call_profile.hpp"
 #include "actckpt/planner/plan.hpp"
 #include "actckpt/policy/stash_options.hpp"
 
@@ -95,7 +100,9 @@ inline std::vector<CheckpointedLayer*> find_layers(torch::nn::Module& model) {
   // The model itself apart: modules(include_self) needs it to be held by a shared_ptr.
   if (auto* self = dynamic_cast<CheckpointedLayer*>(&model)) layers.push_back(self);
   for (const auto& m : model.modules(/*include_self=*/false))
-    if (auto* layer = dynamic_cast<CheckpointedLayer*>(m.get())) layers.push_back(layer);
+    if (auto* layer = dynamic_cast<CheckpointedLayer*>(m.get()))
+      // A layer registered twice (shared by two models of one step) is one layer, planned once.
+      if (std::find(layers.begin(), layers.end(), layer) == layers.end()) layers.push_back(layer);
   return layers;
 }
 
@@ -120,17 +127,6 @@ class ModelStateGuard {
   std::vector<CheckpointedLayer*> layers_;
   std::vector<StashOptions> options_;
   std::vector<std::pair<at::Tensor, at::Tensor>> buffers_;
-};
-
-/// One event of a profiled step. Boundaries (forward_begin/end, backward_begin) carry the meter
-/// readings; copies carry bytes.
-struct Mark {
-  EventKind kind;
-  std::size_t layer;  // index in modules() order
-  double ms;          // since the step started
-  std::int64_t bytes_now = 0;
-  std::int64_t peak_before = 0;  // the peak since the previous boundary
-  std::int64_t copy_bytes = 0;
 };
 
 /// Listens to the planner's layers and reads the meter at each layer boundary.
@@ -158,6 +154,12 @@ class StepRecorder final : public Observer {
     if (current_ == none_ || excluded_.count(storage) != 0 || !seen_.insert(storage).second) return;
     if (saved_.size() <= current_) saved_.resize(current_ + 1, 0);
     saved_[current_] += static_cast<std::int64_t>(t.storage().nbytes());
+    saved_per_call_[current_call_] += static_cast<std::int64_t>(t.storage().nbytes());
+  }
+  /// Per forward call in order, the bytes `count_saved` counted in the step that just finished.
+  std::vector<std::int64_t> saved_per_call() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return saved_per_call_;
   }
   /// Per layer (modules() order), the bytes `count_saved` counted in the step that just finished.
   std::vector<std::int64_t> saved_bytes(std::size_t n) const {
@@ -171,6 +173,7 @@ class StepRecorder final : public Observer {
     std::lock_guard<std::mutex> lock(mutex_);
     marks_.clear();
     saved_.clear();
+    saved_per_call_.clear();
     seen_.clear();
     current_ = none_;
     synchronize();
@@ -196,7 +199,11 @@ class StepRecorder final : public Observer {
     const std::size_t layer = found->second;
     std::lock_guard<std::mutex> lock(mutex_);
     Mark m{e.kind, layer, elapsed_ms(e.time)};
-    if (e.kind == EventKind::forward_begin) current_ = layer;
+    if (e.kind == EventKind::forward_begin) {
+      current_ = layer;
+      current_call_ = saved_per_call_.size();
+      saved_per_call_.push_back(0);
+    }
     if (e.kind == EventKind::forward_end && current_ == layer) current_ = none_;
     switch (e.kind) {
       case EventKind::forward_begin:
@@ -235,6 +242,8 @@ class StepRecorder final : public Observer {
   static constexpr std::size_t none_ = std::numeric_limits<std::size_t>::max();
   std::size_t current_ = none_;          // the planner layer whose forward runs (saves count for it)
   std::vector<std::int64_t> saved_;      // per layer, modules() order
+  std::vector<std::int64_t> saved_per_call_;  // per forward call, in order
+  std::size_t current_call_ = 0;          // the forward call whose saves count
   std::set<const void*> seen_, excluded_;  // storages counted this step; parameters' and buffers'
 
   std::int64_t start_bytes_ = 0;
@@ -248,10 +257,12 @@ struct StepFigures {
   std::vector<double> forward_ms, backward_ms, recompute_ms, offload_ms, restore_ms;
   std::int64_t start_bytes = 0, head_peak = 0, tail_peak = 0, step_peak = 0;
   double tail_ms = 0, step_ms = 0;
+  bool chain = true;  // the step is a chain: the figures above; otherwise only `calls` is filled
+  CallFigures calls;  // every step, chain or not (the call sequence is compared across runs)
 };
 
-inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::int64_t end_peak, double end_ms,
-                          const std::vector<std::string>& labels) {
+inline StepFigures reduce_chain(const std::vector<Mark>& marks, std::size_t n, std::int64_t end_peak, double end_ms,
+                                const std::vector<std::string>& labels, StepFigures f) {
   // Boundaries in time order; per layer the first of each kind.
   std::vector<const Mark*> bounds;
   constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
@@ -274,7 +285,6 @@ inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::in
                 "' did not run its backward in the sample step; the step must call backward on a loss that "
                 "depends on every Checkpointed layer's output");
   }
-  StepFigures f;
   f.order.resize(n);
   for (std::size_t i = 0; i < n; ++i) f.order[i] = i;
   std::sort(f.order.begin(), f.order.end(), [&](std::size_t a, std::size_t b) { return fb[a] < fb[b]; });
@@ -352,6 +362,29 @@ inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::in
     f.recompute_ms.push_back(recompute[k]);
   }
   return f;
+}
+
+inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::int64_t end_peak, double end_ms,
+                          const std::vector<std::string>& labels, const std::vector<std::int64_t>& saved_per_call) {
+  StepFigures chain;
+  chain.calls = reduce_calls(marks, n, end_peak, end_ms, labels, saved_per_call);
+  // A chain: each layer one forward call and one backward, the forwards apart, the backwards in
+  // reverse order. Anything else is planned at call level (call_model.hpp).
+  {
+    const auto& c = chain.calls;
+    bool is_chain = c.layer.size() == n;
+    std::vector<std::size_t> calls_of(n, 0);
+    for (std::size_t i = 0; i < c.layer.size(); ++i) {
+      is_chain = is_chain && ++calls_of[c.layer[i]] == 1 && c.backward_point[i] != no_point &&
+                 c.end_point[i] == c.forward_point[i] + 1 &&
+                 (i == 0 || (c.forward_point[i] > c.end_point[i - 1] && c.backward_point[i] < c.backward_point[i - 1]));
+    }
+    if (!is_chain) {
+      chain.chain = false;
+      return chain;
+    }
+  }
+  return reduce_chain(marks, n, end_peak, end_ms, labels, std::move(chain));
 }
 
 template <class T>
@@ -449,16 +482,32 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
                              "); the model was left as it was. The error: ", e.what()));
       }
       if (s >= options.warmup_steps) {
-        runs[mode].push_back(reduce(marks, n, end_peak, end_ms, labels));
+        runs[mode].push_back(reduce(marks, n, end_peak, end_ms, labels, recorder->saved_per_call()));
         const auto saved = recorder->saved_bytes(n);
         for (auto k : runs[mode].back().order) runs[mode].back().saved.push_back(saved[k]);
       }
+    }
+    for (const auto& r : runs[mode]) {  // the same calls in every sample step (no data-dependent control flow)
+      const auto difference = first_difference(runs[0].front().calls.signature, r.calls.signature, labels);
+      ACTCKPT_CHECK(difference.empty(), UsageError, "actckpt::profile_step: the sample step called the layers "
+                    "differently when ", names[mode], " than in the first kept step (", difference, "); the planner "
+                    "needs a step whose calls do not depend on the data or on the layers' options");
     }
     const auto& order = runs[mode].front().order;
     for (const auto& r : runs[mode])
       ACTCKPT_CHECK(r.order == order, UsageError, "actckpt::profile_step: the layers ran in different orders in two sample steps");
     ACTCKPT_CHECK(mode == 0 || order == runs[0].front().order, UsageError,
                 "actckpt::profile_step: the layers ran in a different order when ", names[mode]);
+  }
+  bool chain = true;
+  for (const auto& mode_runs : runs)
+    for (const auto& r : mode_runs) chain = chain && r.chain;
+  if (!chain) {  // several calls per layer, several backwards: every call and segment (call_profile.hpp)
+    std::vector<std::vector<CallFigures>> calls(profiled_modes);
+    for (std::size_t mode = 0; mode < profiled_modes; ++mode)
+      for (const auto& r : runs[mode]) calls[mode].push_back(r.calls);
+    fill_call_profile(profile, calls, labels, options.reserve_bytes - guard_bytes);
+    return profile;
   }
   const auto& order = runs[0].front().order;
   profile.layers.resize(n);

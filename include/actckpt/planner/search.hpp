@@ -3,7 +3,8 @@
 /// The search for the fastest plan that fits a budget (`plan_for_budget`) and the smallest
 /// budget any plan fits (`smallest_feasible_budget`), on a profile alone: it needs no model and
 /// no torch::nn (the standard library, c10's checks, and plan.hpp / cost_model.hpp), so plans
-/// can be searched for from hand-made or stored profiles, and tested without a model.
+/// can be searched for from hand-made or stored profiles, and tested without a model. This is
+/// the search over chains; a call-level profile goes to call_model.hpp's branch and bound.
 ///
 /// ## Search (`plan_for_budget`)
 /// Dynamic programming over the chain: layers are added bottom up; a partial plan's future
@@ -52,6 +53,7 @@
 #include <c10/util/Exception.h>
 
 #include "actckpt/base/errors.hpp"
+#include "actckpt/planner/call_model.hpp"
 #include "actckpt/planner/cost_model.hpp"
 #include "actckpt/planner/plan.hpp"
 
@@ -457,6 +459,12 @@ inline std::optional<std::vector<LayerChoice>> search(const CostModel& model, st
 /// The smallest budget any plan fits, by the cost model (exact).
 inline std::int64_t smallest_feasible_budget(const StepProfile& profile, const OffloadCosts& costs = {}) {
   using namespace detail::planner;
+  if (!profile.is_chain()) {
+    const CallModel calls(profile, costs);
+    auto least = search_calls(calls, std::nullopt, /*minimize_peak=*/true);
+    ACTCKPT_CHECK(least.choices.has_value(), UsageError, "actckpt: the profile has no plan at all");
+    return evaluate_calls(calls, *least.choices).peak_bytes;
+  }
   const CostModel model(profile, costs);
   auto any = search(model, std::nullopt, feasibility_only);
   ACTCKPT_CHECK(any.has_value(), UsageError, "actckpt: the profile has no plan at all (empty?)");
@@ -481,8 +489,25 @@ inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budge
   ACTCKPT_CHECK(budget_bytes > 0, UsageError, "actckpt::plan_for_budget: the memory budget must be positive, got ", budget_bytes,
               " bytes");
   ACTCKPT_CHECK(!profile.layers.empty(), UsageError, "actckpt::plan_for_budget: the profile has no layers");
-  const CostModel model(profile, costs);
-  auto choices = search(model, budget_bytes, plan_time_tolerance);
+  std::optional<std::vector<LayerChoice>> choices;
+  double gap = plan_time_tolerance;  // the chain search's bound (search.hpp's file comment)
+  if (profile.is_chain()) {
+    choices = search(CostModel(profile, costs), budget_bytes, plan_time_tolerance);
+  } else {
+    const CallModel calls(profile, costs);
+    auto found = search_calls(calls, budget_bytes, /*minimize_peak=*/false);
+    choices = std::move(found.choices);
+    const double kept_ms = profile.step_ms[mode_index(ProfiledMode::keep)];
+    double extra_ms = found.ms;
+    if (!choices && !found.exact) {  // out of work before any plan: the least-peak plan, if it fits
+      auto least = search_calls(calls, std::nullopt, /*minimize_peak=*/true);
+      if (least.choices && evaluate_calls(calls, *least.choices).peak_bytes <= budget_bytes) {
+        choices = std::move(least.choices);
+        extra_ms = evaluate_calls(calls, *choices).step_ms - kept_ms;
+      }
+    }
+    gap = found.exact || !choices ? 0.0 : std::max(0.0, (kept_ms + extra_ms) / std::max(1e-12, kept_ms + found.lower_bound) - 1.0);
+  }
   if (!choices) {
     const auto floor = smallest_feasible_budget(profile, costs);
     throw InfeasibleBudget(c10::str("actckpt::plan_for_budget: no plan fits a budget of ", mib(budget_bytes),
@@ -503,6 +528,10 @@ inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budge
   const auto e = evaluate_plan(profile, plan.choices, costs);
   plan.predicted_peak_bytes = e.peak_bytes;
   plan.predicted_step_ms = e.step_ms;
+  plan.time_gap_bound = gap;
+  for (const auto& call : profile.calls) plan.call_sequence.push_back(call.layer);
+  if (profile.is_chain())  // a chain: each layer once, in forward order
+    for (std::size_t k = 0; k < profile.layers.size(); ++k) plan.call_sequence.push_back(k);
   return plan;
 }
 

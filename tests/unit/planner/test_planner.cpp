@@ -5,7 +5,10 @@
 
 #include "test_models.hpp"
 
+#include <chrono>
 #include <cmath>
+#include <functional>
+#include <set>
 
 using namespace test_models;
 using actckpt::Checkpointed;
@@ -847,4 +850,282 @@ TEST_CASE("planner: an applied offload-saved plan runs: bitwise gradients, every
   const auto measured = s.measured_peak();
   CHECK(measured <= plan.predicted_peak_bytes + largest_saved);
   CHECK(s.iso.pool->stats().live_bytes == 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps that are not chains (issue 28): call-level profiles, the call-level model and search,
+// on the training steps people write. New tensors and modules go on test_device::device().
+
+namespace {
+
+/// Linear, then BatchNorm (optional), then an activation: the blocks of an MLP-shaped DCGAN.
+struct DenseImpl : torch::nn::Module {
+  enum Act { relu, leaky, tanh, none };
+  DenseImpl(int64_t in, int64_t out, bool norm, Act act) : act_(act) {
+    fc = register_module("fc", torch::nn::Linear(in, out));
+    if (norm) bn = register_module("bn", torch::nn::BatchNorm1d(out));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    x = fc(x);
+    if (bn) x = bn(x);
+    switch (act_) {
+      case relu: return torch::relu(x);
+      case leaky: return torch::leaky_relu(x, 0.2);
+      case tanh: return torch::tanh(x);
+      case none: return x;
+    }
+    return x;
+  }
+  Act act_;
+  torch::nn::Linear fc{nullptr};
+  torch::nn::BatchNorm1d bn{nullptr};
+};
+TORCH_MODULE(Dense);
+using DenseLayer = Checkpointed<Dense, NoOffload>;
+
+/// A model of Checkpointed Dense layers on one private pool and context, its meter started
+/// before it, and a training step (gradients zeroed in place first; no optimizer step).
+struct CallStep {
+  IsolatedOffload iso;
+  actckpt::MemoryMeter meter{test_device::device(), iso.pool};
+  std::shared_ptr<torch::nn::Module> model = std::make_shared<torch::nn::Module>();
+  std::function<void()> body;
+
+  DenseLayer layer(int64_t in, int64_t out, bool norm, DenseImpl::Act act) {
+    DenseLayer l(Dense(in, out, norm, act));
+    l->set_offload_context(iso.context);
+    l->to(test_device::device());
+    return l;
+  }
+  void step() {
+    for (auto& p : model->parameters())
+      if (p.grad().defined()) p.mutable_grad().zero_();
+    torch::manual_seed(7);
+    body();
+    wait_until_idle(*iso.context);
+  }
+  /// The gradients' bytes, outside the device allocator: a reference kept while a peak is
+  /// measured must not be in the measurement.
+  std::vector<std::vector<char>> grads() {
+    std::vector<std::vector<char>> g;
+    for (auto& p : model->parameters()) {
+      if (!p.grad().defined()) {
+        g.emplace_back();
+        continue;
+      }
+      const auto host = p.grad().to(torch::kCPU).contiguous();
+      const auto* data = static_cast<const char*>(host.data_ptr());
+      g.emplace_back(data, data + host.nbytes());
+    }
+    return g;
+  }
+  std::int64_t measured_peak() {
+    step();
+    meter.reset_peak();
+    step();
+    return meter.device_peak_bytes();
+  }
+};
+
+/// Plans `s` at `count` budgets from the smallest feasible one to keeping every layer; at each,
+/// the plan applied: measured peak within the budget and within 10% of the prediction, and
+/// gradients bitwise those of the all-keep plan. Returns the search's slowest planning time (ms).
+double check_planned_budgets(CallStep& s, const actckpt::StepProfile& profile, int count = 4) {
+  actckpt::PlannerOptions options;
+  options.meter = &s.meter;
+  const std::vector<LayerChoice> keep_all(profile.layers.size(), LayerChoice::keep);
+  plan_of(profile, keep_all).apply(*s.model);
+  s.step();
+  const auto reference = s.grads();
+  const auto top = actckpt::evaluate_plan(profile, keep_all).peak_bytes;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto floor = actckpt::smallest_feasible_budget(profile);
+  double slowest_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  REQUIRE(floor < top);  // something to plan
+  std::set<std::string> plans;
+  for (int i = 0; i < count; ++i) {
+    const auto budget = floor + (top - floor) * i / (count - 1);
+    const auto t1 = std::chrono::steady_clock::now();
+    const auto plan = actckpt::plan_for_budget(profile, budget);
+    slowest_ms = std::max(slowest_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count());
+    const auto described = plan.describe();
+    plans.insert(described);
+    CAPTURE(budget);
+    CAPTURE(described);
+    CHECK(plan.predicted_peak_bytes <= budget);
+    // Small steps: the call-level search is exact; a chain's is within its stated tolerance.
+    CHECK(plan.time_gap_bound <= (profile.is_chain() ? actckpt::detail::planner::plan_time_tolerance : 0.0));
+    plan.apply(*s.model);
+    const auto measured = s.measured_peak();
+    MESSAGE("budget " << budget << ": predicted " << plan.predicted_peak_bytes << ", measured " << measured << " ("
+                      << described << ")");
+    CHECK(measured <= budget);
+    CHECK(relative_error(static_cast<double>(plan.predicted_peak_bytes), static_cast<double>(measured)) < 0.10);
+    s.step();
+    const auto grads = s.grads();
+    REQUIRE(grads.size() == reference.size());
+    for (std::size_t k = 0; k < grads.size(); ++k) CHECK(grads[k] == reference[k]);  // bitwise
+  }
+  CHECK(plans.size() >= 2);  // the budgets were not all planned alike: the test tested choices
+  return slowest_ms;
+}
+
+/// A DCGAN-shaped step (pytorch/examples' dcgan, MLP-sized): the discriminator's forward three
+/// times (real images, detached fakes, fakes for the generator's loss), three backward calls,
+/// the generator's forward once; BatchNorm in both.
+struct GanStep : CallStep {
+  static constexpr int64_t nz = 64, hidden = 512, image = 256, batch = 256;
+  torch::nn::Sequential g, d;
+  torch::Tensor real;
+  GanStep() {
+    torch::manual_seed(0);
+    g = model->register_module("g", torch::nn::Sequential(layer(nz, hidden, true, DenseImpl::relu),
+                                                          layer(hidden, hidden, true, DenseImpl::relu),
+                                                          layer(hidden, image, false, DenseImpl::tanh)));
+    d = model->register_module("d", torch::nn::Sequential(layer(image, hidden, false, DenseImpl::leaky),
+                                                          layer(hidden, hidden, true, DenseImpl::leaky),
+                                                          layer(hidden, 1, false, DenseImpl::none)));
+    model->train();
+    actckpt::label_layers(*model);
+    real = torch::rand({batch, image}, test_device::options()) * 2 - 1;
+    body = [this] { gan_step(/*generator_loss=*/true); };
+  }
+  void gan_step(bool generator_loss) {
+    auto bce = [](const torch::Tensor& logits, double target) {
+      return torch::binary_cross_entropy_with_logits(logits, torch::full_like(logits, target));
+    };
+    bce(d->forward(real), 1.0).backward();                       // D on real images
+    auto fake = g->forward(torch::randn({batch, nz}, test_device::options()));
+    bce(d->forward(fake.detach()), 0.0).backward();              // D on detached fakes
+    if (generator_loss) bce(d->forward(fake), 1.0).backward();   // G's loss through D
+  }
+};
+
+}  // namespace
+
+TEST_CASE("planner: a DCGAN step (discriminator forward 3 times, 3 backward calls) is planned at every budget") {
+  GanStep s;
+  actckpt::PlannerOptions options;
+  options.meter = &s.meter;
+  const auto profile = actckpt::profile_step(*s.model, [&] { s.step(); }, options);
+  REQUIRE(!profile.is_chain());
+  CHECK(profile.layers.size() == 6);
+  CHECK(profile.calls.size() == 3 + 3 * 3);  // G once, D three times
+  std::size_t with_backward = 0;
+  for (const auto& c : profile.calls) with_backward += c.backward_point.has_value() ? 1 : 0;
+  CHECK(with_backward == profile.calls.size());
+  const double ms = check_planned_budgets(s, profile);
+  MESSAGE("DCGAN step: slowest search " << ms << " ms");
+  CHECK(ms < 1000);
+}
+
+TEST_CASE("planner: a layer applied twice in one forward (shared weights), and a layer shared by two models") {
+  CallStep s;
+  torch::manual_seed(0);
+  // LeakyReLU saves its input (ReLU saves its output, which the next call holds anyway): each
+  // call keeps an activation that checkpointing drops.
+  auto first = s.layer(256, 512, false, DenseImpl::leaky);
+  // No BatchNorm here: a checkpointed BatchNorm applied several times in one forward is refused
+  // by the checkpoint itself (its recompute finds a saved tensor changed by the later calls).
+  auto twice = s.layer(512, 512, false, DenseImpl::leaky);
+  auto last = s.layer(512, 256, false, DenseImpl::none);
+  // Two models hold the shared layer: one step runs both; the planner sees it once.
+  auto encoder = s.model->register_module("encoder", torch::nn::Sequential(first, twice));
+  auto decoder = s.model->register_module("decoder", torch::nn::Sequential(twice, last));
+  s.model->train();
+  actckpt::label_layers(*s.model);
+  const auto x = torch::randn({256, 256}, test_device::options());
+  s.body = [&] {
+    auto h = twice(encoder->forward(x));  // the shared layer: twice in the encoder's output path
+    decoder->forward(h).pow(2).mean().backward();
+  };
+  CHECK(actckpt::detail::planner::find_layers(*s.model).size() == 3);
+  actckpt::PlannerOptions options;
+  options.meter = &s.meter;
+  const auto profile = actckpt::profile_step(*s.model, [&] { s.step(); }, options);
+  REQUIRE(!profile.is_chain());
+  CHECK(profile.layers.size() == 3);
+  CHECK(profile.calls.size() == 5);  // first, twice x3, last
+  check_planned_budgets(s, profile);
+}
+
+TEST_CASE("planner: a step of four accumulated micro-batches is planned at every budget") {
+  CallStep s;
+  torch::manual_seed(0);
+  auto net = s.model->register_module("net", torch::nn::Sequential());
+  const int64_t widths[] = {256, 768, 256, 768, 256};
+  for (int i = 0; i + 1 < 5; ++i) net->push_back(s.layer(widths[i], widths[i + 1], i % 2 == 0, DenseImpl::relu));
+  s.model->train();
+  actckpt::label_layers(*s.model);
+  const auto x = torch::randn({4, 128, 256}, test_device::options());
+  s.body = [&] {
+    for (int64_t m = 0; m < 4; ++m) (net->forward(x[m]).pow(2).mean() / 4).backward();
+  };
+  actckpt::PlannerOptions options;
+  options.meter = &s.meter;
+  const auto profile = actckpt::profile_step(*s.model, [&] { s.step(); }, options);
+  REQUIRE(!profile.is_chain());
+  CHECK(profile.calls.size() == 16);
+  check_planned_budgets(s, profile);
+}
+
+TEST_CASE("planner: a U-Net whose decoder concatenates the encoder's outputs (skips held) is planned at every budget") {
+  CallStep s;
+  torch::manual_seed(0);
+  auto enc1 = s.layer(128, 512, true, DenseImpl::relu), enc2 = s.layer(512, 256, true, DenseImpl::relu);
+  auto mid = s.layer(256, 256, true, DenseImpl::relu);
+  auto dec2 = s.layer(256 + 256, 512, true, DenseImpl::relu), dec1 = s.layer(512 + 512, 128, false, DenseImpl::none);
+  auto net = s.model->register_module("unet", torch::nn::Sequential(enc1, enc2, mid, dec2, dec1));
+  s.model->train();
+  actckpt::label_layers(*s.model);
+  const auto x = torch::randn({512, 128}, test_device::options());
+  s.body = [&] {
+    auto e1 = enc1(x);
+    auto e2 = enc2(e1);
+    auto d2 = dec2(torch::cat({mid(e2), e2}, 1));
+    dec1(torch::cat({d2, e1}, 1)).pow(2).mean().backward();
+  };
+  actckpt::PlannerOptions options;
+  options.meter = &s.meter;
+  const auto profile = actckpt::profile_step(*s.model, [&] { s.step(); }, options);
+  CHECK(profile.layers.size() == 5);
+  const double ms = check_planned_budgets(s, profile);
+  MESSAGE("U-Net (" << std::string(profile.is_chain() ? "chain" : "call level") << "): slowest search " << ms << " ms");
+  CHECK(ms < 1000);
+}
+
+TEST_CASE("planner: a training step whose calls differ from the planned step is reported once, naming the call") {
+  GanStep s;
+  actckpt::PlannerOptions options;
+  options.meter = &s.meter;
+  const auto profile = actckpt::profile_step(*s.model, [&] { s.step(); }, options);
+  const auto plan = actckpt::plan_for_budget(profile, actckpt::smallest_feasible_budget(profile));
+  plan.apply(*s.model);
+  SUBCASE("a warning by default") {
+    actckpt::PlanMonitor monitor(*s.model, plan);
+    s.step();
+    CHECK(monitor.step_done());
+    CHECK(monitor.report().empty());
+    s.body = [&] { s.gan_step(/*generator_loss=*/false); };  // the third discriminator call is gone
+    s.step();
+    CHECK_FALSE(monitor.step_done());
+    const auto report = monitor.report();
+    CAPTURE(report);
+    CHECK(report.find("forward call 10 was no call (the step ended) where the planned step has layer 'd.0'") !=
+          std::string::npos);
+    s.step();
+    CHECK_FALSE(monitor.step_done());
+    CHECK(monitor.report() == report);  // once
+  }
+  SUBCASE("a UsageError with SequenceCheck::strict") {
+    actckpt::PlanMonitor monitor(*s.model, plan, actckpt::SequenceCheck::strict);
+    s.body = [&] {  // another order: the generator first
+      auto fake = s.g->forward(torch::randn({GanStep::batch, GanStep::nz}, test_device::options()));
+      s.d->forward(fake.detach()).mean().backward();
+      s.d->forward(s.real).mean().backward();
+    };
+    s.step();
+    CHECK_THROWS_WITH_AS(monitor.step_done(), doctest::Contains("forward call 1 was layer 'g.0' where the planned step has layer 'd.0'"),
+                         actckpt::UsageError);
+  }
 }

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -226,6 +227,184 @@ TEST_CASE("planner depth: 128 and 512 layers plan in bounded time and memory, un
           if (simple.peak_bytes <= budget) CHECK(plan.predicted_step_ms <= simple.step_ms * (1 + tolerance));
         }
       }
+    }
+  }
+}
+
+namespace {
+
+/// A step that is not a chain, built by hand (call_model.hpp): `layers` layers making 1-3
+/// forward calls each in a random order, each call's backward (or, for one in five, none) at a
+/// random later point after every forward; per segment random levels and peaks in each uniform
+/// run, per call random held bytes (kept > checkpointed > offloaded), stash, saved bytes and
+/// recompute time. GPU-like: separate host memory, a 20 GB/s link, so all five choices are open.
+actckpt::StepProfile call_step(std::uint64_t seed, std::size_t layers) {
+  std::mt19937_64 rng(seed);
+  auto U = [&](double a, double b) { return std::uniform_real_distribution<double>(a, b)(rng); };
+  auto bytes = [](double mib) { return static_cast<std::int64_t>(mib * MiB); };
+  actckpt::StepProfile p;
+  p.d2h_bytes_per_s = p.h2d_bytes_per_s = 20e9;
+  p.host_memory_separate = true;
+  std::vector<std::size_t> calls;
+  for (std::size_t l = 0; l < layers; ++l) {
+    actckpt::LayerProfile lp;
+    lp.label = "layer " + std::to_string(l);
+    lp.module_index = l;
+    p.layers.push_back(lp);
+    const auto count = 1 + rng() % 3;
+    for (std::size_t c = 0; c < count; ++c) calls.push_back(l);
+  }
+  std::shuffle(calls.begin(), calls.end(), rng);
+  // Every layer's first call comes before its others: layers are listed by first forward.
+  std::vector<std::size_t> rename(layers, layers), order;
+  std::size_t next = 0;
+  for (auto& l : calls) {
+    if (rename[l] == layers) rename[l] = next++;
+    l = rename[l];
+  }
+  const std::size_t forwards = 2 * calls.size();
+  std::vector<std::size_t> backward_slots(calls.size());
+  for (std::size_t i = 0; i < calls.size(); ++i) backward_slots[i] = i;
+  std::shuffle(backward_slots.begin(), backward_slots.end(), rng);
+  const std::size_t m = forwards + calls.size() + 1;
+  p.start_bytes = bytes(U(100, 400));
+  p.head_peak_bytes = p.start_bytes + bytes(U(0, 16));
+  for (std::size_t j = 0; j < m; ++j) {
+    actckpt::StepPoint s;
+    const double level = U(100, 600);
+    for (std::size_t r = 0; r < actckpt::profiled_modes; ++r) {
+      s.level[r] = bytes(level * (r == 0 ? 1.0 : U(0.5, 1.0)));
+      s.peak[r] = s.level[r] + bytes(U(0, 128));
+    }
+    s.ms = U(0.2, 4);
+    p.points.push_back(s);
+  }
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    actckpt::CallProfile c;
+    c.layer = calls[i];
+    c.forward_point = 2 * i;
+    c.end_point = 2 * i + 1;
+    if (rng() % 5 != 0) c.backward_point = forwards + backward_slots[i];
+    c.held_bytes[0] = bytes(U(8, 128));
+    c.held_bytes[1] = static_cast<std::int64_t>(static_cast<double>(c.held_bytes[0]) * U(0.05, 0.5));
+    c.held_bytes[2] = static_cast<std::int64_t>(static_cast<double>(c.held_bytes[1]) * U(0.0, 0.8));
+    c.stash_bytes = c.held_bytes[1] - c.held_bytes[2];
+    c.saved_bytes = static_cast<std::int64_t>(static_cast<double>(c.held_bytes[0] - c.held_bytes[1]) * U(0.5, 1.0));
+    c.recompute_ms = U(0.2, 4);
+    p.calls.push_back(c);
+  }
+  p.step_ms[0] = 0;
+  for (const auto& s : p.points) p.step_ms[0] += s.ms;
+  return p;
+}
+
+/// Every plan of a call-level profile, by the cost model: (peak, time) per plan.
+std::vector<std::pair<std::vector<LayerChoice>, actckpt::PlanEstimate>> every_plan(const actckpt::StepProfile& p) {
+  const LayerChoice all[] = {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload,
+                             LayerChoice::async_offload, LayerChoice::offload_saved};
+  const actckpt::detail::planner::CallModel model(p, {});
+  std::vector<std::pair<std::vector<LayerChoice>, actckpt::PlanEstimate>> out;
+  std::vector<std::size_t> digit(p.layers.size(), 0);
+  while (true) {
+    std::vector<LayerChoice> choices;
+    bool allowed = true;
+    for (std::size_t l = 0; l < digit.size(); ++l) {
+      choices.push_back(all[digit[l]]);
+      allowed = allowed && model.allows(l, all[digit[l]]);
+    }
+    if (allowed) out.emplace_back(choices, actckpt::evaluate_plan(p, choices));
+    std::size_t l = 0;
+    while (l < digit.size() && ++digit[l] == 5) digit[l++] = 0;
+    if (l == digit.size()) break;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("planner depth: steps that are not chains, the call-level search against brute force over all 5^n plans" * test_device::no_tensors()) {
+  // 60 random steps of 2-6 layers (1-3 calls each, up to 18 calls): every plan's peak is a
+  // budget; the search's plan must fit and be as fast as the fastest plan that fits; the smallest
+  // feasible budget must be the least peak of any plan.
+  std::size_t budgets = 0;
+  for (std::uint64_t seed = 1; seed <= 60; ++seed) {
+    const auto p = call_step(seed, 2 + seed % 5);
+    REQUIRE(!p.is_chain());
+    const auto plans = every_plan(p);
+    std::int64_t least = std::numeric_limits<std::int64_t>::max();
+    for (const auto& [c, e] : plans) least = std::min(least, e.peak_bytes);
+    CAPTURE(seed);
+    CHECK(actckpt::smallest_feasible_budget(p) == least);
+    std::vector<std::int64_t> peaks;
+    for (const auto& [c, e] : plans) peaks.push_back(e.peak_bytes);
+    std::sort(peaks.begin(), peaks.end());
+    peaks.erase(std::unique(peaks.begin(), peaks.end()), peaks.end());
+    for (std::size_t i = 0; i < peaks.size(); i += std::max<std::size_t>(1, peaks.size() / 12)) {
+      const auto budget = peaks[i];
+      double fastest = std::numeric_limits<double>::infinity();
+      for (const auto& [c, e] : plans)
+        if (e.peak_bytes <= budget) fastest = std::min(fastest, e.step_ms);
+      const auto plan = actckpt::plan_for_budget(p, budget);
+      CHECK(plan.predicted_peak_bytes <= budget);
+      CHECK(plan.predicted_step_ms == doctest::Approx(fastest).epsilon(1e-12));
+      CHECK(plan.time_gap_bound == 0);
+      ++budgets;
+    }
+    CHECK_THROWS_AS(actckpt::plan_for_budget(p, least - 1), actckpt::InfeasibleBudget);
+  }
+  MESSAGE(budgets << " budgets checked");
+}
+
+TEST_CASE("planner depth: the call-level search stopped early proves its gap, and the gap holds" * test_device::no_tensors()) {
+  // The same random steps with the search's work limited so that it stops early: the plan still
+  // fits, and it is at most time_gap_bound slower than the brute-force optimum.
+  using namespace actckpt::detail::planner;
+  std::size_t stopped = 0;
+  for (std::uint64_t seed = 100; seed < 140; ++seed) {
+    const auto p = call_step(seed, 5 + seed % 2);
+    const auto plans = every_plan(p);
+    const CallModel model(p, {});
+    std::vector<std::int64_t> peaks;
+    for (const auto& [c, e] : plans) peaks.push_back(e.peak_bytes);
+    std::sort(peaks.begin(), peaks.end());
+    for (double q : {0.1, 0.5, 0.9}) {
+      const auto budget = peaks[static_cast<std::size_t>(q * static_cast<double>(peaks.size() - 1))];
+      double fastest = std::numeric_limits<double>::infinity();
+      for (const auto& [c, e] : plans)
+        if (e.peak_bytes <= budget) fastest = std::min(fastest, e.step_ms);
+      const auto found = search_calls(model, budget, false, /*work=*/200 * model.points());
+      if (!found.choices) continue;  // stopped before any plan: nothing to check but that it said so
+      const auto e = evaluate_calls(model, *found.choices);
+      CAPTURE(seed);
+      CHECK(e.peak_bytes <= budget);
+      const double kept = p.step_ms[0];
+      CHECK(found.lower_bound <= fastest - kept + 1e-9);  // a true lower bound
+      const double gap = (kept + found.ms) / (kept + found.lower_bound) - 1.0;
+      CHECK(e.step_ms <= fastest * (1.0 + gap) + 1e-9);
+      if (!found.exact) ++stopped;
+    }
+  }
+  CHECK(stopped >= 10);  // the limit did stop the search: the bound was exercised
+  MESSAGE(stopped << " searches stopped early");
+}
+
+TEST_CASE("planner depth: large call-level steps plan within the search's work limit and state their gap" * test_device::no_tensors()) {
+  // 32 and 64 layers of 1-3 calls (up to ~190 calls, ~570 segments): too many to search out, so
+  // the search stops at its work limit; the plan fits, and its stated gap is finite.
+  for (std::size_t layers : {32, 64}) {
+    const auto p = call_step(1000 + layers, layers);
+    const auto floor = actckpt::smallest_feasible_budget(p);
+    const auto top = actckpt::evaluate_plan(p, std::vector<LayerChoice>(layers, LayerChoice::keep)).peak_bytes;
+    for (double at : {0.3, 0.7}) {
+      const auto budget = floor + static_cast<std::int64_t>(static_cast<double>(top - floor) * at);
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto plan = actckpt::plan_for_budget(p, budget);
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      MESSAGE(layers << " layers, " << p.calls.size() << " calls, " << p.points.size() << " segments, budget at " << at
+                     << ": planned in " << ms << " ms, time_gap_bound " << plan.time_gap_bound);
+      CHECK(plan.predicted_peak_bytes <= budget);
+      CHECK(std::isfinite(plan.time_gap_bound));
+      CHECK(ms < 20000);
     }
   }
 }
