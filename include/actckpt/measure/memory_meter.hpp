@@ -48,6 +48,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -144,6 +145,19 @@ class MemoryHook final : public c10::MemoryReportingInfoBase {
     return false;
   }
 
+  /// Release tracking (CPU; the planner's profiler): blocks allocated from now on are tagged
+  /// with `epoch`, and each release of a block tagged with an epoch >= 0 adds its bytes to that
+  /// epoch's count, which `take_releases` hands out. -1 stops tagging (blocks keep their tag).
+  void set_epoch(int epoch) {
+    std::lock_guard<std::mutex> lock(blocks_mutex_);
+    epoch_ = epoch;
+  }
+  /// The bytes released since the last call, per allocation epoch (see `set_epoch`).
+  std::map<int, std::int64_t> take_releases() {
+    std::lock_guard<std::mutex> lock(blocks_mutex_);
+    return std::exchange(released_, {});
+  }
+
   /// Sets the sink (null removes it). When this returns, the old sink gets no more calls.
   void set_sink(MemorySink* sink) {
     std::lock_guard<std::mutex> lock(sink_mutex_);
@@ -159,11 +173,12 @@ class MemoryHook final : public c10::MemoryReportingInfoBase {
     {
       std::lock_guard<std::mutex> lock(blocks_mutex_);
       if (size > 0) {
-        blocks_[ptr] = size;
+        blocks_[ptr] = Block{size, epoch_};
       } else {
         auto it = blocks_.find(ptr);
         if (it == blocks_.end()) return;
-        size = -it->second;
+        size = -it->second.size;
+        if (it->second.epoch >= 0) released_[it->second.epoch] -= size;
         blocks_.erase(it);
       }
       now = current_.fetch_add(size, std::memory_order_relaxed) + size;
@@ -185,8 +200,14 @@ class MemoryHook final : public c10::MemoryReportingInfoBase {
   const std::shared_ptr<c10::ThreadLocalDebugInfo> outer_chain_;
   c10::MemoryReportingInfoBase* const outer_;
 
+  struct Block {
+    std::int64_t size;
+    int epoch;  // see set_epoch; -1: untagged
+  };
   std::mutex blocks_mutex_;
-  std::unordered_map<void*, std::int64_t> blocks_;
+  std::unordered_map<void*, Block> blocks_;
+  int epoch_ = -1;
+  std::map<int, std::int64_t> released_;  // per allocation epoch, since the last take_releases
   std::atomic<std::int64_t> current_{0};
   std::atomic<std::int64_t> peak_{0};
 
@@ -268,6 +289,15 @@ class MemoryMeter {
 
   /// True when allocations made on the calling thread are counted by this meter.
   bool counts_this_thread() const { return hook_->active_on_this_thread(); }
+
+  /// Whether this meter can tell which releases free blocks allocated in an earlier epoch
+  /// (CPU: it sees every block; CUDA: the allocator's statistics only, so no).
+  bool tracks_releases() const { return device_.is_cpu(); }
+  /// CPU: blocks allocated from now on belong to `epoch` (>= 0; -1 stops tagging), and
+  /// `take_releases()` returns the bytes released since its last call per allocation epoch. The
+  /// memory planner's profiler uses it to find releases whose timing depends on the plan.
+  void set_epoch(int epoch) { hook_->set_epoch(epoch); }
+  std::map<int, std::int64_t> take_releases() { return hook_->take_releases(); }
 
   /// Sends every allocation and release to `sink` (null stops); used by `MemoryTimeline`.
   void set_sink(MemorySink* sink) { hook_->set_sink(sink); }

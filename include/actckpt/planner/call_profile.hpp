@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,12 +32,16 @@ namespace detail::planner {
 /// One event of a profiled step. Boundaries (forward_begin/end, backward_begin) carry the meter
 /// readings; copies carry bytes.
 struct Mark {
-  EventKind kind;
-  std::size_t layer;  // index in modules() order
-  double ms;          // since the step started
+  EventKind kind{};
+  std::size_t layer = 0;  // index in modules() order
+  double ms = 0;      // since the step started
   std::int64_t bytes_now = 0;
   std::int64_t peak_before = 0;  // the peak since the previous boundary
   std::int64_t copy_bytes = 0;
+  /// Boundaries, where the meter tracks releases (CPU): the bytes released since the previous
+  /// boundary, per allocation epoch (epoch e: allocated between boundaries e - 1 and e; the
+  /// step's start counts as boundary -1).
+  std::map<int, std::int64_t> released;
 };
 
 inline bool is_boundary(EventKind k) {

@@ -51,6 +51,7 @@
 #include <exception>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -178,6 +179,11 @@ class StepRecorder final : public Observer {
     current_ = none_;
     synchronize();
     meter_.reset_peak();
+    boundaries_ = 0;
+    if (meter_.tracks_releases()) {
+      meter_.take_releases();
+      meter_.set_epoch(0);
+    }
     start_bytes_ = meter_.device_bytes();
     start_ = std::chrono::steady_clock::now();
   }
@@ -187,6 +193,7 @@ class StepRecorder final : public Observer {
     synchronize();
     end_peak = meter_.device_peak_bytes();
     end_ms = elapsed_ms(std::chrono::steady_clock::now());
+    if (meter_.tracks_releases()) meter_.set_epoch(-1);
     return std::move(marks_);
   }
 
@@ -198,7 +205,10 @@ class StepRecorder final : public Observer {
     if (found == index_of_.end()) return;
     const std::size_t layer = found->second;
     std::lock_guard<std::mutex> lock(mutex_);
-    Mark m{e.kind, layer, elapsed_ms(e.time)};
+    Mark m;
+    m.kind = e.kind;
+    m.layer = layer;
+    m.ms = elapsed_ms(e.time);
     if (e.kind == EventKind::forward_begin) {
       current_ = layer;
       current_call_ = saved_per_call_.size();
@@ -214,6 +224,10 @@ class StepRecorder final : public Observer {
         m.peak_before = meter_.device_peak_bytes();
         m.bytes_now = meter_.device_bytes();
         meter_.reset_peak();
+        if (meter_.tracks_releases()) {
+          m.released = meter_.take_releases();
+          meter_.set_epoch(static_cast<int>(++boundaries_));
+        }
         break;
       case EventKind::offload_begin:
       case EventKind::offload_end:
@@ -247,6 +261,7 @@ class StepRecorder final : public Observer {
   std::set<const void*> seen_, excluded_;  // storages counted this step; parameters' and buffers'
 
   std::int64_t start_bytes_ = 0;
+  std::size_t boundaries_ = 0;  // boundaries so far this step: the meter's allocation epoch
   std::chrono::steady_clock::time_point start_;
 };
 
@@ -257,6 +272,11 @@ struct StepFigures {
   std::vector<double> forward_ms, backward_ms, recompute_ms, offload_ms, restore_ms;
   std::int64_t start_bytes = 0, head_peak = 0, tail_peak = 0, step_peak = 0;
   double tail_ms = 0, step_ms = 0;
+  /// Releases of blocks allocated in an earlier span than the one they are released in, by
+  /// (allocating span, releasing span), bytes. Spans in forward order: -1 before the first
+  /// layer, p the forward of layer p and the caller's code up to the next layer's forward, n the
+  /// tail (loss) up to the first backward. Only where the meter tracks releases (CPU).
+  std::map<std::pair<int, int>, std::int64_t> old_released;
   bool chain = true;  // the step is a chain: the figures above; otherwise only `calls` is filled
   CallFigures calls;  // every step, chain or not (the call sequence is compared across runs)
 };
@@ -310,6 +330,20 @@ inline StepFigures reduce_chain(const std::vector<Mark>& marks, std::size_t n, s
   f.step_ms = end_ms;
   f.step_peak = end_peak;
   for (const auto* b : bounds) f.step_peak = std::max(f.step_peak, b->peak_before);
+  {  // which span each boundary closes (see `old_released`); backward: n + 1
+    std::vector<int> span(bounds.size() + 1, static_cast<int>(n) + 1);
+    for (std::size_t i = 0; i < span.size(); ++i) {
+      int p = -1;
+      while (p + 1 < static_cast<int>(n) && i > fb[f.order[static_cast<std::size_t>(p + 1)]]) ++p;
+      if (p == static_cast<int>(n) - 1 && i > fe[last]) p = i <= bb[last] ? static_cast<int>(n) : static_cast<int>(n) + 1;
+      span[i] = p;
+    }
+    for (std::size_t i = 0; i < bounds.size(); ++i)
+      for (const auto& [epoch, bytes] : bounds[i]->released) {
+        const int from = span[std::min<std::size_t>(static_cast<std::size_t>(epoch), bounds.size())], at = span[i];
+        if (from < at && at <= static_cast<int>(n)) f.old_released[{from, at}] += bytes;
+      }
+  }
   for (std::size_t p = 0; p < n; ++p) {
     const auto k = f.order[p];
     const auto level = bounds[fb[k]]->bytes_now;
@@ -385,6 +419,63 @@ inline StepFigures reduce(const std::vector<Mark>& marks, std::size_t n, std::in
     }
   }
   return reduce_chain(marks, n, end_peak, end_ms, labels, std::move(chain));
+}
+
+/// The chain model adds up per-layer figures measured in uniform runs. A release in one layer's
+/// span of a block allocated in an earlier span can depend on more than that layer's choice: the
+/// output of a layer that the next one does not take as its input (it goes through the caller's
+/// code, `cat({mid(e2), e2})`) is held by that layer's saves when it is kept and released when the
+/// expression ends when it is checkpointed, so a plan that keeps it and checkpoints the next layer
+/// keeps the block while the figures of the next layer's checkpointed run count it as gone.
+/// No plan may count on such a release: every release the kept and the checkpointed runs do not
+/// both make, with the same bytes in the same span, is taken back out of the figures of the run
+/// that makes it (held and forward peak of the releasing span's layer, backward peaks of the
+/// layers from the allocating span up to the releasing one, the tail's peak), as if the block
+/// lived until its allocating layer's backward. A plan that does release it is then predicted a
+/// little high, never low. The sync-offloaded run's figures are left as measured: its releases
+/// include the stashes it moves, which are its point (and the meter of a device with separate
+/// host memory, CUDA, does not see single blocks).
+inline void retain_plan_dependent_releases(StepProfile& profile, const std::vector<std::vector<StepFigures>>& runs) {
+  using Spans = std::pair<int, int>;
+  const auto K = mode_index(ProfiledMode::keep), C = mode_index(ProfiledMode::checkpoint);
+  const int n = static_cast<int>(profile.layers.size());
+  auto fold = [&](std::size_t mode, bool most) {  // per spans, over the run's steps: the most, or the least
+    std::map<Spans, std::int64_t> out;
+    for (const auto& [spans, bytes] : runs[mode].front().old_released) out[spans] = bytes;
+    for (std::size_t s = 1; s < runs[mode].size(); ++s) {
+      const auto& step = runs[mode][s].old_released;
+      if (most) {
+        for (const auto& [spans, bytes] : step) out[spans] = std::max(out[spans], bytes);
+      } else {
+        for (auto& [spans, bytes] : out) {
+          const auto found = step.find(spans);
+          bytes = std::min(bytes, found == step.end() ? std::int64_t{0} : found->second);
+        }
+      }
+    }
+    return out;
+  };
+  const auto least_k = fold(K, false), least_c = fold(C, false);
+  auto both = [&](const Spans& spans) {
+    const auto k = least_k.find(spans), c = least_c.find(spans);
+    return std::min(k == least_k.end() ? std::int64_t{0} : k->second, c == least_c.end() ? std::int64_t{0} : c->second);
+  };
+  for (const auto mode : {K, C}) {
+    for (const auto& [spans, bytes] : fold(mode, true)) {
+      const auto [from, at] = spans;
+      const std::int64_t kept_alive = bytes - both(spans);
+      if (kept_alive <= 0) continue;
+      if (at < n) {
+        auto& l = profile.layers[static_cast<std::size_t>(at)];
+        l.held_bytes[mode] += kept_alive;
+        l.forward_peak_bytes[mode] += kept_alive;
+      } else if (mode == K) {
+        profile.tail_peak_bytes += kept_alive;  // the tail's figures are the kept run's
+      }
+      for (int k = std::max(from + 1, 0); k <= std::min(at, n - 1); ++k)
+        profile.layers[static_cast<std::size_t>(k)].backward_peak_bytes[mode] += kept_alive;
+    }
+  }
 }
 
 template <class T>
@@ -557,6 +648,7 @@ inline StepProfile profile_step(torch::nn::Module& model, const std::function<vo
     profile.step_ms[mode] = scalar(mode, &StepFigures::step_ms);
     profile.step_peak_bytes[mode] = scalar(mode, &StepFigures::step_peak) + shift;
   }
+  if (meter.tracks_releases()) retain_plan_dependent_releases(profile, runs);
   if (copied > 0 && offload_ms > 0) profile.d2h_bytes_per_s = copied / (offload_ms / 1e3);
   if (copied > 0 && restore_ms > 0) profile.h2d_bytes_per_s = copied / (restore_ms / 1e3);
   return profile;

@@ -970,6 +970,33 @@ double check_planned_budgets(CallStep& s, const actckpt::StepProfile& profile, i
   return slowest_ms;
 }
 
+/// Every plan of keeping and checkpointing (2^n), not only those the search picked at a few
+/// budgets: which of several near-equal plans the search picks depends on the measured times,
+/// and a plan measured above its prediction would break a budget the day the search picks it.
+/// Each: measured peak at most the prediction and within 10% of it.
+void check_every_plan(CallStep& s, const actckpt::StepProfile& profile) {
+  const std::size_t n = profile.layers.size();
+  REQUIRE(n <= 8);
+  const LayerChoice two[] = {LayerChoice::keep, LayerChoice::checkpoint};
+  int low = 0;
+  for (unsigned bits = 0; bits < (1u << n); ++bits) {
+    std::vector<LayerChoice> choices;
+    for (std::size_t k = 0; k < n; ++k) choices.push_back(two[(bits >> k) & 1]);
+    const auto plan = plan_of(profile, choices);
+    const auto predicted = actckpt::evaluate_plan(profile, choices).peak_bytes;
+    plan.apply(*s.model);
+    const auto measured = s.measured_peak();
+    CAPTURE(plan.describe());
+    CAPTURE(predicted);
+    CAPTURE(measured);
+    CHECK(measured <= predicted);
+    CHECK(relative_error(static_cast<double>(predicted), static_cast<double>(measured)) < 0.10);
+    low += measured > predicted ? 1 : 0;
+  }
+  MESSAGE(profile.layers.front().label << "...: " << (1u << n) << " plans of keeping and checkpointing, " << low
+                                       << " measured above their prediction");
+}
+
 /// A DCGAN-shaped step (pytorch/examples' dcgan, MLP-sized): the discriminator's forward three
 /// times (real images, detached fakes, fakes for the generator's loss), three backward calls,
 /// the generator's forward once; BatchNorm in both.
@@ -1017,6 +1044,7 @@ TEST_CASE("planner: a DCGAN step (discriminator forward 3 times, 3 backward call
   const double ms = check_planned_budgets(s, profile);
   MESSAGE("DCGAN step: slowest search " << ms << " ms");
   CHECK(ms < 1000);
+  check_every_plan(s, profile);
 }
 
 TEST_CASE("planner: a layer applied twice in one forward (shared weights), and a layer shared by two models") {
@@ -1047,6 +1075,7 @@ TEST_CASE("planner: a layer applied twice in one forward (shared weights), and a
   CHECK(profile.layers.size() == 3);
   CHECK(profile.calls.size() == 5);  // first, twice x3, last
   check_planned_budgets(s, profile);
+  check_every_plan(s, profile);
 }
 
 TEST_CASE("planner: a step of four accumulated micro-batches is planned at every budget") {
@@ -1067,6 +1096,7 @@ TEST_CASE("planner: a step of four accumulated micro-batches is planned at every
   REQUIRE(!profile.is_chain());
   CHECK(profile.calls.size() == 16);
   check_planned_budgets(s, profile);
+  check_every_plan(s, profile);
 }
 
 TEST_CASE("planner: a U-Net whose decoder concatenates the encoder's outputs (skips held) is planned at every budget") {
@@ -1092,6 +1122,10 @@ TEST_CASE("planner: a U-Net whose decoder concatenates the encoder's outputs (sk
   const double ms = check_planned_budgets(s, profile);
   MESSAGE("U-Net (" << std::string(profile.is_chain() ? "chain" : "call level") << "): slowest search " << ms << " ms");
   CHECK(ms < 1000);
+  // (Keeping mid and checkpointing dec2 keeps mid's output alive through mid's saves, which the
+  // checkpointed run releases as the cat's expression ends: that plan was predicted 512 KiB low
+  // before the profiler took plan-dependent releases out of the figures.)
+  check_every_plan(s, profile);
 }
 
 TEST_CASE("planner: a training step whose calls differ from the planned step is reported once, naming the call") {
