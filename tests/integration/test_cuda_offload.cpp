@@ -272,7 +272,8 @@ TEST_CASE("[cuda] disk store: CUDA tensors round-trip bitwise through cuFile (gp
   torch::manual_seed(7);
   for (const auto gpu_direct : {actckpt::GpuDirect::automatic, actckpt::GpuDirect::off}) {
     for (const bool direct : {false, true}) {
-      CAPTURE(actckpt::to_string(gpu_direct));
+      const std::string mode(actckpt::to_string(gpu_direct));
+      CAPTURE(mode);
       CAPTURE(direct);
       actckpt::DiskStoreOptions o;
       o.directory = dir;
@@ -283,7 +284,7 @@ TEST_CASE("[cuda] disk store: CUDA tensors round-trip bitwise through cuFile (gp
       const std::string path = store->io_path(c10::DeviceType::CUDA);
       CAPTURE(path);
       // The GPU check prints this line: which path the GPU machine took (GDS, cuFile's compatibility mode, or staging and why).
-      std::cout << "[disk io_path] gpu_direct=" << actckpt::to_string(gpu_direct) << " direct_io=" << direct << ": " << path
+      std::cout << "[disk io_path] gpu_direct=" << mode << " direct_io=" << direct << ": " << path
                 << std::endl;
       if (gpu_direct == actckpt::GpuDirect::off) {
         CHECK(path == "pinned staging (cuFile: DiskStoreOptions::gpu_direct is off)");

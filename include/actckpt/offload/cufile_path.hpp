@@ -20,10 +20,12 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 
 #include "actckpt/base/config.hpp"
@@ -48,10 +50,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <future>
 #include <map>
 #include <mutex>
-#include <thread>
 #endif
 
 namespace actckpt {
@@ -68,7 +68,23 @@ inline std::optional<GpuDirect> gpu_direct_from_string(std::string_view name) {
   if (name == "off") return GpuDirect::off;
   return std::nullopt;
 }
-inline const char* to_string(GpuDirect g) { return g == GpuDirect::off ? "off" : "auto"; }
+constexpr std::string_view to_string(GpuDirect g) noexcept { return g == GpuDirect::off ? "off" : "auto"; }
+
+namespace cufile_detail {
+
+/// `f()` on a thread of its own: its result where it returns within `timeout`, else nullopt (the
+/// thread is left to finish, or not, on its own; it owns what it uses).
+template <class F>
+auto call_with_timeout(F f, std::chrono::milliseconds timeout) -> std::optional<decltype(f())> {
+  using R = decltype(f());
+  auto done = std::make_shared<std::promise<R>>();
+  std::future<R> result = done->get_future();
+  std::thread([done, f = std::move(f)]() mutable { done->set_value(f()); }).detach();
+  if (result.wait_for(timeout) != std::future_status::ready) return std::nullopt;
+  return result.get();
+}
+
+}  // namespace cufile_detail
 
 #if ACTCKPT_HAVE_CUFILE
 
@@ -129,14 +145,12 @@ inline const Library& library(const std::string& name, std::chrono::milliseconds
     return lib;
   }
   // On a thread of its own: a driver open that never returns costs that thread, not the caller.
-  auto opened = std::make_shared<std::promise<CUfileError_t>>();
-  std::future<CUfileError_t> result = opened->get_future();
-  std::thread([opened, open = lib.api.driver_open] { opened->set_value(open()); }).detach();
-  if (result.wait_for(driver_open_timeout) != std::future_status::ready) {
+  const auto opened = call_with_timeout([open = lib.api.driver_open] { return open(); }, driver_open_timeout);
+  if (!opened) {
     lib.error = c10::str("cuFileDriverOpen did not return within ", driver_open_timeout.count(), " ms");
     return lib;
   }
-  const CUfileError_t status = result.get();
+  const CUfileError_t status = *opened;
   if (status.err != CU_FILE_SUCCESS) {
     lib.error = c10::str("cuFileDriverOpen failed: ", error_text(status));
     return lib;

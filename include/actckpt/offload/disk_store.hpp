@@ -468,7 +468,7 @@ class DiskStore : public std::enable_shared_from_this<DiskStore> {
     if (r < 0) {
       std::lock_guard<std::mutex> lock(cufile_mutex_);
       cufile_why_not_ = c10::str(to_disk ? "cuFileWrite" : "cuFileRead", " of ", n, " bytes at offset ", extent.offset(),
-                                 " failed: ", error, "; pinned staging since");
+                                 " failed: ", error, "; this store stages through pinned memory from then on");
       cufile_.reset();
       return false;
     }

@@ -17,7 +17,10 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdlib>
+#include <future>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -226,6 +229,23 @@ TEST_CASE("disk store: the I/O path each device takes, gpu_direct auto and off, 
 #endif
   CHECK(usual->io_path(c10::DeviceType::CUDA) == usual_path);  // decided once per store
   CHECK(entries(dir.path).empty());
+}
+
+TEST_CASE("disk store: cuFile's driver open is given up after its timeout, its thread left to finish" *
+          test_device::no_tensors()) {
+  using namespace std::chrono_literals;
+  using actckpt::cufile_detail::call_with_timeout;
+  CHECK(call_with_timeout([] { return 42; }, 10s) == std::optional<int>(42));
+  // A call that does not return (cuFileDriverOpen on a machine without a CUDA driver did not).
+  auto gate = std::make_shared<std::promise<void>>();
+  std::shared_future<void> opened = gate->get_future().share();
+  const auto start = std::chrono::steady_clock::now();
+  const auto stuck = call_with_timeout([opened] { opened.wait(); return 1; }, 100ms);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  CHECK(!stuck.has_value());
+  CHECK(waited >= 100ms);
+  CHECK(waited < 5s);
+  gate->set_value();  // the abandoned thread ends
 }
 
 TEST_CASE_TEMPLATE("DiskOffload trains bitwise through the disk tier; checksums pass; no host memory used", Policy,
