@@ -27,7 +27,8 @@
 #      tier's CUDA paths, ...) with ACTCKPT_REQUIRE_CUDA=1: a case that finds no device fails
 #      instead of being skipped; the I/O path the disk store chose for CUDA tensors (cuFile's
 #      GPUDirect Storage, its compatibility mode, or pinned staging and why) is printed and put
-#      in summary.txt ("[disk io_path]" lines), cuFile's own cufile.log into logs.tgz;
+#      in summary.txt ("[disk io_path]" lines; the main job's disk modes report theirs in
+#      results.md and results.json), cuFile's own cufile.log into logs.tgz;
 #   5. the whole unit and integration suite on CUDA tensors, both checkpoint forms (ctest label
 #      `unit` without unit.cuda, under ACTCKPT_TEST_DEVICE=cuda: the device switch of
 #      tests/support/test_device.hpp), until the time budget (BUDGET_S after the start) is spent;
