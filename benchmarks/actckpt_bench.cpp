@@ -188,6 +188,7 @@ class TrainStep : public benchmark::Fixture {
     if (const auto& disk = session_->offload_context().disk_ptr()) {
       result.disk_peak_bytes = std::max(result.disk_peak_bytes, static_cast<int64_t>(disk->stats().peak_live_bytes));
       result.host_budget_bytes = static_cast<int64_t>(meter.pool().limit());
+      result.disk_io_path = disk->io_path(session_->device().type());
     }
     result.resident_bytes = meter.device_bytes();
     result.floor = analytic_floor(*session_, run.options.model, result.resident_bytes, run.probe(keeps_activations(mode) ? StackMode::baseline : StackMode::ckpt_classic),

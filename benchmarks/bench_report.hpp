@@ -49,6 +49,7 @@ struct ModeResult {
   int64_t resident_bytes = 0;    // device bytes between steps
   int64_t disk_peak_bytes = 0;   // the disk tier's modes: the most the disk store held
   int64_t host_budget_bytes = 0; // the disk tier's modes: the host pool's limit
+  std::string disk_io_path;      // the disk tier's modes: how the store moved the device's tensors (DiskStore::io_path)
   Floor floor;
   std::unique_ptr<actckpt::MemoryTimeline> timeline;
 
@@ -118,6 +119,24 @@ inline std::string fmt(const char* format, double v) {
   return buf;
 }
 inline std::string fmt_delta(std::optional<double> d) { return d ? fmt("%+.2f%%", *d) : std::string("—"); }
+
+/// `s` as a JSON string (quotes, backslashes and control characters escaped).
+inline std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
 
 /// `s` padded to `width` columns (UTF-8 aware: "—" is one column), right-aligned by default.
 inline std::string pad(const std::string& s, std::size_t width, bool right = true) {
@@ -402,6 +421,12 @@ class Report {
           << pad(fmt("%.2f", mib(r->disk_peak_bytes)), 14) << " | " << pad(fmt("%.2f", mib(r->pool_peak_reserved_bytes)), 19)
           << " | " << pad(fmt("%.2f", mib(r->host_budget_bytes)), 16) << " |\n";
     }
+    for (auto mode : actckpt::models::all_stack_modes) {  // which I/O path moved the stashes (cuFile on CUDA, or why not)
+      const auto* r = find(mode);
+      if (r && actckpt::models::uses_disk(mode) && !r->disk_io_path.empty())
+        out << "\n" << actckpt::models::to_string(mode)
+            << " I/O path: " << r->disk_io_path << "\n";
+    }
   }
 
   void write_csv(const std::string& path) const {
@@ -493,7 +518,8 @@ class Report {
             << fmt("%.4f", mib(r->host_budget_bytes)) << ", \"host_pool_peak_held_MB\": "
             << fmt("%.4f", mib(r->pool_peak_reserved_bytes)) << ", \"host_within_budget\": "
             << (r->pool_peak_reserved_bytes <= r->host_budget_bytes ? "true" : "false")
-            << ", \"time_vs_async_offload_pct\": " << num(time_vs(mode, StackMode::ckpt_async_offload)) << "}";
+            << ", \"time_vs_async_offload_pct\": " << num(time_vs(mode, StackMode::ckpt_async_offload))
+            << ", \"io_path\": " << json_string(r->disk_io_path) << "}";
       }
       out << "}";
     }

@@ -21,6 +21,10 @@
 #                         (default: /usr/include:/usr/include/torch/csrc/api/include)
 #   --torch-flags FLAGS   LibTorch's compile flags (default: -D_GLIBCXX_USE_CXX11_ABI=1)
 #   --cuda-include DIR    CUDA headers (default: $CUDA_HOME/include, else /usr/local/cuda/include)
+#   --cufile-include DIR  cufile.h, for the disk tier's GPUDirect Storage path (default: the torch
+#                         wheel's .venv/lib/python3*/site-packages/nvidia/cu*/include in the
+#                         checkout where it has one; 'none' leaves the path out, as a build without
+#                         cufile.h does)
 #   --source FILE         file to check (default: tests/cuda_check/cuda_path.cpp)
 #   --no-werror           report warnings without failing on them
 # Environment: ACTCKPT_NO_FETCH=1 skips apt-get (offline machines); ACTCKPT_DEBS_DIR names a
@@ -35,6 +39,7 @@ cache=$root/build/cuda-check
 torch_include=/usr/include:/usr/include/torch/csrc/api/include
 torch_flags=-D_GLIBCXX_USE_CXX11_ABI=1
 cuda_include=${CUDA_HOME:-/usr/local/cuda}/include
+cufile_include=
 source=$root/tests/cuda_check/cuda_path.cpp
 werror=-Werror
 mode=
@@ -50,6 +55,7 @@ while (($#)); do
     --torch-include) torch_include=$2; shift 2 ;;
     --torch-flags) torch_flags=$2; shift 2 ;;
     --cuda-include) cuda_include=$2; shift 2 ;;
+    --cufile-include) cufile_include=$2; shift 2 ;;
     --source) source=$2; shift 2 ;;
     --no-werror) werror=; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -93,6 +99,20 @@ fetch_trixie_debs() {
   return 1
 }
 
+if [[ -z $cufile_include ]]; then
+  for h in "$root"/.venv/lib/python3*/site-packages/nvidia/cu*/include/cufile.h; do
+    [[ -f $h ]] && { cufile_include=$(dirname "$h"); break; }
+  done
+fi
+cufile_flags=()
+if [[ -n $cufile_include && $cufile_include != none ]]; then
+  [[ -f $cufile_include/cufile.h ]] || { echo "error: no cufile.h in $cufile_include" >&2; exit 2; }
+  cufile_flags=(-isystem "$cufile_include")
+  cufile_label="with cufile.h from $cufile_include"
+else
+  cufile_label="without cufile.h (the cuFile path left out)"
+fi
+
 includes=()
 case $mode in
   system)
@@ -130,8 +150,8 @@ esac
 
 # shellcheck disable=SC2206  # torch_flags is a list of flags
 cmd=("$cxx" "$std" -fsyntax-only -Wall -Wextra $werror -DACTCKPT_WITH_CUDA=1 $torch_flags
-  -I"$root/include" "${includes[@]}" -isystem "$cuda_include" "$source")
-echo "checking the CUDA path of actckpt against $label"
+  -I"$root/include" "${includes[@]}" -isystem "$cuda_include" "${cufile_flags[@]}" "$source")
+echo "checking the CUDA path of actckpt against $label, $cufile_label"
 echo "+ ${cmd[*]}"
 start=$SECONDS
 if "${cmd[@]}"; then

@@ -23,8 +23,12 @@
 #   3. build actckpt_tests and actckpt_bench only;
 #   4. the CUDA-only test cases first (ctest unit.cuda: the [cuda] cases: offload over side
 #      streams, fp16 autocast, OffloadSaved and SyncOffloadSaved on CUDA, the reentrant form on
-#      CUDA, the copy engine's CUDA events, the pinned slab pool and its reuse fence, ...) with
-#      ACTCKPT_REQUIRE_CUDA=1: a case that finds no device fails instead of being skipped;
+#      CUDA, the copy engine's CUDA events, the pinned slab pool and its reuse fence, the disk
+#      tier's CUDA paths, ...) with ACTCKPT_REQUIRE_CUDA=1: a case that finds no device fails
+#      instead of being skipped; the I/O path the disk store chose for CUDA tensors (cuFile's
+#      GPUDirect Storage, its compatibility mode, or pinned staging and why) is printed and put
+#      in summary.txt ("[disk io_path]" lines; the main job's disk modes report theirs in
+#      results.md and results.json), cuFile's own cufile.log into logs.tgz;
 #   5. the whole unit and integration suite on CUDA tensors, both checkpoint forms (ctest label
 #      `unit` without unit.cuda, under ACTCKPT_TEST_DEVICE=cuda: the device switch of
 #      tests/support/test_device.hpp), until the time budget (BUDGET_S after the start) is spent;
@@ -266,7 +270,14 @@ cuda_cases() {
   ACTCKPT_TEST_DEVICE=$device ACTCKPT_REQUIRE_CUDA=$require OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$build" \
     -L '^cuda$' --output-on-failure -j "$jobs" --timeout 300 --output-junit "$logs/ctest-cuda.xml" || rc=$?
   keep_test_log lasttest-cuda.log
+  disk_io_path
   return "$rc"
+}
+
+# The disk store's I/O path for CUDA tensors, as the [cuda] disk store case reported it.
+disk_io_path() {
+  grep -h '^\[disk io_path\]' "$logs/lasttest-cuda.log" 2>/dev/null ||
+    echo "[disk io_path] not reported: the [cuda] disk store case did not run"
 }
 
 seed_args=(--device cuda --total_tokens 12000 --num_layers 12 --hidden_dim 1024 --head_dim 64 --ff_dim 4096
@@ -354,6 +365,9 @@ pack_out() {
   for f in results.md results.json activation_ckpt_benchmark.png memory_timeline.png memory_budget_pareto.png; do
     [[ -f $job_out/$f ]] && cp "$job_out/$f" "$out/"
   done
+  local cufile_log
+  cufile_log=$(find "$build" -name cufile.log -print -quit 2>/dev/null)
+  [[ -n $cufile_log ]] && cp "$cufile_log" "$logs/cufile.log"
   local parts=(logs)
   [[ -d $job_out ]] && parts+=(main-job)
   [[ -d $work/planned ]] && parts+=(planned)
@@ -379,6 +393,7 @@ finish() {
     for i in "${!names[@]}"; do printf '%-12s %-24s %6s\n' "${names[$i]}" "${statuses[$i]}" "${seconds[$i]}"; done
     grep -hE '^[0-9]+% tests passed|^The following tests|^[[:space:]]+[0-9]+ - ' "$logs"/ctest-*.log 2>/dev/null
     grep -hE '^(device switch|on (cpu|cuda):|ran on|  plain run|  cpu:|  cuda:)' "$logs/device-switch.log" 2>/dev/null
+    disk_io_path
     if [[ -f $job_out/results.md ]]; then echo; cat "$job_out/results.md"; fi
     if [[ -f $work/planned/results.md ]]; then echo; echo "== planned at 0.5 x classic's peak"; cat "$work/planned/results.md"; fi
   } >"$out/summary.txt"

@@ -1,6 +1,7 @@
 // Offload on CUDA end to end: gradients equal to the unwrapped model's with copies over side
 // streams, async offload under fp16 autocast, offload-saved and the reentrant form on CUDA, the
-// copy engine's CUDA events and the pinned slab pool's reuse fence. scripts/gpu-check.sh runs
+// copy engine's CUDA events and the pinned slab pool's reuse fence, and the disk tier's CUDA
+// paths (cuFile where it works, pinned staging with gpu_direct off). scripts/gpu-check.sh runs
 // these (ctest unit.cuda) first on the GPU; the rest of the suite runs there too, on CUDA
 // tensors, through the device switch (tests/support/test_device.hpp).
 // Cases needing CUDA carry [cuda] in their name and test_device::needs_cuda(): reported skipped where CUDA is absent.
@@ -9,6 +10,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <unistd.h>
 #include <chrono>
 #include <condition_variable>
 #include <thread>
@@ -256,5 +261,54 @@ TEST_CASE("[cuda] pinned slab pool: CUDA stashes take pinned slabs, and bytes ha
   CHECK(fence_ran);                                       // ...after the fence
   CHECK(copy_done_when_fenced);
   CHECK(ticket->done());
+}
+TEST_CASE("[cuda] disk store: CUDA tensors round-trip bitwise through cuFile (gpu_direct auto) and through pinned "
+          "staging (gpu_direct off), buffered and O_DIRECT, into strided destinations" * test_device::needs_cuda()) {
+  test_device::require_cuda();
+  const char* base = std::getenv("TMPDIR");
+  std::string dir = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/actckpt-cufile-test-XXXXXX";
+  REQUIRE(::mkdtemp(dir.data()) != nullptr);
+  actckpt::CopyEngine engine;  // its ready marks: the events the stash records before the disk I/O
+  torch::manual_seed(7);
+  for (const auto gpu_direct : {actckpt::GpuDirect::automatic, actckpt::GpuDirect::off}) {
+    for (const bool direct : {false, true}) {
+      const std::string mode(actckpt::to_string(gpu_direct));
+      CAPTURE(mode);
+      CAPTURE(direct);
+      actckpt::DiskStoreOptions o;
+      o.directory = dir;
+      o.capacity_bytes = 64 << 20;
+      o.direct_io = direct;
+      o.gpu_direct = gpu_direct;
+      auto store = actckpt::DiskStore::open(o);
+      const std::string path = store->io_path(c10::DeviceType::CUDA);
+      CAPTURE(path);
+      // The GPU check prints this line: which path the GPU machine took (GDS, cuFile's compatibility mode, or staging and why).
+      std::cout << "[disk io_path] gpu_direct=" << mode << " direct_io=" << direct << ": " << path
+                << std::endl;
+      if (gpu_direct == actckpt::GpuDirect::off) {
+        CHECK(path == "pinned staging (cuFile: DiskStoreOptions::gpu_direct is off)");
+      } else {
+        CHECK((path.rfind("cufile: ", 0) == 0 || path.rfind("pinned staging (cuFile: ", 0) == 0));
+      }
+      // Larger than the staging buffer and not a multiple of the alignment; made on the compute stream.
+      const auto src = torch::randn({static_cast<int64_t>(actckpt::DiskStore::staging_bytes / 4 + 1001)}, torch::kCUDA) * 3;
+      auto extent = store->acquire(src.nbytes(), "x");
+      store->write(*extent, src, engine.mark_ready(src).get());
+      auto back = torch::empty_like(src);
+      store->read(*extent, back, engine.mark_ready(back).get());
+      CHECK(test_models::bitwise_equal(back, src));
+      const auto matrix = torch::randn({64, 48}, torch::kCUDA);
+      auto e2 = store->acquire(matrix.nbytes(), "m");
+      store->write(*e2, matrix, engine.mark_ready(matrix).get());
+      auto transposed = torch::empty({48, 64}, torch::kCUDA).t();  // a strided destination
+      store->read(*e2, transposed, engine.mark_ready(transposed).get());
+      CHECK(test_models::bitwise_equal(transposed, matrix));
+      // No cuFile error turned the store to staging on the way.
+      CHECK(store->io_path(c10::DeviceType::CUDA) == path);
+      CHECK(store->io_path() == (direct ? "host: O_DIRECT through an aligned staging buffer" : "host: pread/pwrite through the page cache"));
+    }
+  }
+  CHECK(::rmdir(dir.c_str()) == 0);  // the stores left nothing behind
 }
 #endif

@@ -19,8 +19,11 @@
 ///    copies, so it overlaps compute as async offload does; backward prefetches a layer ahead.
 ///  - I/O path, chosen by measurement (docs/offload.md "The disk tier"): plain `pwrite`/`pread`
 ///    through the page cache by default; `direct_io` opens the file O_DIRECT and moves the data
-///    through an aligned staging buffer. CUDA tensors go through a pinned staging buffer on a
-///    side stream. GPUDirect Storage (cuFile) is not used yet.
+///    through an aligned staging buffer. CUDA tensors go through GPUDirect Storage (cuFile,
+///    cufile_path.hpp) where `gpu_direct` is auto (the default), cuFile loads, its driver opens
+///    and the file registers; else, and for good after any cuFile error, through a pinned
+///    staging buffer on a side stream. `io_path(c10::kCUDA)` says which, and why not cuFile.
+///    CPU tensors never use cuFile.
 /// Thread-safe.
 
 #include <ATen/Functions.h>
@@ -29,6 +32,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -45,6 +49,7 @@
 #include "actckpt/base/config.hpp"
 #include "actckpt/base/errors.hpp"
 #include "actckpt/offload/copy_engine.hpp"
+#include "actckpt/offload/cufile_path.hpp"
 #include "actckpt/offload/free_ranges.hpp"
 
 #if ACTCKPT_WITH_CUDA
@@ -60,6 +65,12 @@ struct DiskStoreOptions {
   std::string directory;           ///< an existing directory on the disk to use
   std::size_t capacity_bytes = 0;  ///< reserved when the store opens (rounded up to `DiskStore::alignment`)
   bool direct_io = false;          ///< O_DIRECT (bypasses the page cache) through aligned staging buffers
+  /// CUDA tensors through cuFile (GPUDirect Storage) where it works, else pinned staging; `off`: always staging.
+  GpuDirect gpu_direct = GpuDirect::automatic;
+  /// The cuFile library, as given to dlopen (a path, or a name the loader searches).
+  std::string cufile_library = "libcufile.so.0";
+  /// How long cuFileDriverOpen may take before cuFile is given up (once per process and library).
+  std::chrono::milliseconds cufile_driver_open_timeout{30000};
 };
 
 /// Byte counts of a store.
@@ -115,7 +126,12 @@ class DiskStore : public std::enable_shared_from_this<DiskStore> {
     return std::shared_ptr<DiskStore>(new DiskStore(o, capacity, fd));
   }
 
-  ~DiskStore() { ::close(fd_); }
+  ~DiskStore() {
+#if ACTCKPT_HAVE_CUFILE
+    cufile_.reset();  // deregistered while its descriptor is open
+#endif
+    ::close(fd_);
+  }
   DiskStore(const DiskStore&) = delete;
   DiskStore& operator=(const DiskStore&) = delete;
 
@@ -164,7 +180,7 @@ class DiskStore : public std::enable_shared_from_this<DiskStore> {
     if (n == 0) return;
 #if ACTCKPT_WITH_CUDA
     if (src.is_cuda()) {
-      through_pinned_staging(src, extent, ready, /*to_disk=*/true);
+      if (!through_cufile(src, extent, ready, /*to_disk=*/true)) through_pinned_staging(src, extent, ready, /*to_disk=*/true);
       return;
     }
 #endif
@@ -180,7 +196,7 @@ class DiskStore : public std::enable_shared_from_this<DiskStore> {
     if (n == 0) return;
 #if ACTCKPT_WITH_CUDA
     if (dst.is_cuda()) {
-      through_pinned_staging(dst, extent, ready, /*to_disk=*/false);
+      if (!through_cufile(dst, extent, ready, /*to_disk=*/false)) through_pinned_staging(dst, extent, ready, /*to_disk=*/false);
       return;
     }
 #endif
@@ -196,6 +212,24 @@ class DiskStore : public std::enable_shared_from_this<DiskStore> {
   const std::string& directory() const { return directory_; }
   std::size_t capacity() const { return capacity_; }
   bool direct_io() const { return direct_io_; }
+  GpuDirect gpu_direct() const { return gpu_direct_; }
+
+  /// How tensors on `device` move: for CPU "host: pread/pwrite through the page cache" or "host:
+  /// O_DIRECT through an aligned staging buffer"; for CUDA "cufile: <how the driver moves the
+  /// data>" or "pinned staging (cuFile: <why not>)". Asked for CUDA before any CUDA tensor moved,
+  /// it sets up cuFile as the first one would (once per store).
+  std::string io_path(c10::DeviceType device = c10::DeviceType::CPU) {
+    if (device != c10::DeviceType::CUDA) {
+      return direct_io_ ? "host: O_DIRECT through an aligned staging buffer" : "host: pread/pwrite through the page cache";
+    }
+#if ACTCKPT_WITH_CUDA
+    std::lock_guard<std::mutex> lock(cufile_mutex_);
+    cufile_locked();
+    return cufile_why_not_.empty() ? c10::str("cufile: ", cufile_mode_) : c10::str("pinned staging (cuFile: ", cufile_why_not_, ")");
+#else
+    return "none: actckpt was built without its CUDA path";
+#endif
+  }
 
   DiskStoreStats stats() const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -217,7 +251,13 @@ class DiskStore : public std::enable_shared_from_this<DiskStore> {
 
  private:
   DiskStore(const DiskStoreOptions& o, std::size_t capacity, int fd)
-      : directory_(o.directory), capacity_(capacity), direct_io_(o.direct_io), fd_(fd) {
+      : directory_(o.directory),
+        capacity_(capacity),
+        direct_io_(o.direct_io),
+        gpu_direct_(o.gpu_direct),
+        cufile_library_(o.cufile_library),
+        cufile_timeout_(o.cufile_driver_open_timeout),
+        fd_(fd) {
     free_.add(0, capacity);
     stats_.capacity_bytes = capacity;
   }
@@ -380,11 +420,90 @@ class DiskStore : public std::enable_shared_from_this<DiskStore> {
     }
   }
   at::Tensor pinned_staging_;  // pinned memory is page aligned: O_DIRECT takes it as it is
+
+  /// Sets up cuFile for this store once (callers hold cufile_mutex_): afterwards either
+  /// `cufile_` is usable or `cufile_why_not_` says why not.
+  void cufile_locked() {
+    if (cufile_tried_) return;
+    cufile_tried_ = true;
+    if (gpu_direct_ == GpuDirect::off) {
+      cufile_why_not_ = "DiskStoreOptions::gpu_direct is off";
+      return;
+    }
+#if ACTCKPT_HAVE_CUFILE
+    cufile_ = CuFileFile::open(fd_, cufile_library_, cufile_timeout_, cufile_why_not_);
+    if (cufile_) cufile_mode_ = cufile_->mode();
+#else
+    cufile_why_not_ = "actckpt was built without cufile.h";
+#endif
+  }
+
+  /// A CUDA tensor's bytes to or from the file through cuFile; false where this store does not
+  /// use cuFile (the caller then stages through pinned memory). The device memory is complete
+  /// (host-synchronized `ready`) before cuFile touches it, and complete when this returns. A cuFile
+  /// error turns cuFile off for this store (the reason in `io_path`) and returns false, so the
+  /// same bytes go through staging; a short read or write throws.
+  bool through_cufile([[maybe_unused]] const at::Tensor& tensor, [[maybe_unused]] const DiskExtent& extent,
+                      [[maybe_unused]] const ReadyMark* ready, [[maybe_unused]] bool to_disk) {
+#if ACTCKPT_HAVE_CUFILE
+    std::shared_ptr<const CuFileFile> file;
+    {
+      std::lock_guard<std::mutex> lock(cufile_mutex_);
+      cufile_locked();
+      file = cufile_;
+    }
+    if (file == nullptr) return false;
+    c10::cuda::CUDAGuard device_guard(tensor.device().index());
+    // cuFile is not stream-ordered: the host waits for the data (write) or for the compute
+    // stream to be done with the memory (read).
+    if (ready != nullptr && ready->event) ready->event->synchronize();
+    const auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, tensor.device().index());
+    c10::cuda::CUDAStreamGuard on_side(side);
+    at::Tensor target = tensor.is_contiguous() ? tensor : at::empty(tensor.sizes(), tensor.options());
+    if (!target.is_same(tensor)) side.synchronize();  // memory just taken on the side stream
+    const std::size_t n = static_cast<std::size_t>(target.numel()) * target.element_size();
+    std::string error;
+    const std::int64_t r = to_disk ? file->write(target.data_ptr(), n, extent.offset(), error)
+                                   : file->read(target.data_ptr(), n, extent.offset(), error);
+    if (r < 0) {
+      std::lock_guard<std::mutex> lock(cufile_mutex_);
+      cufile_why_not_ = c10::str(to_disk ? "cuFileWrite" : "cuFileRead", " of ", n, " bytes at offset ", extent.offset(),
+                                 " failed: ", error, "; this store stages through pinned memory from then on");
+      cufile_.reset();
+      return false;
+    }
+    if (static_cast<std::size_t>(r) != n) {
+      io_failed_.store(true);
+      throw OffloadFailed(c10::str("actckpt: ", to_disk ? "writing " : "reading ", n, " bytes at offset ", extent.offset(),
+                                   " of the disk store in '", directory_, "' through cuFile failed: only ", r,
+                                   " bytes moved", to_disk ? "" : " (the file ended there: it was truncated under the store?)"),
+                          "");
+    }
+    if (!target.is_same(tensor)) {
+      at::Tensor dst = tensor;
+      dst.copy_(target, /*non_blocking=*/true);
+      side.synchronize();
+    }
+    return true;
+#else
+    return false;
+#endif
+  }
+  std::mutex cufile_mutex_;
+  bool cufile_tried_ = false;
+  std::string cufile_why_not_;  // empty while cuFile is used
+  std::string cufile_mode_;
+#if ACTCKPT_HAVE_CUFILE
+  std::shared_ptr<const CuFileFile> cufile_;
+#endif
 #endif
 
   const std::string directory_;
   const std::size_t capacity_;
   const bool direct_io_;
+  const GpuDirect gpu_direct_;
+  const std::string cufile_library_;
+  const std::chrono::milliseconds cufile_timeout_;
   const int fd_;
   mutable std::mutex mutex_;
   FreeRanges free_;

@@ -2,7 +2,9 @@
 // SIGKILL), reserves its capacity at open, places space like the host pool; DiskOffload and
 // PoolExhaustion::spill_to_disk train bitwise with the disk bytes in the telemetry; checksums
 // cover the disk round trip; a file truncated under the store fails that backward naming the
-// layer, and the next step trains bitwise again.
+// layer, and the next step trains bitwise again. The I/O path each device takes (io_path): CPU
+// tensors the host's, CUDA tensors cuFile unless gpu_direct is off or cuFile does not work here,
+// with the reason; the CUDA round trips through cuFile are in tests/integration/test_cuda_offload.cpp.
 
 #include "offload_fixtures.hpp"
 
@@ -15,7 +17,10 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdlib>
+#include <future>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -167,6 +172,80 @@ TEST_CASE("disk store: tensors round-trip bitwise, buffered and O_DIRECT, into s
     CHECK(bitwise_equal(transposed, matrix));
   }
   CHECK(entries(dir.path).empty());
+}
+
+TEST_CASE("disk store: the I/O path each device takes, gpu_direct auto and off, and why cuFile is not used where it is not" *
+          test_device::no_tensors()) {
+  using actckpt::GpuDirect;
+  CHECK(actckpt::gpu_direct_from_string("auto") == GpuDirect::automatic);
+  CHECK(actckpt::gpu_direct_from_string("off") == GpuDirect::off);
+  CHECK(!actckpt::gpu_direct_from_string("on").has_value());
+  CHECK(!actckpt::gpu_direct_from_string("").has_value());
+  CHECK(std::string(actckpt::to_string(GpuDirect::automatic)) == "auto");
+  CHECK(std::string(actckpt::to_string(GpuDirect::off)) == "off");
+  CHECK(DiskStoreOptions{}.gpu_direct == GpuDirect::automatic);  // the default
+
+  ScratchDir dir;
+  auto open_with = [&](GpuDirect g, const std::string& library, bool direct = false) {
+    DiskStoreOptions o;
+    o.directory = dir.path;
+    o.capacity_bytes = 1 << 20;
+    o.direct_io = direct;
+    o.gpu_direct = g;
+    o.cufile_library = library;
+    return DiskStore::open(o);
+  };
+  // CPU tensors never use cuFile, whatever gpu_direct says.
+  CHECK(open_with(GpuDirect::automatic, "libcufile.so.0")->io_path() == "host: pread/pwrite through the page cache");
+  CHECK(open_with(GpuDirect::automatic, "libcufile.so.0", true)->io_path(c10::DeviceType::CPU) ==
+        "host: O_DIRECT through an aligned staging buffer");
+
+  auto off = open_with(GpuDirect::off, "libcufile.so.0");
+  CHECK(off->gpu_direct() == GpuDirect::off);
+  // A library that does not load: the reason names it, and CUDA tensors take pinned staging.
+  auto missing = open_with(GpuDirect::automatic, "/nonexistent/libcufile.so.0");
+  auto usual = open_with(GpuDirect::automatic, "libcufile.so.0");
+  const std::string usual_path = usual->io_path(c10::DeviceType::CUDA);
+  CAPTURE(usual_path);
+#if ACTCKPT_WITH_CUDA
+  CHECK(off->io_path(c10::DeviceType::CUDA) == "pinned staging (cuFile: DiskStoreOptions::gpu_direct is off)");
+#if ACTCKPT_HAVE_CUFILE
+  const std::string missing_path = missing->io_path(c10::DeviceType::CUDA);
+  CAPTURE(missing_path);
+  CHECK(missing_path.rfind("pinned staging (cuFile: dlopen(\"/nonexistent/libcufile.so.0\") failed: ", 0) == 0);
+  CHECK(missing_path.find("No such file or directory") != std::string::npos);
+  // The wheel's libcufile.so.0 loads (libtorch_cuda.so links it); its driver is opened only where a device is.
+  const bool cufile = usual_path.rfind("cufile: ", 0) == 0;
+  CHECK((cufile || usual_path.rfind("pinned staging (cuFile: ", 0) == 0));
+  if (!torch::cuda::is_available()) CHECK(usual_path == "pinned staging (cuFile: no CUDA device)");
+#else
+  CHECK(missing->io_path(c10::DeviceType::CUDA) == "pinned staging (cuFile: actckpt was built without cufile.h)");
+  CHECK(usual_path == "pinned staging (cuFile: actckpt was built without cufile.h)");
+#endif
+#else
+  CHECK(off->io_path(c10::DeviceType::CUDA) == "none: actckpt was built without its CUDA path");
+  CHECK(missing->io_path(c10::DeviceType::CUDA) == "none: actckpt was built without its CUDA path");
+  CHECK(usual_path == "none: actckpt was built without its CUDA path");
+#endif
+  CHECK(usual->io_path(c10::DeviceType::CUDA) == usual_path);  // decided once per store
+  CHECK(entries(dir.path).empty());
+}
+
+TEST_CASE("disk store: cuFile's driver open is given up after its timeout, its thread left to finish" *
+          test_device::no_tensors()) {
+  using namespace std::chrono_literals;
+  using actckpt::cufile_detail::call_with_timeout;
+  CHECK(call_with_timeout([] { return 42; }, 10s) == std::optional<int>(42));
+  // A call that does not return (cuFileDriverOpen on a machine without a CUDA driver did not).
+  auto gate = std::make_shared<std::promise<void>>();
+  std::shared_future<void> opened = gate->get_future().share();
+  const auto start = std::chrono::steady_clock::now();
+  const auto stuck = call_with_timeout([opened] { opened.wait(); return 1; }, 100ms);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  CHECK(!stuck.has_value());
+  CHECK(waited >= 100ms);
+  CHECK(waited < 5s);
+  gate->set_value();  // the abandoned thread ends
 }
 
 TEST_CASE_TEMPLATE("DiskOffload trains bitwise through the disk tier; checksums pass; no host memory used", Policy,
