@@ -42,14 +42,16 @@
 /// ## Host budget (issue 29; tier_model.hpp)
 /// With a host budget the state also holds the host bytes of the partial plan (a knapsack's
 /// second dimension), checked exactly against the budget as each layer is added: a plan returned
-/// never puts more on the host. Partial plans absorb only those with the same host bytes, except
-/// that the free state (nothing in flight, nothing brought back, no prefetch waiting) with fewer
-/// host bytes absorbs any state with more (its completions are theirs, fitting both budgets).
+/// never puts more on the host. A partial plan absorbs another (as above) when it also holds no
+/// more host bytes, in its own state or the free one (nothing in flight, nothing brought back, no
+/// prefetch waiting): its completions are the other's, fitting both budgets.
 /// The states multiply by the distinct host sums: exact while they are at most
-/// `SearchLimits::host_sums` (256) per layer; beyond, host bytes are counted in units of
-/// budget / 256, each layer's rounded up (`HostGrid`): still never over the budget, and the plan
-/// is the search's best among the plans whose rounded host bytes fit, every plan whose true host
-/// bytes fit `budget - n x unit` among them. The time tolerance holds as without a host budget.
+/// `SearchLimits::host_sums` (128) per layer; beyond, host bytes are counted in units of
+/// budget / 128, each layer's rounded up (`HostGrid`): still never over the budget, and the plan
+/// is the search's best (within the time tolerance) among the plans whose rounded host bytes fit,
+/// every plan whose true host bytes fit `budget - n x unit` among them. That costs host room on
+/// long chains (each offloading layer up to a unit), and time: up to 128 times the states of the
+/// search without a host budget (docs/planner.md quotes planning times).
 /// Disk offload (`LayerChoice::disk_offload`) is async offload's state machine (the same stash
 /// stack and prefetch) with no host bytes.
 
@@ -245,6 +247,21 @@ inline std::optional<Found> search_pass(const CostModel& model, const HostGrid& 
     Node* node;
   };
   std::vector<Stair> stairs, stairs_of_none, stairs_of_free, merged;
+  // Host budget: per state apart from its host bytes, the stairs of that state's nodes of fewer
+  // host bytes (they absorb alike nodes holding more host bytes).
+  std::map<Key, std::vector<Stair>> of_state;
+  // `into` merged with the first `count` of `nodes` (each kept one faster than all holding less).
+  auto merge = [&merged](std::vector<Stair>& into, std::vector<Node>& nodes, std::size_t count) {
+    merged.clear();
+    std::size_t a = 0, b = 0;
+    while (a < into.size() || b < count) {
+      const bool from_stairs = b == count || (a < into.size() && into[a].held <= nodes[b].held);
+      const Stair s = from_stairs ? into[a++] : Stair{nodes[b].held, nodes[b].ms, &nodes[b]};
+      if (!from_stairs) ++b;
+      if (merged.empty() || s.ms < merged.back().ms) merged.push_back(s);
+    }
+    into.swap(merged);
+  };
   struct Score {
     double value;
     std::size_t group, index;
@@ -326,8 +343,15 @@ inline std::optional<Found> search_pass(const CostModel& model, const HostGrid& 
     exact = exact && allowance == 0;
     std::size_t kept_total = 0;
     stairs_of_free.clear();
+    of_state.clear();
     for (std::size_t gi = 0; gi < next.size(); ++gi) {
       auto& group = next[gi];
+      std::vector<Stair>* fewer_host = nullptr;
+      if (host.active()) {
+        Key state = group.key;
+        state.host = 0;
+        fewer_host = &of_state[state];
+      }
       // Within a block: the same bytes in flight and brought back (the free state dominates all).
       // (A new host sum starts a new block: its states are dominated by the free state of no
       // more host bytes only, whose stairs `stairs_of_free` keeps across host sums.)
@@ -346,11 +370,17 @@ inline std::optional<Found> search_pass(const CostModel& model, const HostGrid& 
                 [](const Node& a, const Node& b) { return std::tie(a.held, a.ms) < std::tie(b.held, b.ms); });
       std::size_t kept = 0;
       std::size_t stair = 0;  // stairs[stair - 1]: the last one holding no more than the node
+      std::size_t fewer = 0;  // likewise in *fewer_host
       for (std::size_t r = 0; r < nodes.size(); ++r) {
         const Node x = nodes[r];
         while (stair < stairs.size() && stairs[stair].held <= x.held) ++stair;
         Node* absorber = kept > 0 ? &nodes[kept - 1] : nullptr;
         if (stair > 0 && (absorber == nullptr || stairs[stair - 1].ms < absorber->ms)) absorber = stairs[stair - 1].node;
+        if (fewer_host != nullptr) {
+          while (fewer < fewer_host->size() && (*fewer_host)[fewer].held <= x.held) ++fewer;
+          if (fewer > 0 && (absorber == nullptr || (*fewer_host)[fewer - 1].ms < absorber->ms))
+            absorber = (*fewer_host)[fewer - 1].node;
+        }
         if (absorber != nullptr && (absorber->ms <= x.ms || absorber->ms <= x.lower_ms + allowance)) {
           absorber->lower_ms = std::min(absorber->lower_ms, x.lower_ms);
           continue;
@@ -360,15 +390,8 @@ inline std::optional<Found> search_pass(const CostModel& model, const HostGrid& 
       nodes.resize(kept);
       kept_total += kept;
       // The stairs for the states after this one: this state's nodes with those before.
-      merged.clear();
-      std::size_t a = 0, b = 0;
-      while (a < stairs.size() || b < kept) {
-        const bool from_stairs = b == kept || (a < stairs.size() && stairs[a].held <= nodes[b].held);
-        const Stair s = from_stairs ? stairs[a++] : Stair{nodes[b].held, nodes[b].ms, &nodes[b]};
-        if (!from_stairs) ++b;
-        if (merged.empty() || s.ms < merged.back().ms) merged.push_back(s);
-      }
-      stairs.swap(merged);
+      merge(stairs, nodes, kept);
+      if (fewer_host != nullptr) merge(*fewer_host, nodes, kept);
       const bool none_ends = group.key.prefetch == Prefetch::none;
       if (none_ends) stairs_of_none = stairs;
       if (none_ends && group.key.in_flight == 0 && group.key.saved_prefetch == 0) stairs_of_free = stairs;
@@ -451,7 +474,7 @@ inline HostGrid host_grid(const CostModel& model, std::optional<std::int64_t> ho
 struct SearchLimits {
   std::size_t exact_up_to = exact_up_to_nodes;  // layers with at most this many candidates are pruned exactly
   std::size_t beam = beam_width;                // the quick pass's nodes per layer
-  std::size_t host_sums = 256;                  // host budget: exact while at most this many host sums fit
+  std::size_t host_sums = 128;                  // host budget: exact while at most this many host sums fit
 };
 
 /// The search. `budget`: absolute bytes (or none). `tolerance`: the returned plan's predicted
