@@ -40,20 +40,13 @@
 /// O(log(bytes) x n x states). A budget under it raises an error naming it.
 ///
 /// ## Host budget (issue 29; tier_model.hpp)
-/// With a host budget the state also holds the host bytes of the partial plan (a knapsack's
-/// second dimension), checked exactly against the budget as each layer is added: a plan returned
-/// never puts more on the host. A partial plan absorbs another (as above) when it also holds no
-/// more host bytes, in its own state or the free one (nothing in flight, nothing brought back, no
-/// prefetch waiting): its completions are the other's, fitting both budgets.
-/// The states multiply by the distinct host sums: exact while they are at most
-/// `SearchLimits::host_sums` (128) per layer; beyond, host bytes are counted in units of
-/// budget / 128, each layer's rounded up (`HostGrid`): still never over the budget, and the plan
-/// is the search's best (within the time tolerance) among the plans whose rounded host bytes fit,
-/// every plan whose true host bytes fit `budget - n x unit` among them. That costs host room on
-/// long chains (each offloading layer up to a unit), and time: up to 128 times the states of the
-/// search without a host budget (docs/planner.md quotes planning times).
-/// Disk offload (`LayerChoice::disk_offload`) is async offload's state machine (the same stash
-/// stack and prefetch) with no host bytes.
+/// With a host budget the state also holds the partial plan's host bytes (a knapsack's second
+/// dimension, counted by `HostGrid`: exact up to `SearchLimits::host_sums` (128) distinct sums,
+/// else rounded up, with the bound tier_model.hpp states), checked exactly as each layer is
+/// added: a plan never puts more on the host. A partial plan absorbs another (as above) only
+/// holding no more host bytes, in its own state or the free one (nothing in flight, nothing
+/// brought back, no prefetch waiting). The time tolerance holds; the states multiply by the host
+/// sums (docs/planner.md: planning times). Disk offload is async offload's state (stack, prefetch).
 
 #include <algorithm>
 #include <cmath>
@@ -247,8 +240,7 @@ inline std::optional<Found> search_pass(const CostModel& model, const HostGrid& 
     Node* node;
   };
   std::vector<Stair> stairs, stairs_of_none, stairs_of_free, merged;
-  // Host budget: per state apart from its host bytes, the stairs of that state's nodes of fewer
-  // host bytes (they absorb alike nodes holding more host bytes).
+  // Host budget: per state but its host bytes, the stairs of its nodes of fewer host bytes.
   std::map<Key, std::vector<Stair>> of_state;
   // `into` merged with the first `count` of `nodes` (each kept one faster than all holding less).
   auto merge = [&merged](std::vector<Stair>& into, std::vector<Node>& nodes, std::size_t count) {
@@ -352,9 +344,8 @@ inline std::optional<Found> search_pass(const CostModel& model, const HostGrid& 
         state.host = 0;
         fewer_host = &of_state[state];
       }
-      // Within a block: the same bytes in flight and brought back (the free state dominates all).
-      // (A new host sum starts a new block: its states are dominated by the free state of no
-      // more host bytes only, whose stairs `stairs_of_free` keeps across host sums.)
+      // Within a block: the same host bytes, bytes in flight and brought back (the free state
+      // dominates all; `stairs_of_free` keeps its stairs across host sums, fewer first).
       const bool new_block = gi == 0 || next[gi - 1].key.in_flight != group.key.in_flight ||
                              next[gi - 1].key.saved_prefetch != group.key.saved_prefetch ||
                              next[gi - 1].key.host != group.key.host;
@@ -454,20 +445,6 @@ inline std::optional<Found> search_pass(const CostModel& model, const HostGrid& 
     at = links[k][at].parent;
   }
   return found;
-}
-
-/// The chain's host bytes per layer and choice, counted against `host_budget` (tier_model.hpp).
-inline HostGrid host_grid(const CostModel& model, std::optional<std::int64_t> host_budget, std::size_t max_sums) {
-  if (!host_budget) return HostGrid();
-  const std::size_t n = model.size(), choices = static_cast<std::size_t>(LayerChoice::disk_offload) + 1;
-  std::vector<std::vector<std::int64_t>> bytes(n, std::vector<std::int64_t>(choices, 0));
-  std::vector<std::vector<bool>> allowed(n, std::vector<bool>(choices, false));
-  for (std::size_t k = 0; k < n; ++k)
-    for (std::size_t c = 0; c < choices; ++c) {
-      allowed[k][c] = model.allows(k, static_cast<LayerChoice>(c));
-      bytes[k][c] = model.host_bytes(k, static_cast<LayerChoice>(c));
-    }
-  return HostGrid(host_budget, bytes, allowed, max_sums);
 }
 
 /// How far the search may go before it approximates (tests set them low to exercise that).
@@ -587,11 +564,8 @@ inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budge
   if (!choices) {
     const auto floor = smallest_feasible_budget(profile, costs, host_budget_bytes);
     std::string host;  // both budgets named, and what the host budget costs
-    if (host_budget_bytes) {
-      const auto unlimited_floor = smallest_feasible_budget(profile, costs);
-      host = c10::str(" with a host budget of ", mib(*host_budget_bytes),
-                      unlimited_floor < floor ? " (" + mib(unlimited_floor) + " with no host budget)" : std::string());
-    }
+    if (const auto no_host = host_budget_bytes ? smallest_feasible_budget(profile, costs) : floor; host_budget_bytes)
+      host = " with that host budget" + (no_host < floor ? " (" + mib(no_host) + " with none)" : std::string());
     throw InfeasibleBudget(c10::str("actckpt::plan_for_budget: no plan fits a budget of ", mib(budget_bytes),
                                     host_budget_bytes ? " and a host budget of " + mib(*host_budget_bytes) : std::string(),
                                     "; the smallest feasible budget for this model and step is ", mib(floor), host,

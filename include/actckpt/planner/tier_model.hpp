@@ -133,5 +133,21 @@ class HostGrid {
   std::vector<std::vector<std::int64_t>> host_;
 };
 
+/// A chain's `HostGrid` for `host_budget` (none: inactive): `Model` is the chain's CostModel
+/// (cost_model.hpp), which includes this header.
+template <class Model>
+HostGrid host_grid(const Model& model, std::optional<std::int64_t> host_budget, std::size_t max_sums) {
+  if (!host_budget) return HostGrid();
+  const std::size_t n = model.size(), choices = static_cast<std::size_t>(LayerChoice::disk_offload) + 1;
+  std::vector<std::vector<std::int64_t>> bytes(n, std::vector<std::int64_t>(choices, 0));
+  std::vector<std::vector<bool>> allowed(n, std::vector<bool>(choices, false));
+  for (std::size_t k = 0; k < n; ++k)
+    for (std::size_t c = 0; c < choices; ++c) {
+      allowed[k][c] = model.allows(k, static_cast<LayerChoice>(c));
+      bytes[k][c] = model.host_bytes(k, static_cast<LayerChoice>(c));
+    }
+  return HostGrid(host_budget, bytes, allowed, max_sums);
+}
+
 }  // namespace detail::planner
 }  // namespace actckpt
