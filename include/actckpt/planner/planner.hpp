@@ -60,12 +60,13 @@ namespace actckpt {
 namespace detail::planner {
 
 /// `options.costs`, with the disk bandwidths probed from `options.disk_store` (or the current
-/// offload context's store) where the costs give none.
+/// offload context's store) where the costs give none. A store with no free space is not probed
+/// (no disk choice then: it could not take a stash either).
 inline OffloadCosts costs_with_disk(const PlannerOptions& options) {
   OffloadCosts costs = options.costs;
   if (costs.disk_write_bytes_per_s && costs.disk_read_bytes_per_s) return costs;
   auto store = options.disk_store ? options.disk_store : OffloadContext::current()->disk_ptr();
-  if (store) set_disk_bandwidth(costs, *store);
+  if (store && store->stats().largest_free_bytes > 0) set_disk_bandwidth(costs, *store);
   return costs;
 }
 
