@@ -115,7 +115,7 @@ inline void use_predicted_floor(Floor& f, const actckpt::MemoryPlan& plan) {
 }
 
 /// One letter per layer, forward order: K keep, C checkpoint, S sync offload, A async offload,
-/// O offload saved.
+/// O offload saved, D disk offload.
 inline std::string plan_code(const actckpt::MemoryPlan& plan) {
   std::string code;
   for (auto c : plan.choices) {
@@ -125,6 +125,7 @@ inline std::string plan_code(const actckpt::MemoryPlan& plan) {
       case actckpt::LayerChoice::sync_offload: code += 'S'; break;
       case actckpt::LayerChoice::async_offload: code += 'A'; break;
       case actckpt::LayerChoice::offload_saved: code += 'O'; break;
+      case actckpt::LayerChoice::disk_offload: code += 'D'; break;
     }
   }
   return code;

@@ -37,6 +37,12 @@
 /// `call_search_work` (segment x node) steps, and then the plan's `time_gap_bound` is what the
 /// dropped subtrees' lower bounds prove: the returned plan is at most that much slower than the
 /// fastest plan that fits. The smallest feasible budget is the same search minimizing the peak.
+///
+/// ## Host budget and disk (tier_model.hpp)
+/// A plan's host bytes are those of every offloading call at once (sync and async offload: the
+/// call's stash; offload saved: its saved activations), an upper bound of its host peak; with a
+/// host budget the branch and bound drops a partial plan whose host bytes exceed it (they only
+/// grow). Disk offload is not modelled at call level: a call-level plan never chooses it.
 
 #include <algorithm>
 #include <cstddef>
@@ -47,6 +53,7 @@
 
 #include "actckpt/base/errors.hpp"
 #include "actckpt/planner/plan.hpp"
+#include "actckpt/planner/tier_model.hpp"
 
 namespace actckpt {
 namespace detail::planner {
@@ -71,11 +78,18 @@ class CallModel {
     bytes_.assign(n_ * choice_count * m_, 0);
     ms_.assign(n_ * choice_count, 0.0);
     saved_.assign(n_, 0);
+    host_.assign(n_ * choice_count, 0);
     for (const auto& call : p.calls) {
       ACTCKPT_CHECK(call.layer < n_ && call.forward_point < m_ && call.end_point < m_ &&
                         (!call.backward_point || *call.backward_point < m_),
                     UsageError, "actckpt: a call of the profile points outside its layers or segments");
       saved_[call.layer] += call.saved_bytes;
+      for (std::size_t c = 0; c < choice_count; ++c) {
+        LayerProfile as_layer;  // the call's bytes, as tier_model.hpp reads a layer's
+        as_layer.stash_bytes = call.stash_bytes;
+        as_layer.saved_bytes = call.saved_bytes;
+        host_[call.layer * choice_count + c] += host_tier_bytes(as_layer, all_choices[c]);
+      }
     }
     for (std::size_t ci = 0; ci < p.calls.size(); ++ci)
       for (std::size_t c = 0; c < choice_count; ++c)
@@ -91,6 +105,7 @@ class CallModel {
       case LayerChoice::sync_offload:
       case LayerChoice::async_offload: return can_offload();
       case LayerChoice::offload_saved: return separate_ && can_offload() && saved_[layer] > 0;
+      case LayerChoice::disk_offload: return false;  // not modelled at call level (file comment)
     }
     return false;
   }
@@ -99,6 +114,10 @@ class CallModel {
     return &bytes_[(layer * choice_count + static_cast<std::size_t>(c)) * m_];
   }
   double extra_ms(std::size_t layer, LayerChoice c) const { return ms_[layer * choice_count + static_cast<std::size_t>(c)]; }
+  /// Host bytes of `layer`'s calls under `c`, all counted at once (file comment).
+  std::int64_t host_bytes(std::size_t layer, LayerChoice c) const {
+    return c == LayerChoice::disk_offload ? 0 : host_[layer * choice_count + static_cast<std::size_t>(c)];
+  }
   /// The kept run's peak in segment j: every plan's bytes there are this plus the layers' terms.
   std::int64_t base(std::size_t j) const { return p_.points[j].peak[0]; }
   const StepProfile& profile() const { return p_; }
@@ -169,6 +188,7 @@ class CallModel {
   std::vector<std::int64_t> bytes_;  // [layer][choice][segment]
   std::vector<double> ms_;           // [layer][choice]
   std::vector<std::int64_t> saved_;  // per layer, over its calls
+  std::vector<std::int64_t> host_;   // [layer][choice]: host bytes over its calls
 };
 
 /// A call-level plan's predicted peak and step time.
@@ -183,6 +203,7 @@ inline PlanEstimate evaluate_calls(const CallModel& model, const std::vector<Lay
     const auto* f = model.bytes(l, choices[l]);
     for (std::size_t j = 0; j < model.points(); ++j) at[j] += f[j];
     e.step_ms += model.extra_ms(l, choices[l]);
+    e.host_bytes += model.host_bytes(l, choices[l]);
   }
   for (auto b : at) e.peak_bytes = std::max(e.peak_bytes, b);
   return e;
@@ -198,8 +219,10 @@ struct CallSearchResult {
 
 /// The branch and bound of the file comment. `minimize_peak`: ignore time and find the plan with
 /// the least peak (its `ms` is then that peak, in bytes). `work`: the search's limit.
+/// `host_budget`: the most host bytes a plan may hold (none: unlimited).
 inline CallSearchResult search_calls(const CallModel& model, std::optional<std::int64_t> budget, bool minimize_peak,
-                                     std::uint64_t work = call_search_work) {
+                                     std::uint64_t work = call_search_work,
+                                     std::optional<std::int64_t> host_budget = std::nullopt) {
   const std::size_t n = model.layers(), m = model.points();
   const auto& p = model.profile();
   CallSearchResult result;
@@ -257,8 +280,10 @@ inline CallSearchResult search_calls(const CallModel& model, std::optional<std::
   struct Frame {
     std::size_t next;
     double ms;
+    std::int64_t host;  // the decided layers' host bytes
   };
-  std::vector<Frame> stack{{0, 0.0}};
+  const std::int64_t host_limit = host_budget.value_or(std::numeric_limits<std::int64_t>::max() / 4);
+  std::vector<Frame> stack{{0, 0.0, 0}};
   while (!stack.empty()) {
     const std::size_t d = stack.size() - 1;
     Frame& fr = stack.back();
@@ -280,6 +305,7 @@ inline CallSearchResult search_calls(const CallModel& model, std::optional<std::
     const LayerChoice c = by_time[d][fr.next++];
     const std::size_t l = order[d];
     const double ms = fr.ms + model.extra_ms(l, c);
+    const std::int64_t host = fr.host + model.host_bytes(l, c);
     spent += m + 1;
     if (spent > work) {  // out of work: bound what is left unexplored, and stop
       for (const auto& f : stack) open_bound = std::min(open_bound, f.ms + least_ms[&f - stack.data()]);
@@ -299,13 +325,13 @@ inline CallSearchResult search_calls(const CallModel& model, std::optional<std::
         break;
       }
     }
-    if (!fits) continue;
+    if (!fits || host > host_limit) continue;
     const double bound = minimize_peak ? static_cast<double>(bound_peak) : ms + least_ms[d + 1];
     if (best != std::numeric_limits<double>::infinity() && !(bound < best - slack * std::max(1.0, std::abs(best)))) continue;
     std::int64_t* next = &sum[(d + 1) * m];
     for (std::size_t j = 0; j < m; ++j) next[j] = below[j] + f[j];
     current[l] = c;
-    stack.push_back(Frame{0, ms});
+    stack.push_back(Frame{0, ms, host});
   }
   result.ms = best;
   result.lower_bound = std::min(best, open_bound);

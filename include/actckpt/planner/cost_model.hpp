@@ -38,6 +38,9 @@
 ///  - offload saved: no recompute; saved_bytes/bandwidth_d2h beyond the next layer's forward (the
 ///    loss for the last layer) and saved_bytes/bandwidth_h2d beyond the backward of the layer
 ///    above (the last layer: nothing hides its restore).
+///  - disk offload: as async offload, with the copies through the disk store (tier_model.hpp):
+///    its memory terms are async offload's, its host bytes none.
+/// Host bytes (`PlanEstimate::host_bytes`): the sum of the host-tier layers' (tier_model.hpp).
 
 #include <algorithm>
 #include <cstddef>
@@ -47,6 +50,7 @@
 #include "actckpt/base/errors.hpp"
 #include "actckpt/planner/call_model.hpp"
 #include "actckpt/planner/plan.hpp"
+#include "actckpt/planner/tier_model.hpp"
 
 namespace actckpt {
 namespace detail::planner {
@@ -65,8 +69,11 @@ class CostModel {
     d2h_ = costs.d2h_bytes_per_s.value_or(p.d2h_bytes_per_s);
     h2d_ = costs.h2d_bytes_per_s.value_or(p.h2d_bytes_per_s);
     ACTCKPT_CHECK(d2h_ >= 0 && h2d_ >= 0, UsageError, "actckpt: offload bandwidths must not be negative");
+    disk_ = disk_rates(costs);
   }
   std::size_t size() const { return p_.layers.size(); }
+  /// Disk offload may be chosen: disk bandwidths given, and the link's where host memory is separate.
+  bool can_disk() const { return disk_.known() && (!separate_ || can_offload()); }
   bool can_offload() const { return d2h_ > 0 && h2d_ > 0; }
   /// Offload saved may be chosen for layer k: host memory is separate (on CPU it would save
   /// nothing and cost copies), copies can be timed, and the layer saved something.
@@ -78,9 +85,12 @@ class CostModel {
       case LayerChoice::sync_offload:
       case LayerChoice::async_offload: return can_offload();
       case LayerChoice::offload_saved: return can_offload_saved(k);
+      case LayerChoice::disk_offload: return can_disk();
     }
     return false;
   }
+  /// Bytes layer k puts in host memory under `c` (tier_model.hpp).
+  std::int64_t host_bytes(std::size_t k, LayerChoice c) const { return host_tier_bytes(p_.layers[k], c); }
 
   /// `prefetched_from_above`: (async) an async layer above triggers this layer's prefetch.
   ChoiceCost cost(std::size_t k, LayerChoice c, bool prefetched_from_above) const {
@@ -90,7 +100,11 @@ class CostModel {
     const bool runs_once = c == LayerChoice::keep || c == LayerChoice::offload_saved;
     const std::size_t mem = runs_once ? K : (c == LayerChoice::checkpoint || !separate_) ? C : S;
     ChoiceCost r{l.held_bytes[mem], l.forward_peak_bytes[mem], l.backward_peak_bytes[mem], 0.0};
-    const double out_ms = copy_ms(l.stash_bytes, d2h_), in_ms = copy_ms(l.stash_bytes, h2d_);
+    double out_ms = copy_ms(l.stash_bytes, d2h_), in_ms = copy_ms(l.stash_bytes, h2d_);
+    if (c == LayerChoice::disk_offload) {
+      const auto disk = disk_copy_ms(l.stash_bytes, disk_, separate_ ? d2h_ : 0.0, separate_ ? h2d_ : 0.0);
+      out_ms = disk.out_ms, in_ms = disk.back_ms;
+    }
     switch (c) {
       case LayerChoice::keep: break;
       case LayerChoice::offload_saved: {
@@ -104,7 +118,8 @@ class CostModel {
       }
       case LayerChoice::checkpoint: r.extra_ms = ckpt_extra; break;
       case LayerChoice::sync_offload: r.extra_ms = ckpt_extra + out_ms + in_ms; break;
-      case LayerChoice::async_offload: {
+      case LayerChoice::async_offload:
+      case LayerChoice::disk_offload: {
         const bool top = k + 1 == size();
         const double forward_window = top ? p_.tail_ms : p_.layers[k + 1].forward_ms[K];
         const double backward_window = prefetched_from_above && !top ? p_.layers[k + 1].backward_ms[K] : 0.0;
@@ -142,6 +157,7 @@ class CostModel {
   const StepProfile& p_;
   bool separate_ = false;
   double d2h_ = 0, h2d_ = 0;
+  DiskRates disk_;
 };
 
 }  // namespace detail::planner
@@ -171,24 +187,28 @@ inline PlanEstimate evaluate_plan(const StepProfile& profile, const std::vector<
     ACTCKPT_CHECK(model.can_offload() || (c != LayerChoice::sync_offload && c != LayerChoice::async_offload &&
                                           c != LayerChoice::offload_saved), UsageError,
                 "actckpt::evaluate_plan: layer ", k, " offloads, but no offload bandwidth was measured or given");
+    ACTCKPT_CHECK(c != LayerChoice::disk_offload || model.allows(k, c), UsageError, "actckpt::evaluate_plan: layer ", k,
+                " is 'disk offload', which needs the disk's bandwidths (OffloadCosts::disk_write_bytes_per_s and "
+                "disk_read_bytes_per_s, or measure_disk_bandwidth) and, where host memory is separate, the link's");
     ACTCKPT_CHECK(c != LayerChoice::offload_saved || model.allows(k, c), UsageError, "actckpt::evaluate_plan: layer ", k,
                 " is 'offload saved', which needs host memory separate from the device's (here it is the same "
                 "memory, so it would save nothing) and a profile that measured the layer's saved activations");
     bool async_above = false;
-    for (std::size_t j = k + 1; j < n; ++j) async_above = async_above || choices[j] == LayerChoice::async_offload;
+    for (std::size_t j = k + 1; j < n; ++j) async_above = async_above || prefetched_choice(choices[j]);
     // Prefetch pending: the highest async layer below k has an async layer at or above k.
-    const bool pending = prefetch_bytes > 0 && (async_above || c == LayerChoice::async_offload);
+    const bool pending = prefetch_bytes > 0 && (async_above || prefetched_choice(c));
     const auto cc = model.cost(k, c, async_above);
     const std::int64_t level = profile.start_bytes + held;
     e.peak_bytes = std::max({e.peak_bytes, level + cc.forward_peak + in_flight,
                              level + cc.backward_peak + (pending ? prefetch_bytes : 0) + saved_prefetch});
     e.step_ms += cc.extra_ms;
+    e.host_bytes += model.host_bytes(k, c);
     held += cc.held;
-    in_flight = c == LayerChoice::async_offload ? model.freed(k)
+    in_flight = prefetched_choice(c) ? model.freed(k)
               : c == LayerChoice::offload_saved ? model.saved_freed(k)
                                                 : 0;
     saved_prefetch = c == LayerChoice::offload_saved ? model.saved_freed(k) : 0;
-    if (c == LayerChoice::async_offload) prefetch_bytes = model.prefetch_bytes(k);
+    if (prefetched_choice(c)) prefetch_bytes = model.prefetch_bytes(k);
   }
   e.peak_bytes = std::max(e.peak_bytes, profile.start_bytes + held + profile.tail_peak_bytes + in_flight);
   return e;

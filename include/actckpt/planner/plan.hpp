@@ -34,6 +34,11 @@ enum class LayerChoice {
   /// aside) is copied to the host pool asynchronously and prefetched a layer ahead in backward
   /// (`StashOptions::offload_saved`). Only where host memory is separate from the device's.
   offload_saved,
+  /// checkpointed, inputs written to the offload context's disk store asynchronously (through
+  /// host staging) and read back a layer ahead in backward (`StashTier::disk`, as `DiskOffload`):
+  /// nothing stays in the host pool. Only where disk bandwidths are given or probed
+  /// (`OffloadCosts::disk_write_bytes_per_s`, `measure_disk_bandwidth`).
+  disk_offload,
 };
 
 constexpr std::string_view to_string(LayerChoice c) noexcept {
@@ -43,6 +48,7 @@ constexpr std::string_view to_string(LayerChoice c) noexcept {
     case LayerChoice::sync_offload: return "sync offload";
     case LayerChoice::async_offload: return "async offload";
     case LayerChoice::offload_saved: return "offload saved";
+    case LayerChoice::disk_offload: return "disk offload";
   }
   return "unknown";
 }
@@ -121,6 +127,11 @@ struct OffloadCosts {
   std::optional<double> d2h_bytes_per_s;
   std::optional<double> h2d_bytes_per_s;
   std::optional<bool> host_memory_separate;
+  /// The disk store's bandwidths (bytes/s), for `LayerChoice::disk_offload`: given, or measured
+  /// with `measure_disk_bandwidth(store)` (planner/disk_probe.hpp; `plan_memory` probes
+  /// `PlannerOptions::disk_store`). Without both, no layer goes to disk.
+  std::optional<double> disk_write_bytes_per_s;
+  std::optional<double> disk_read_bytes_per_s;
 };
 
 
@@ -128,6 +139,9 @@ struct OffloadCosts {
 struct PlanEstimate {
   std::int64_t peak_bytes = 0;
   double step_ms = 0;
+  /// Bytes the plan holds in host memory at its host peak (planner/tier_model.hpp): the host-tier
+  /// stashes of a chain's offloading layers, all there at the end of the forward pass.
+  std::int64_t host_bytes = 0;
 };
 
 /// The planner's answer.
@@ -138,6 +152,10 @@ struct MemoryPlan {
   std::int64_t budget_bytes = 0;
   std::int64_t predicted_peak_bytes = 0;
   double predicted_step_ms = 0;
+  /// The host budget the plan was made for (`PlannerOptions::host_budget_bytes`; none: unlimited)
+  /// and the bytes it puts in host memory at its host peak, which never exceed it.
+  std::optional<std::int64_t> host_budget_bytes;
+  std::int64_t predicted_host_bytes = 0;
   /// Call-level plans: the forward calls of one step in order (positions in `choices`); a step
   /// that calls them otherwise is reported by `PlanMonitor` (planner.hpp). Empty for chains.
   std::vector<std::size_t> call_sequence;
@@ -145,7 +163,8 @@ struct MemoryPlan {
   /// than the fastest plan that fits: 0 when the search was exact.
   double time_gap_bound = 0;
 
-  /// "layers 0-5 checkpoint, 6-7 keep" (forward order, 0-based).
+  /// "layers 0-5 checkpoint, 6-7 keep" (forward order, 0-based); a plan made for a host budget
+  /// adds its host bytes and that budget: "...; host 12.00 MiB of 16.00 MiB".
   std::string describe() const;
   /// Sets each layer's StashOptions (the pool exhaustion behaviour it had is kept). The model
   /// must have the Checkpointed layers it was profiled with. Defined in planner.hpp: it needs
@@ -173,12 +192,16 @@ inline StashOptions options_for(LayerChoice choice, StashOptions base) {
   base.offload_saved = choice == LayerChoice::offload_saved;
   base.keep_on_device = 0;     // async: every stash starts moving when its layer's forward ends
   base.min_offload_bytes = 1;  // the model moves every non-empty stash
+  // The tier is the plan's: a layer whose policy was DiskOffload goes to the host pool when the
+  // plan says so, and only a disk offload goes to disk.
+  base.tier = choice == LayerChoice::disk_offload ? StashTier::disk : StashTier::host;
   switch (choice) {
     case LayerChoice::keep:
     case LayerChoice::checkpoint: base.mode = StashMode::device; break;
     case LayerChoice::sync_offload: base.mode = StashMode::sync_host; break;
     case LayerChoice::async_offload:
-    case LayerChoice::offload_saved: base.mode = StashMode::async_host; break;
+    case LayerChoice::offload_saved:
+    case LayerChoice::disk_offload: base.mode = StashMode::async_host; break;
   }
   return base;
 }
@@ -195,6 +218,11 @@ inline std::string MemoryPlan::describe() const {
     if (j > i) s << "-" << j;
     s << " " << to_string(choices[i]);
     i = j + 1;
+  }
+  if (host_budget_bytes) {
+    s.precision(2);
+    s << std::fixed << "; host " << static_cast<double>(predicted_host_bytes) / 1048576.0 << " MiB of "
+      << static_cast<double>(*host_budget_bytes) / 1048576.0 << " MiB";
   }
   return s.str();
 }

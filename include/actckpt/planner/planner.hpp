@@ -27,6 +27,8 @@
 ///  - profiler.hpp: `profile_step`, which measures a model's sample step;
 ///  - cost_model.hpp: `evaluate_plan`, a plan's predicted peak and step time;
 ///  - search.hpp: `plan_for_budget` and `smallest_feasible_budget`, on a profile alone;
+///  - tier_model.hpp: host bytes against `PlannerOptions::host_budget_bytes`, the disk tier's costs;
+///  - disk_probe.hpp: `measure_disk_bandwidth`, a disk store's bandwidths for the disk tier;
 ///  - optimizer_state.hpp: `optimizer_state_bytes`, the state an optimizer's first step creates;
 ///  - here: `plan_memory` (profile, then search) and `MemoryPlan::apply`.
 
@@ -46,20 +48,39 @@
 
 #include "actckpt/base/errors.hpp"
 #include "actckpt/base/observer.hpp"
+#include "actckpt/offload/offload_context.hpp"
 #include "actckpt/planner/cost_model.hpp"
+#include "actckpt/planner/disk_probe.hpp"
 #include "actckpt/planner/optimizer_state.hpp"
 #include "actckpt/planner/plan.hpp"
 #include "actckpt/planner/profiler.hpp"
 #include "actckpt/planner/search.hpp"
 
 namespace actckpt {
+namespace detail::planner {
+
+/// `options.costs`, with the disk bandwidths probed from `options.disk_store` (or the current
+/// offload context's store) where the costs give none. A store with no free space is not probed
+/// (no disk choice then: it could not take a stash either).
+inline OffloadCosts costs_with_disk(const PlannerOptions& options) {
+  OffloadCosts costs = options.costs;
+  if (costs.disk_write_bytes_per_s && costs.disk_read_bytes_per_s) return costs;
+  auto store = options.disk_store ? options.disk_store : OffloadContext::current()->disk_ptr();
+  if (store && store->stats().largest_free_bytes > 0) set_disk_bandwidth(costs, *store);
+  return costs;
+}
+
+}  // namespace detail::planner
 
 /// Profiles the step and returns the fastest plan that fits `budget_bytes` (not applied: call
-/// `apply`). Bad input raises an error and leaves the model as it was.
+/// `apply`). Bad input raises an error and leaves the model as it was. With
+/// `options.host_budget_bytes` the plan puts at most that much in host memory; the disk tier is
+/// open to it where disk bandwidths are given or a disk store can be probed (`options.disk_store`).
 inline MemoryPlan plan_memory(torch::nn::Module& model, const std::function<void()>& step, std::int64_t budget_bytes,
                               const PlannerOptions& options = {}) {
   ACTCKPT_CHECK(budget_bytes > 0, UsageError, "actckpt::plan_memory: the memory budget must be positive, got ", budget_bytes, " bytes");
-  return plan_for_budget(profile_step(model, step, options), budget_bytes, options.costs);
+  return plan_for_budget(profile_step(model, step, options), budget_bytes, detail::planner::costs_with_disk(options),
+                         options.host_budget_bytes);
 }
 
 /// The same, planned before `optimizer`'s first step: the state that step will create on the
@@ -74,7 +95,8 @@ inline MemoryPlan plan_memory(torch::nn::Module& model, const std::function<void
     break;
   }
   options.reserve_bytes += optimizer_state_bytes(optimizer, options.meter ? options.meter->device() : device);
-  return plan_for_budget(profile_step(model, step, options), budget_bytes, options.costs);
+  return plan_for_budget(profile_step(model, step, options), budget_bytes, detail::planner::costs_with_disk(options),
+                         options.host_budget_bytes);
 }
 
 inline void MemoryPlan::apply(torch::nn::Module& model) const {

@@ -68,6 +68,7 @@
 #include "actckpt/layer/checkpointed_layer.hpp"
 #include "actckpt/layer/label_layers.hpp"
 #include "actckpt/measure/memory_meter.hpp"
+#include "actckpt/offload/disk_store.hpp"
 #include "actckpt/planner/call_profile.hpp"
 #include "actckpt/planner/chain_figures.hpp"
 #include "actckpt/planner/plan.hpp"
@@ -93,6 +94,13 @@ struct PlannerOptions {
   int warmup_steps = 1;   ///< untimed sample steps per configuration (allocates gradients, warms caches)
   int profile_steps = 1;  ///< measured sample steps per configuration (medians)
   OffloadCosts costs;
+  /// Host memory the plan may fill with offloaded stashes (bytes; none: unlimited; 0: nothing on
+  /// the host, the disk tier still allowed). See planner/tier_model.hpp for what counts.
+  std::optional<std::int64_t> host_budget_bytes;
+  /// The disk store `plan_memory` probes for the disk bandwidths when `costs` gives none
+  /// (`measure_disk_bandwidth`, a few MiB written and read through it); null: the current
+  /// `OffloadContext`'s store, if it has one. Neither: no layer goes to disk.
+  std::shared_ptr<DiskStore> disk_store;
 };
 
 namespace detail::planner {

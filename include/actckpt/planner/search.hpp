@@ -38,6 +38,15 @@
 /// outlook (n x 4096 doubles). The smallest feasible budget is a bisection on the budget, each
 /// step asking "does any plan fit" (one partial plan per state, the one holding least): exact,
 /// O(log(bytes) x n x states). A budget under it raises an error naming it.
+///
+/// ## Host budget (issue 29; tier_model.hpp)
+/// With a host budget the state also holds the partial plan's host bytes (a knapsack's second
+/// dimension, counted by `HostGrid`: exact up to `SearchLimits::host_sums` (128) distinct sums,
+/// else rounded up, with the bound tier_model.hpp states), checked exactly as each layer is
+/// added: a plan never puts more on the host. A partial plan absorbs another (as above) only
+/// holding no more host bytes, in its own state or the free one (nothing in flight, nothing
+/// brought back, no prefetch waiting). The time tolerance holds; the states multiply by the host
+/// sums (docs/planner.md: planning times). Disk offload is async offload's state (stack, prefetch).
 
 #include <algorithm>
 #include <cmath>
@@ -56,6 +65,7 @@
 #include "actckpt/planner/call_model.hpp"
 #include "actckpt/planner/cost_model.hpp"
 #include "actckpt/planner/plan.hpp"
+#include "actckpt/planner/tier_model.hpp"
 
 namespace actckpt {
 namespace detail::planner {
@@ -70,13 +80,14 @@ struct Key {
   std::int64_t saved_prefetch = 0;  // offload-saved layer below: bytes it brings back during the next layer's backward
   Prefetch prefetch = Prefetch::none;
   std::int64_t prefetch_bytes = 0;  // stash of the highest async layer below while its prefetch is pending, else 0
+  std::int64_t host = 0;            // host budget: the partial plan's host bytes (HostGrid units), else 0
   bool operator==(const Key& o) const {
-    return in_flight == o.in_flight && saved_prefetch == o.saved_prefetch && prefetch == o.prefetch &&
+    return host == o.host && in_flight == o.in_flight && saved_prefetch == o.saved_prefetch && prefetch == o.prefetch &&
            prefetch_bytes == o.prefetch_bytes;
   }
-  bool operator<(const Key& o) const {
-    return std::tie(in_flight, saved_prefetch, prefetch, prefetch_bytes) <
-           std::tie(o.in_flight, o.saved_prefetch, o.prefetch, o.prefetch_bytes);
+  bool operator<(const Key& o) const {  // host first: the search's pruning walks each host sum's states in turn
+    return std::tie(host, in_flight, saved_prefetch, prefetch, prefetch_bytes) <
+           std::tie(o.host, o.in_flight, o.saved_prefetch, o.prefetch, o.prefetch_bytes);
   }
 };
 
@@ -114,7 +125,7 @@ inline double extra_ms_lower_bound(const CostModel& model) {
   for (std::size_t k = 0; k < model.size(); ++k) {
     double cheapest = model.cost(k, LayerChoice::keep, false).extra_ms;
     for (auto c : {LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload,
-                   LayerChoice::offload_saved}) {
+                   LayerChoice::offload_saved, LayerChoice::disk_offload}) {
       if (!model.allows(k, c)) continue;
       for (bool from_above : {false, true}) cheapest = std::min(cheapest, model.cost(k, c, from_above).extra_ms);
     }
@@ -167,7 +178,7 @@ class Outlook {
       for (auto c : choices(model)) {
         if (!model.allows(k, c)) continue;
         for (bool from_above : {false, true}) {
-          if (from_above && (c != LayerChoice::async_offload || k + 1 == n_)) continue;
+          if (from_above && (!prefetched_choice(c) || k + 1 == n_)) continue;
           const auto cc = model.cost(k, c, from_above);
           // Cells whose smallest held value fits this choice: b <= fits.
           std::int64_t room = limit - p.start_bytes - std::max(cc.forward_peak, cc.backward_peak);
@@ -188,10 +199,11 @@ class Outlook {
 
  private:
   static std::vector<LayerChoice> choices(const CostModel& model) {
+    std::vector<LayerChoice> out{LayerChoice::keep, LayerChoice::checkpoint};
     if (model.can_offload())
-      return {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload, LayerChoice::async_offload,
-              LayerChoice::offload_saved};
-    return {LayerChoice::keep, LayerChoice::checkpoint};
+      out.insert(out.end(), {LayerChoice::sync_offload, LayerChoice::async_offload, LayerChoice::offload_saved});
+    if (model.can_disk()) out.push_back(LayerChoice::disk_offload);
+    return out;
   }
   std::size_t cell(std::int64_t held) const {
     if (held <= low_) return 0;
@@ -206,8 +218,9 @@ class Outlook {
 /// the best it stands for, per layer (0: exact; infinite: one node per state), on layers with
 /// more than `exact_up_to` candidates. `outlook`: drops the partial plans that cannot fit or
 /// cannot beat `beat_ms`. `beam`: keep at most that many per layer (the quick pass), or with
-/// `give_up_at_beam` return a Found without choices when a front grows past it.
-inline std::optional<Found> search_pass(const CostModel& model, std::int64_t limit, double per_layer,
+/// `give_up_at_beam` return a Found without choices when a front grows past it. `host`: how host
+/// bytes count against the host budget (inactive: no host budget).
+inline std::optional<Found> search_pass(const CostModel& model, const HostGrid& host, std::int64_t limit, double per_layer,
                                         std::size_t exact_up_to, const Outlook* outlook = nullptr,
                                         double beat_ms = std::numeric_limits<double>::infinity(),
                                         std::size_t beam = 0, bool give_up_at_beam = false) {
@@ -227,6 +240,20 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
     Node* node;
   };
   std::vector<Stair> stairs, stairs_of_none, stairs_of_free, merged;
+  // Host budget: per state but its host bytes, the stairs of its nodes of fewer host bytes.
+  std::map<Key, std::vector<Stair>> of_state;
+  // `into` merged with the first `count` of `nodes` (each kept one faster than all holding less).
+  auto merge = [&merged](std::vector<Stair>& into, std::vector<Node>& nodes, std::size_t count) {
+    merged.clear();
+    std::size_t a = 0, b = 0;
+    while (a < into.size() || b < count) {
+      const bool from_stairs = b == count || (a < into.size() && into[a].held <= nodes[b].held);
+      const Stair s = from_stairs ? into[a++] : Stair{nodes[b].held, nodes[b].ms, &nodes[b]};
+      if (!from_stairs) ++b;
+      if (merged.empty() || s.ms < merged.back().ms) merged.push_back(s);
+    }
+    into.swap(merged);
+  };
   struct Score {
     double value;
     std::size_t group, index;
@@ -234,7 +261,7 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
   std::vector<Score> scores;
   bool exact = true;
   const LayerChoice all[] = {LayerChoice::keep, LayerChoice::checkpoint, LayerChoice::sync_offload,
-                             LayerChoice::async_offload, LayerChoice::offload_saved};
+                             LayerChoice::async_offload, LayerChoice::offload_saved, LayerChoice::disk_offload};
   std::map<Key, std::size_t> group_of;
   for (std::size_t k = 0; k < n; ++k) {
     next.clear();
@@ -247,14 +274,19 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
         if (!model.allows(k, c)) continue;
         // Async comes in two variants: prefetched by an async layer above (which must then
         // come) or the highest async layer (none may follow).
-        for (int variant = 0; variant < (c == LayerChoice::async_offload ? 2 : 1); ++variant) {
-          const bool from_above = c == LayerChoice::async_offload && variant == 0;
-          if (c == LayerChoice::async_offload && key.prefetch == Prefetch::closed) continue;
+        // Disk offload is the same stash stack, with no host bytes.
+        const bool stacked = prefetched_choice(c);
+        const std::int64_t host_units = host.units(k, c);
+        if (key.host + host_units > host.limit()) continue;  // over the host budget
+        for (int variant = 0; variant < (stacked ? 2 : 1); ++variant) {
+          const bool from_above = stacked && variant == 0;
+          if (stacked && key.prefetch == Prefetch::closed) continue;
           if (from_above && k + 1 == n) continue;
           Key nk = key;
           nk.in_flight = 0;
           nk.saved_prefetch = 0;
-          if (c == LayerChoice::async_offload) {
+          nk.host = key.host + host_units;
+          if (stacked) {
             nk.prefetch = from_above ? Prefetch::pending : Prefetch::closed;
             nk.prefetch_bytes = from_above ? model.prefetch_bytes(k) : 0;  // closed: no prefetch waits
             nk.in_flight = model.freed(k);
@@ -303,11 +335,20 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
     exact = exact && allowance == 0;
     std::size_t kept_total = 0;
     stairs_of_free.clear();
+    of_state.clear();
     for (std::size_t gi = 0; gi < next.size(); ++gi) {
       auto& group = next[gi];
-      // Within a block: the same bytes in flight and brought back (the free state dominates all).
+      std::vector<Stair>* fewer_host = nullptr;
+      if (host.active()) {
+        Key state = group.key;
+        state.host = 0;
+        fewer_host = &of_state[state];
+      }
+      // Within a block: the same host bytes, bytes in flight and brought back (the free state
+      // dominates all; `stairs_of_free` keeps its stairs across host sums, fewer first).
       const bool new_block = gi == 0 || next[gi - 1].key.in_flight != group.key.in_flight ||
-                             next[gi - 1].key.saved_prefetch != group.key.saved_prefetch;
+                             next[gi - 1].key.saved_prefetch != group.key.saved_prefetch ||
+                             next[gi - 1].key.host != group.key.host;
       if (new_block) {
         // Nothing in flight, nothing brought back and no prefetch waiting dominates every state:
         // that group's stairs start every later block.
@@ -320,11 +361,17 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
                 [](const Node& a, const Node& b) { return std::tie(a.held, a.ms) < std::tie(b.held, b.ms); });
       std::size_t kept = 0;
       std::size_t stair = 0;  // stairs[stair - 1]: the last one holding no more than the node
+      std::size_t fewer = 0;  // likewise in *fewer_host
       for (std::size_t r = 0; r < nodes.size(); ++r) {
         const Node x = nodes[r];
         while (stair < stairs.size() && stairs[stair].held <= x.held) ++stair;
         Node* absorber = kept > 0 ? &nodes[kept - 1] : nullptr;
         if (stair > 0 && (absorber == nullptr || stairs[stair - 1].ms < absorber->ms)) absorber = stairs[stair - 1].node;
+        if (fewer_host != nullptr) {
+          while (fewer < fewer_host->size() && (*fewer_host)[fewer].held <= x.held) ++fewer;
+          if (fewer > 0 && (absorber == nullptr || (*fewer_host)[fewer - 1].ms < absorber->ms))
+            absorber = (*fewer_host)[fewer - 1].node;
+        }
         if (absorber != nullptr && (absorber->ms <= x.ms || absorber->ms <= x.lower_ms + allowance)) {
           absorber->lower_ms = std::min(absorber->lower_ms, x.lower_ms);
           continue;
@@ -334,15 +381,8 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
       nodes.resize(kept);
       kept_total += kept;
       // The stairs for the states after this one: this state's nodes with those before.
-      merged.clear();
-      std::size_t a = 0, b = 0;
-      while (a < stairs.size() || b < kept) {
-        const bool from_stairs = b == kept || (a < stairs.size() && stairs[a].held <= nodes[b].held);
-        const Stair s = from_stairs ? stairs[a++] : Stair{nodes[b].held, nodes[b].ms, &nodes[b]};
-        if (!from_stairs) ++b;
-        if (merged.empty() || s.ms < merged.back().ms) merged.push_back(s);
-      }
-      stairs.swap(merged);
+      merge(stairs, nodes, kept);
+      if (fewer_host != nullptr) merge(*fewer_host, nodes, kept);
       const bool none_ends = group.key.prefetch == Prefetch::none;
       if (none_ends) stairs_of_none = stairs;
       if (none_ends && group.key.in_flight == 0 && group.key.saved_prefetch == 0) stairs_of_free = stairs;
@@ -411,14 +451,18 @@ inline std::optional<Found> search_pass(const CostModel& model, std::int64_t lim
 struct SearchLimits {
   std::size_t exact_up_to = exact_up_to_nodes;  // layers with at most this many candidates are pruned exactly
   std::size_t beam = beam_width;                // the quick pass's nodes per layer
+  std::size_t host_sums = 128;                  // host budget: exact while at most this many host sums fit
 };
 
 /// The search. `budget`: absolute bytes (or none). `tolerance`: the returned plan's predicted
 /// step time is at most 1 + tolerance times the fastest fitting plan's (0: exact;
 /// `feasibility_only`: any plan that fits). Returns the choices, or nullopt if no plan fits (that
 /// answer is exact whatever the tolerance).
+/// `host_budget`: the most bytes a plan may put in host memory (none: unlimited).
 inline std::optional<std::vector<LayerChoice>> search(const CostModel& model, std::optional<std::int64_t> budget,
-                                                      double tolerance, const SearchLimits& limits = {}) {
+                                                      double tolerance, const SearchLimits& limits = {},
+                                                      std::optional<std::int64_t> host_budget = std::nullopt) {
+  const HostGrid host = host_grid(model, host_budget, limits.host_sums);
   // No budget: one far above any real one, with room for the sums against it not to overflow.
   const std::int64_t limit = budget.value_or(std::numeric_limits<std::int64_t>::max() / 4);
   const double n = static_cast<double>(std::max<std::size_t>(model.size(), 1));
@@ -429,44 +473,48 @@ inline std::optional<std::vector<LayerChoice>> search(const CostModel& model, st
   // tolerance to spend: exact. (Without a budget there is nothing to approximate for.)
   if (tolerance == feasibility_only || !(tolerance > 0) || !(floor_ms > 0) || !budget) {
     const bool any = tolerance == feasibility_only;
-    auto found = search_pass(model, limit, any ? feasibility_only : 0.0, any ? 0 : unlimited);
+    auto found = search_pass(model, host, limit, any ? feasibility_only : 0.0, any ? 0 : unlimited);
     if (!found) return std::nullopt;
     return std::move(found->choices);
   }
   // Exact first, as long as the fronts stay within the beam: small or uniform chains get the
   // optimum at the cost they always had.
-  auto quick = search_pass(model, limit, 0.0, unlimited, nullptr, no_plan_to_beat, limits.beam, true);
+  auto quick = search_pass(model, host, limit, 0.0, unlimited, nullptr, no_plan_to_beat, limits.beam, true);
   if (!quick) return std::nullopt;
   if (quick->exact) return std::move(quick->choices);
   // Then a quick pass with the outlook: exact pruning, and the `beam` most promising nodes by
   // the outlook. Its plan is one to beat: the bounded pass keeps only the partial plans that the
   // outlook says may beat it, a thin band of the front.
-  const Outlook outlook(model, limit, outlook_cells);
-  quick = search_pass(model, limit, 0.0, unlimited, &outlook, no_plan_to_beat, limits.beam);
+  const Outlook outlook(model, limit, outlook_cells);  // host bytes left out: still a lower bound
+  quick = search_pass(model, host, limit, 0.0, unlimited, &outlook, no_plan_to_beat, limits.beam);
   if (!quick) return std::nullopt;
   if (quick->exact) return std::move(quick->choices);
   // With per_layer = tolerance x floor_ms / n the n layers lose at most tolerance x floor_ms,
   // within the tolerance of the optimum. The quick plan's own partial plans stay (a rounding
   // margin: the outlook sums its bounds in another order).
   const double beat = quick->ms + 1e-9 * (std::abs(quick->ms) + floor_ms);
-  auto fine = search_pass(model, limit, tolerance * floor_ms / n, limits.exact_up_to, &outlook, beat);
+  auto fine = search_pass(model, host, limit, tolerance * floor_ms / n, limits.exact_up_to, &outlook, beat);
   if (fine && fine->ms < quick->ms) return std::move(fine->choices);
   return std::move(quick->choices);
 }
 
 }  // namespace detail::planner
 
-/// The smallest budget any plan fits, by the cost model (exact).
-inline std::int64_t smallest_feasible_budget(const StepProfile& profile, const OffloadCosts& costs = {}) {
+/// The smallest budget any plan fits, by the cost model (exact), among the plans that put at
+/// most `host_budget_bytes` in host memory (none: unlimited).
+inline std::int64_t smallest_feasible_budget(const StepProfile& profile, const OffloadCosts& costs = {},
+                                             std::optional<std::int64_t> host_budget_bytes = std::nullopt) {
   using namespace detail::planner;
+  ACTCKPT_CHECK(!host_budget_bytes || *host_budget_bytes >= 0, UsageError,
+                "actckpt: the host budget must not be negative, got ", *host_budget_bytes, " bytes");
   if (!profile.is_chain()) {
     const CallModel calls(profile, costs);
-    auto least = search_calls(calls, std::nullopt, /*minimize_peak=*/true);
+    auto least = search_calls(calls, std::nullopt, /*minimize_peak=*/true, call_search_work, host_budget_bytes);
     ACTCKPT_CHECK(least.choices.has_value(), UsageError, "actckpt: the profile has no plan at all");
     return evaluate_calls(calls, *least.choices).peak_bytes;
   }
   const CostModel model(profile, costs);
-  auto any = search(model, std::nullopt, feasibility_only);
+  auto any = search(model, std::nullopt, feasibility_only, {}, host_budget_bytes);
   ACTCKPT_CHECK(any.has_value(), UsageError, "actckpt: the profile has no plan at all (empty?)");
   // Bisection on "does any plan fit", which keeps one node per state and so stays small however
   // unlike the layers are (minimizing the peak directly keeps every (held, peak) pair that no
@@ -476,31 +524,36 @@ inline std::int64_t smallest_feasible_budget(const StepProfile& profile, const O
   std::int64_t too_small = profile.head_peak_bytes - 1;
   while (fits - too_small > 1) {
     const std::int64_t mid = too_small + (fits - too_small) / 2;
-    if (auto plan = search(model, mid, feasibility_only)) fits = evaluate_plan(profile, *plan, costs).peak_bytes;
+    if (auto plan = search(model, mid, feasibility_only, {}, host_budget_bytes)) fits = evaluate_plan(profile, *plan, costs).peak_bytes;
     else too_small = mid;
   }
   return fits;
 }
 
 /// The fastest plan whose predicted peak fits `budget_bytes` (absolute, as the profile's meter
-/// reads bytes). Raises an error naming the smallest feasible budget if none fits.
-inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budget_bytes, const OffloadCosts& costs = {}) {
+/// reads bytes) and puts at most `host_budget_bytes` in host memory (none: unlimited; 0: nothing
+/// on the host, the disk tier still allowed). Raises an error naming the smallest feasible budget
+/// if none fits.
+inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budget_bytes, const OffloadCosts& costs = {},
+                                  std::optional<std::int64_t> host_budget_bytes = std::nullopt) {
   using namespace detail::planner;
+  ACTCKPT_CHECK(!host_budget_bytes || *host_budget_bytes >= 0, UsageError,
+                "actckpt::plan_for_budget: the host budget must not be negative, got ", *host_budget_bytes, " bytes");
   ACTCKPT_CHECK(budget_bytes > 0, UsageError, "actckpt::plan_for_budget: the memory budget must be positive, got ", budget_bytes,
               " bytes");
   ACTCKPT_CHECK(!profile.layers.empty(), UsageError, "actckpt::plan_for_budget: the profile has no layers");
   std::optional<std::vector<LayerChoice>> choices;
   double gap = plan_time_tolerance;  // the chain search's bound (search.hpp's file comment)
   if (profile.is_chain()) {
-    choices = search(CostModel(profile, costs), budget_bytes, plan_time_tolerance);
+    choices = search(CostModel(profile, costs), budget_bytes, plan_time_tolerance, {}, host_budget_bytes);
   } else {
     const CallModel calls(profile, costs);
-    auto found = search_calls(calls, budget_bytes, /*minimize_peak=*/false);
+    auto found = search_calls(calls, budget_bytes, /*minimize_peak=*/false, call_search_work, host_budget_bytes);
     choices = std::move(found.choices);
     const double kept_ms = profile.step_ms[mode_index(ProfiledMode::keep)];
     double extra_ms = found.ms;
     if (!choices && !found.exact) {  // out of work before any plan: the least-peak plan, if it fits
-      auto least = search_calls(calls, std::nullopt, /*minimize_peak=*/true);
+      auto least = search_calls(calls, std::nullopt, /*minimize_peak=*/true, call_search_work, host_budget_bytes);
       if (least.choices && evaluate_calls(calls, *least.choices).peak_bytes <= budget_bytes) {
         choices = std::move(least.choices);
         extra_ms = evaluate_calls(calls, *choices).step_ms - kept_ms;
@@ -509,9 +562,13 @@ inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budge
     gap = found.exact || !choices ? 0.0 : std::max(0.0, (kept_ms + extra_ms) / std::max(1e-12, kept_ms + found.lower_bound) - 1.0);
   }
   if (!choices) {
-    const auto floor = smallest_feasible_budget(profile, costs);
+    const auto floor = smallest_feasible_budget(profile, costs, host_budget_bytes);
+    std::string host;  // both budgets named, and what the host budget costs
+    if (const auto no_host = host_budget_bytes ? smallest_feasible_budget(profile, costs) : floor; host_budget_bytes)
+      host = " with that host budget" + (no_host < floor ? " (" + mib(no_host) + " with none)" : std::string());
     throw InfeasibleBudget(c10::str("actckpt::plan_for_budget: no plan fits a budget of ", mib(budget_bytes),
-                                    "; the smallest feasible budget for this model and step is ", mib(floor),
+                                    host_budget_bytes ? " and a host budget of " + mib(*host_budget_bytes) : std::string(),
+                                    "; the smallest feasible budget for this model and step is ", mib(floor), host,
                                     (costs.host_memory_separate.value_or(profile.host_memory_separate)
                                          ? ""
                                          : " (host and device memory are the same here, so offloading saves nothing)"),
@@ -528,6 +585,8 @@ inline MemoryPlan plan_for_budget(const StepProfile& profile, std::int64_t budge
   const auto e = evaluate_plan(profile, plan.choices, costs);
   plan.predicted_peak_bytes = e.peak_bytes;
   plan.predicted_step_ms = e.step_ms;
+  plan.host_budget_bytes = host_budget_bytes;
+  plan.predicted_host_bytes = e.host_bytes;
   plan.time_gap_bound = gap;
   for (const auto& call : profile.calls) plan.call_sequence.push_back(call.layer);
   if (profile.is_chain())  // a chain: each layer once, in forward order

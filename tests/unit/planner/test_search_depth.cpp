@@ -355,6 +355,52 @@ TEST_CASE("planner depth: steps that are not chains, the call-level search again
   MESSAGE(budgets << " budgets checked");
 }
 
+TEST_CASE("planner depth: call-level steps with a host budget, against brute force over all 5^n plans" * test_device::no_tensors()) {
+  // Issue 29: every offloading call's host bytes counted at once. 40 random steps of 2-6 layers,
+  // host budgets 0, a third, two thirds of the most any plan holds: the plan fits both budgets
+  // and is the fastest that does; the smallest feasible budget is the least peak among the plans
+  // that fit the host budget; a disk offload is never chosen (not modelled at call level).
+  std::size_t checked = 0, binding = 0;
+  for (std::uint64_t seed = 1; seed <= 40; ++seed) {
+    const auto p = call_step(seed, 2 + seed % 5);
+    const auto plans = every_plan(p);
+    std::int64_t most = 0;
+    for (const auto& [c, e] : plans) most = std::max(most, e.host_bytes);
+    CAPTURE(seed);
+    for (std::int64_t hb : {std::int64_t{0}, most / 3, 2 * most / 3}) {
+      CAPTURE(hb);
+      std::int64_t least = std::numeric_limits<std::int64_t>::max();
+      for (const auto& [c, e] : plans)
+        if (e.host_bytes <= hb) least = std::min(least, e.peak_bytes);
+      CHECK(actckpt::smallest_feasible_budget(p, {}, hb) == least);
+      CHECK_THROWS_AS(actckpt::plan_for_budget(p, least - 1, {}, hb), actckpt::InfeasibleBudget);
+      std::vector<std::int64_t> peaks;
+      for (const auto& [c, e] : plans) peaks.push_back(e.peak_bytes);
+      std::sort(peaks.begin(), peaks.end());
+      peaks.erase(std::unique(peaks.begin(), peaks.end()), peaks.end());
+      for (std::size_t i = 0; i < peaks.size(); i += std::max<std::size_t>(1, peaks.size() / 8)) {
+        const auto budget = peaks[i];
+        double fastest = std::numeric_limits<double>::infinity(), unlimited = fastest;
+        for (const auto& [c, e] : plans) {
+          if (e.peak_bytes > budget) continue;
+          unlimited = std::min(unlimited, e.step_ms);
+          if (e.host_bytes <= hb) fastest = std::min(fastest, e.step_ms);
+        }
+        if (fastest == std::numeric_limits<double>::infinity()) continue;
+        binding += unlimited < fastest;
+        const auto plan = actckpt::plan_for_budget(p, budget, {}, hb);
+        CHECK(plan.predicted_peak_bytes <= budget);
+        CHECK(plan.predicted_host_bytes <= hb);
+        CHECK(plan.predicted_step_ms == doctest::Approx(fastest).epsilon(1e-12));
+        for (auto c : plan.choices) CHECK(c != LayerChoice::disk_offload);
+        ++checked;
+      }
+    }
+  }
+  CHECK(binding > 0);
+  MESSAGE(checked << " budget pairs checked, the host budget binding in " << binding);
+}
+
 TEST_CASE("planner depth: the call-level search stopped early proves its gap, and the gap holds" * test_device::no_tensors()) {
   // The same random steps with the search's work limited so that it stops early: the plan still
   // fits, and it is at most time_gap_bound slower than the brute-force optimum.
