@@ -251,6 +251,12 @@ TEST_CASE("planner host budget: past host_sums distinct host sums the search cou
   CHECK(checked == 16 * 3 * 4);
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_UNDEFINED__)
+constexpr double sanitizer_slowdown = 5.0;
+#else
+constexpr double sanitizer_slowdown = 1.0;
+#endif
+
 TEST_CASE("planner host budget: chains of 16-64 layers plan in bounded time with host budgets" * test_device::no_tensors()) {
   for (std::size_t n : {16, 32, 64}) {
     for (bool uniform : {false, true}) {
@@ -270,8 +276,12 @@ TEST_CASE("planner host budget: chains of 16-64 layers plan in bounded time with
         CHECK(plan.predicted_host_bytes <= hb);
         // Never slower than the plan with no host tier at all (host budget 0 is a subset).
         if (hb > 0) CHECK(plan.predicted_step_ms <= actckpt::plan_for_budget(p, budget, costs, std::int64_t{0}).predicted_step_ms * (1 + tolerance));
-        CHECK(ms < 20000);
-        CHECK(floor_ms < 20000);
+        // A guard against a search that blows up, not a performance claim (docs/planner.md quotes
+        // measured times): generous, and 5x so under the sanitizers, which run this search 5-10x
+        // slower (64 unlike layers, binding host budget: 2.0-3.5 s on the loaded machine, 26.8 s
+        // under ASan+UBSan on 1.13).
+        CHECK(ms < 20000 * sanitizer_slowdown);
+        CHECK(floor_ms < 20000 * sanitizer_slowdown);
         MESSAGE(n << " layers, " << std::string(uniform ? "uniform" : "unlike") << ", host budget " << hb / 1048576 << " MiB: "
                   << ms << " ms (smallest feasible budget " << floor_ms << " ms), " << plan.describe());
       }
